@@ -1,0 +1,1 @@
+"""Command modules of `ofa-bench`; each defines `register(app)`."""
