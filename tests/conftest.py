@@ -1,0 +1,31 @@
+"""Test-wide settings: keep every test away from the user's store, cache and device profiles."""
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_user_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ofa-bench-home")
+    saved = {k: os.environ.get(k) for k in ("OFA_BENCH_STORE", "OFA_BENCH_CACHE", "OFA_BENCH_DEVICES", "XDG_DATA_HOME")}
+    os.environ["OFA_BENCH_STORE"] = str(root / "store.sqlite")
+    os.environ["OFA_BENCH_CACHE"] = str(root / "cache")
+    os.environ["OFA_BENCH_DEVICES"] = str(root / "devices")
+    os.environ["XDG_DATA_HOME"] = str(root / "data")
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared beside the checkout (anchors of real published data); tests that need it skip without it."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} not present")
+    return SHARED
