@@ -1,0 +1,101 @@
+"""The vectorised predictor equals a per-config reference sum; calibration fits whole-subnet measurements."""
+import numpy as np
+import pytest
+
+from bench.candidates import candidates, subnet_keys
+from bench.lut import EntryStats, LatencyTable
+from bench.predictor import Calibration, LatencyPredictor
+from ofa_core.errors import InvalidConfigError
+from ofa_core.space import SearchSpace
+
+
+def random_table(space, resolutions, seed=0, subnets=None):
+    rng = np.random.default_rng(seed)
+    entries = {(e.resolution, e.key): EntryStats(float(v), float(v), 0.0, 10)
+               for e, v in zip(candidates(space, resolutions), rng.uniform(0.01, 3.0, 10**6))}
+    return LatencyTable("dev", "fp", space.name, "v1", entries, subnets or {})
+
+
+@pytest.mark.parametrize("name", SearchSpace.names())
+def test_predictor_equals_reference_sum(name):
+    space = SearchSpace.get(name)
+    res = list(space.resolutions[:2])
+    table = random_table(space, res)
+    pred = LatencyPredictor.from_table(table, space)
+    batch = space.sample_batch(np.random.default_rng(1), 300, res)
+    got = pred(batch)
+    ref = [sum(table.entries[(c.r, k)].value_ms for k in subnet_keys(space, c)) for c in batch.to_configs()]
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
+    np.testing.assert_allclose(pred.table_sum(batch.to_configs()), ref, rtol=1e-12)
+    assert got.table_version == "v1" and pred.version == "v1"
+    assert pred.resolutions == sorted(res)
+
+
+def test_note10_anchor_predicts_hand_sum(shared_dir):
+    from bench.lut import load_device_table
+
+    space = SearchSpace.get("ofa-mbv3-w1.2")
+    table = load_device_table("note10", space)  # no store: the anchors beside the repo
+    pred = LatencyPredictor.from_table(table, space)
+    assert pred.resolutions == list(range(160, 225, 4))
+    cfg = space.largest(224)
+    by_hand = sum(table.entries[(224, k)].mean_ms for k in subnet_keys(space, cfg))
+    assert pred(cfg)[0] == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_normalised_values_preferred():
+    space = SearchSpace.get("ofa-mbv3-fmnist")
+    table = random_table(space, [12])
+    doubled = {k: EntryStats(v.latency_ms, v.mean_ms, 0.0, 1, normalised_ms=2 * v.latency_ms) for k, v in table.entries.items()}
+    t2 = LatencyTable("dev", "fp", space.name, "v2", doubled)
+    cfg = space.largest(12)
+    a = LatencyPredictor.from_table(table, space)(cfg)[0]
+    b = LatencyPredictor.from_table(t2, space)(cfg)[0]
+    assert b == pytest.approx(2 * a)
+
+
+def test_unknown_resolution_and_choice_rejected():
+    space = SearchSpace.get("ofa-mbv3-fmnist")
+    pred = LatencyPredictor.from_table(random_table(space, [12, 16]), space)
+    with pytest.raises(InvalidConfigError):
+        pred(space.largest(28))
+    b = space.sample_batch(np.random.default_rng(0), 4, [12])
+    b.ks[0, 0] = 9
+    with pytest.raises(InvalidConfigError):
+        pred(b)
+
+
+def test_incomplete_resolution_excluded():
+    space = SearchSpace.get("ofa-mbv3-fmnist")
+    table = random_table(space, [12, 16])
+    entries = dict(table.entries)
+    entries.pop(next(k for k in entries if k[0] == 16))
+    pred = LatencyPredictor.from_table(LatencyTable("d", "f", space.name, "v", entries), space)
+    assert pred.resolutions == [12]
+
+
+def test_calibration_recovers_linear_relation():
+    space = SearchSpace.get("ofa-mbv3-fmnist")
+    res = [12, 20, 28]
+    table = random_table(space, res)
+    plain = LatencyPredictor.from_table(table, space)
+    cfgs = space.sample(np.random.default_rng(3), 60, res)
+    sums = plain.table_sum(cfgs)
+    coef = {12: (1.1, 0.2), 20: (1.0, 0.1), 28: (0.9, -0.1)}
+    measured = np.array([coef[c.r][0] * s + coef[c.r][1] for c, s in zip(cfgs, sums)])
+    subnets = {(c.r, c.to_string()): EntryStats(float(m), float(m), 0.0, 5) for c, m in zip(cfgs, measured)}
+    table2 = LatencyTable("dev", "fp", space.name, "v3", table.entries, subnets)
+    pred = LatencyPredictor.from_table(table2, space)
+    assert pred.calibration.n_subnets == 60
+    test = space.sample(np.random.default_rng(4), 50, res)
+    want = [coef[c.r][0] * s + coef[c.r][1] for c, s in zip(test, pred.table_sum(test))]
+    np.testing.assert_allclose(pred(test), want, rtol=1e-9)
+    # interpolated between calibrated resolutions
+    mid = pred.calibration.apply(np.array([16]), np.array([10.0]))[0]
+    assert mid == pytest.approx(((1.1 + 1.0) / 2) * 10 + 0.15)
+    assert LatencyPredictor.from_table(table2, space, calibration=Calibration()).calibration.is_identity
+
+
+def test_calibration_with_few_points_is_a_ratio():
+    cal = Calibration.fit([160, 160], [10.0, 20.0], [11.0, 22.0])
+    assert cal.scale == (pytest.approx(1.1),) and cal.offset_ms == (0.0,)
