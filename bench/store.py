@@ -1,0 +1,438 @@
+"""The measurement store: devices and their fingerprints, runs, and append-only measurements with raw samples.
+
+One interface, two backends: an SQLite file (the embedded default) or a PostgreSQL database (a farm of hosts
+sharing one store). `open_store(target)` picks the backend from the target, checks the store is one of ours
+and not from a newer version of this code, and applies the pending migrations (`bench.migrations`).
+"""
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench.migrations import LATEST_VERSION, MIGRATIONS, VERSION_TABLE, render
+from bench.store_errors import StoreError, one_line
+from bench.store_pg import PostgresBackend, is_postgres_url
+from bench.store_sqlite import SqliteBackend
+
+__all__ = ["open_store", "Store", "StoreError", "StoreConflict", "fingerprint_id", "RUN_STATUSES"]
+
+RUN_STATUSES = ("running", "done", "interrupted", "failed")
+MEASUREMENT_KINDS = ("block", "subnet", "reference")
+_STAT_FIELDS = ("mean_ms", "std_ms", "p10_ms", "p90_ms", "cv")
+MEASUREMENT_COLUMNS = ("uuid", "run_id", "fingerprint_id", "device", "space", "kind", "resolution", "key",
+                       "latency_ms", "mean_ms", "std_ms", "p10_ms", "p90_ms", "cv", "n", "samples_ms", "noisy",
+                       "env", "normalised_ms", "measured_at")
+
+
+class StoreConflict(StoreError):
+    """A write refused by a uniqueness rule (used internally by the job queue to detect races)."""
+
+
+def fingerprint_id(fingerprint: dict) -> str:
+    """Stable short hash of a fingerprint dict (key order does not matter)."""
+    text = json.dumps(fingerprint, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+
+
+def open_store(target: str | os.PathLike, *, connect_timeout_s: float = 10.0,
+               busy_timeout_s: float = 60.0) -> "Store":
+    """Open (creating if new) the store at an SQLite path or a `postgresql://` URL and bring its schema up to date."""
+    text = str(target)
+    if not text.strip():
+        raise StoreError("empty store path")
+    if is_postgres_url(text):
+        backend = PostgresBackend(text, connect_timeout_s=connect_timeout_s)
+    else:
+        backend = SqliteBackend(Path(text), busy_timeout_s=busy_timeout_s)
+    backend.check_target()
+    conn = backend.connect()
+    try:
+        store = Store(backend, conn)
+        store._check_and_migrate()
+    except BaseException:
+        try:
+            conn.close()
+        except Exception:
+            pass
+        raise
+    return store
+
+
+class Store:
+    """A connection to one store. Not shared between threads: open one per thread (cheap)."""
+
+    def __init__(self, backend, conn):
+        self._backend = backend
+        self._conn = conn
+        self._in_tx = False
+        self.version = 0
+
+    # ---------------------------------------------------------------- basics
+    @property
+    def backend(self) -> str:
+        """`sqlite` or `postgresql`."""
+        return self._backend.name
+
+    @property
+    def target(self) -> str:
+        """The path or (password-free) URL this store was opened from."""
+        return self._backend.describe()
+
+    def reopen(self) -> "Store":
+        """Another connection to the same store (for another thread)."""
+        conn = self._backend.connect()
+        self._backend.prepare(conn)
+        other = Store(self._backend, conn)
+        other.version = self.version
+        return other
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except Exception:
+            pass
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self, write: bool = True) -> Iterator["Store"]:
+        """One transaction: everything inside commits together or not at all. Driver errors become StoreError."""
+        if self._in_tx:
+            raise RuntimeError("nested store transaction")
+        be = self._backend
+        try:
+            be.begin(self._conn, write)
+        except be.driver_errors() as exc:
+            raise self._error(exc) from None
+        self._in_tx = True
+        try:
+            yield self
+        except BaseException as exc:
+            self._in_tx = False
+            try:
+                self._conn.execute("ROLLBACK")
+            except Exception:
+                pass
+            if isinstance(exc, be.driver_errors()):
+                raise self._error(exc) from None
+            raise
+        else:
+            self._in_tx = False
+            try:
+                self._conn.execute("COMMIT")
+            except be.driver_errors() as exc:
+                try:
+                    self._conn.execute("ROLLBACK")
+                except Exception:
+                    pass
+                raise self._error(exc) from None
+
+    def _error(self, exc: BaseException) -> StoreError:
+        if self._backend.is_unique_violation(exc):
+            return StoreConflict(f"store {self.target}: {one_line(exc)}")
+        return self._backend.error(exc)
+
+    def query(self, sql: str, params: Sequence = ()) -> list[dict]:
+        """Rows of a statement as dicts (inside or outside a transaction). SQL uses `?` placeholders."""
+        try:
+            cur = self._backend.execute(self._conn, sql, tuple(params))
+            if cur.description is None:
+                return []
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, row)) for row in cur.fetchall()]
+        except self._backend.driver_errors() as exc:
+            if self._in_tx:
+                raise
+            raise self._error(exc) from None
+
+    def execute(self, sql: str, params: Sequence = ()) -> int:
+        """Run one statement; returns the number of rows it changed. Use inside `transaction()`."""
+        cur = self._backend.execute(self._conn, sql, tuple(params))
+        return cur.rowcount
+
+    def executemany(self, sql: str, rows: Sequence[Sequence]) -> None:
+        self._backend.executemany(self._conn, sql, [tuple(r) for r in rows])
+
+    # ---------------------------------------------------------------- schema
+    def _read_version(self) -> int:
+        be = self._backend
+        if not be.table_exists(self._conn, "schema_version"):
+            if be.has_any_table(self._conn):
+                raise StoreError(f"{self.target} holds tables but no schema_version: not an ofa-bench store")
+            return 0
+        row = be.execute(self._conn, "SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0] or 0)
+
+    def _check_and_migrate(self) -> None:
+        be = self._backend
+        try:
+            be.begin(self._conn, False)
+            try:
+                version = self._read_version()
+            finally:
+                self._conn.execute("ROLLBACK")
+        except be.driver_errors() as exc:
+            raise self._error(exc) from None
+        if version > LATEST_VERSION:
+            raise StoreError(f"store {self.target} has schema version {version}, newer than this ofa-bench "
+                             f"(knows up to {LATEST_VERSION}); upgrade ofa-bench")
+        try:
+            be.prepare(self._conn)
+        except be.driver_errors() as exc:
+            raise self._error(exc) from None
+        self.version = version
+        if version < LATEST_VERSION:
+            self.migrate()
+
+    def migrate(self) -> list[int]:
+        """Apply every pending migration in one transaction; returns the versions applied (maybe none)."""
+        be = self._backend
+        applied: list[int] = []
+        with self.transaction(write=True):
+            be.lock_schema(self._conn)
+            self.execute(render(VERSION_TABLE, be.types))
+            version = self._read_version()  # again, under the lock: another process may have migrated
+            if version > LATEST_VERSION:
+                raise StoreError(f"store {self.target} has schema version {version}, newer than this ofa-bench")
+            for m in MIGRATIONS:
+                if m.version <= version:
+                    continue
+                for statement in m.statements:
+                    self.execute(render(statement, be.types))
+                self.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+                             (m.version, m.name, time.time()))
+                applied.append(m.version)
+        self.version = max([self.version, *applied])
+        return applied
+
+    def applied_migrations(self) -> list[dict]:
+        return self.query("SELECT version, name, applied_at FROM schema_version ORDER BY version")
+
+    # ---------------------------------------------------------------- fingerprints
+    def register_fingerprint(self, device_name: str, fingerprint: dict) -> str:
+        """Record that `device_name` has this fingerprint (idempotent); returns the fingerprint's id."""
+        if not device_name:
+            raise StoreError("device name is empty")
+        if not isinstance(fingerprint, dict):
+            raise StoreError(f"fingerprint of {device_name} must be a dict, got {type(fingerprint).__name__}")
+        fp_id = fingerprint_id(fingerprint)
+        now = time.time()
+        with self.transaction():
+            self.execute("INSERT INTO fingerprints (id, device, fingerprint, created_at, last_seen_at) "
+                         "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device, id) DO UPDATE SET "
+                         "last_seen_at = excluded.last_seen_at",
+                         (fp_id, device_name, _json(fingerprint), now, now))
+        return fp_id
+
+    def fingerprints(self, device_name: str | None = None) -> list[dict]:
+        """Every (device, fingerprint) pair, oldest first, optionally for one device."""
+        sql = "SELECT id, device, fingerprint, created_at, last_seen_at FROM fingerprints"
+        params: tuple = ()
+        if device_name is not None:
+            sql += " WHERE device = ?"
+            params = (device_name,)
+        rows = self.query(sql + " ORDER BY created_at, device, id", params)
+        for r in rows:
+            r["fingerprint"] = json.loads(r["fingerprint"])
+        return rows
+
+    def latest_fingerprint(self, device_name: str) -> dict | None:
+        """The fingerprint this device reported most recently, or None if it was never seen."""
+        rows = self.query("SELECT id, device, fingerprint, created_at, last_seen_at FROM fingerprints "
+                          "WHERE device = ? ORDER BY last_seen_at DESC, created_at DESC LIMIT 1", (device_name,))
+        if not rows:
+            return None
+        rows[0]["fingerprint"] = json.loads(rows[0]["fingerprint"])
+        return rows[0]
+
+    def devices(self) -> list[str]:
+        return [r["device"] for r in self.query("SELECT DISTINCT device FROM fingerprints ORDER BY device")]
+
+    # ---------------------------------------------------------------- runs
+    def start_run(self, device_name: str, fp_id: str, space: str, kind: str, settings: dict,
+                  metadata: dict) -> int:
+        """Open a run (who, when, host, settings) that measurements will belong to; returns its id."""
+        with self.transaction():
+            rows = self.query(
+                "INSERT INTO runs (uuid, device, fingerprint_id, space, kind, settings, metadata, status, "
+                "user_name, host, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?) RETURNING id",
+                (str(uuid.uuid4()), device_name, fp_id, space, kind, _json(settings or {}),
+                 _json(metadata or {}), _user(), socket.gethostname(), time.time()))
+        return int(rows[0]["id"])
+
+    def finish_run(self, run_id: int, status: str) -> None:
+        if status not in RUN_STATUSES[1:]:
+            raise StoreError(f"run status must be one of {', '.join(RUN_STATUSES[1:])}, got {status!r}")
+        with self.transaction():
+            if self.execute("UPDATE runs SET status = ?, finished_at = ? WHERE id = ?",
+                            (status, time.time(), int(run_id))) != 1:
+                raise StoreError(f"store {self.target} has no run {run_id}")
+
+    def run(self, run_id: int) -> dict | None:
+        rows = self.query("SELECT * FROM runs WHERE id = ?", (int(run_id),))
+        return _decode_run(rows[0]) if rows else None
+
+    def runs(self, device_name: str | None = None) -> list[dict]:
+        sql, params = "SELECT * FROM runs", ()
+        if device_name is not None:
+            sql, params = sql + " WHERE device = ?", (device_name,)
+        return [_decode_run(r) for r in self.query(sql + " ORDER BY id", params)]
+
+    # ---------------------------------------------------------------- measurements
+    def add_measurements(self, run_id: int, records: list[dict]) -> list[int]:
+        """Append measurements to a run in one transaction; returns their ids. A bad record writes nothing."""
+        with self.transaction():
+            return self._insert_measurements(run_id, records)
+
+    def _insert_measurements(self, run_id: int, records: list[dict]) -> list[int]:
+        """The body of `add_measurements`, for callers that already hold a transaction (the farm worker)."""
+        rows = self.query("SELECT device, fingerprint_id, space FROM runs WHERE id = ?", (int(run_id),))
+        if not rows:
+            raise StoreError(f"store {self.target} has no run {run_id}")
+        run = rows[0]
+        values = [_measurement_row(run_id, run, rec, i) for i, rec in enumerate(records)]
+        cols = ", ".join(MEASUREMENT_COLUMNS)
+        marks = ", ".join("?" for _ in MEASUREMENT_COLUMNS)
+        ids = []
+        for v in values:
+            ids.append(int(self.query(f"INSERT INTO measurements ({cols}) VALUES ({marks}) RETURNING id",
+                                      v)[0]["id"]))
+        return ids
+
+    def measured_keys(self, fp_id: str, space: str, resolutions: Sequence[int] | None = None,
+                      kind: str = "block") -> set[tuple[int, str]]:
+        """(resolution, key) of every entry with at least one good (not noisy) measurement."""
+        sql = ("SELECT DISTINCT resolution, key FROM measurements WHERE fingerprint_id = ? AND space = ? "
+               "AND kind = ? AND noisy = 0")
+        params: list = [fp_id, space, kind]
+        rows = self.query(sql, params)
+        wanted = None if resolutions is None else {int(r) for r in resolutions}
+        return {(int(r["resolution"]), r["key"]) for r in rows
+                if wanted is None or int(r["resolution"]) in wanted}
+
+    def latest_measurements(self, fp_id: str, space: str, kind: str = "block") -> list[dict]:
+        """The latest good measurement of each (resolution, key), ordered by resolution then key."""
+        cols = ", ".join(("id", *MEASUREMENT_COLUMNS))
+        rows = self.query(
+            f"SELECT {cols} FROM (SELECT {cols}, ROW_NUMBER() OVER (PARTITION BY resolution, key "
+            f"ORDER BY measured_at DESC, id DESC) AS rank_ FROM measurements WHERE fingerprint_id = ? "
+            f"AND space = ? AND kind = ? AND noisy = 0) latest WHERE rank_ = 1 ORDER BY resolution, key",
+            (fp_id, space, kind))
+        return [_decode_measurement(r) for r in rows]
+
+    def history(self, fp_id: str, space: str, key: str | None = None, resolution: int | None = None,
+                kind: str = "block") -> list[dict]:
+        """Every measurement (noisy ones too) matching, oldest first."""
+        sql = (f"SELECT id, {', '.join(MEASUREMENT_COLUMNS)} FROM measurements "
+               "WHERE fingerprint_id = ? AND space = ? AND kind = ?")
+        params: list = [fp_id, space, kind]
+        if key is not None:
+            sql += " AND key = ?"
+            params.append(key)
+        if resolution is not None:
+            sql += " AND resolution = ?"
+            params.append(int(resolution))
+        rows = self.query(sql + " ORDER BY measured_at, id", params)
+        return [_decode_measurement(r) for r in rows]
+
+    def measurements_of_run(self, run_id: int) -> list[dict]:
+        rows = self.query(f"SELECT id, {', '.join(MEASUREMENT_COLUMNS)} FROM measurements WHERE run_id = ? "
+                          "ORDER BY id", (int(run_id),))
+        return [_decode_measurement(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Row count of each table (for `store migrate`/`store copy` reports)."""
+        out = {}
+        for table in ("fingerprints", "runs", "measurements", "jobs", "workers"):
+            out[table] = int(self.query(f"SELECT COUNT(*) AS n FROM {table}")[0]["n"])
+        return out
+
+
+# -------------------------------------------------------------------- row conversion
+def _number(rec: dict, field: str, index: int, required: bool) -> float | None:
+    value = rec.get(field)
+    if value is None:
+        if required:
+            raise StoreError(f"measurement {index} has no {field}")
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise StoreError(f"measurement {index}: {field} is not a number ({value!r})") from None
+    if math.isnan(out) and required:
+        raise StoreError(f"measurement {index}: {field} is NaN")
+    return out
+
+
+def _measurement_row(run_id: int, run: dict, rec: dict, index: int) -> tuple:
+    if not isinstance(rec, dict):
+        raise StoreError(f"measurement {index} is not a dict")
+    try:
+        resolution = int(rec["resolution"])
+    except (KeyError, TypeError, ValueError):
+        raise StoreError(f"measurement {index} has no integer resolution") from None
+    key = rec.get("key")
+    if not isinstance(key, str) or not key:
+        raise StoreError(f"measurement {index} has no key")
+    kind = rec.get("kind", "block")
+    if kind not in MEASUREMENT_KINDS:
+        raise StoreError(f"measurement {index}: kind must be one of {', '.join(MEASUREMENT_KINDS)}, got {kind!r}")
+    latency = _number(rec, "latency_ms", index, True)
+    samples = rec.get("samples_ms", [])
+    try:
+        samples = [float(s) for s in samples]
+    except (TypeError, ValueError):
+        raise StoreError(f"measurement {index}: samples_ms must be a list of numbers") from None
+    stats = [_number(rec, f, index, False) for f in _STAT_FIELDS]
+    n = rec.get("n", len(samples))
+    env = rec.get("env") or {}
+    if not isinstance(env, dict):
+        raise StoreError(f"measurement {index}: env must be a dict")
+    measured_at = _number(rec, "measured_at", index, False) or time.time()
+    return (str(rec.get("uuid") or uuid.uuid4()), int(run_id), run["fingerprint_id"], run["device"],
+            run["space"], kind, resolution, key, latency, *stats, int(n), _json(samples),
+            int(bool(rec.get("noisy", False))), _json(env), _number(rec, "normalised_ms", index, False),
+            measured_at)
+
+
+def _decode_measurement(row: dict) -> dict:
+    row["samples_ms"] = json.loads(row["samples_ms"])
+    row["env"] = json.loads(row["env"])
+    row["noisy"] = bool(row["noisy"])
+    row["resolution"] = int(row["resolution"])
+    row["n"] = int(row["n"])
+    row["id"] = int(row["id"])
+    row["run_id"] = int(row["run_id"])
+    return row
+
+
+def _decode_run(row: dict) -> dict:
+    row["settings"] = json.loads(row["settings"])
+    row["metadata"] = json.loads(row["metadata"])
+    row["id"] = int(row["id"])
+    return row

@@ -1,0 +1,91 @@
+"""PostgreSQL backend of the store (psycopg 3): the same schema and SQL as SQLite, `?` placeholders rewritten.
+
+Connections are in autocommit mode and every transaction is an explicit BEGIN ... COMMIT, exactly like the
+SQLite backend, so the store's code is one code path. Connecting has a timeout so a silent server fails fast.
+"""
+from __future__ import annotations
+
+from bench.migrations import POSTGRES_TYPES
+from bench.store_errors import StoreError, one_line, redact_url
+
+#: tables of ours; a database holding any of them without `schema_version` is not a store we can adopt
+OWN_TABLES = ("fingerprints", "runs", "measurements", "jobs", "workers")
+SCHEMA_LOCK_ID = 0x0FA_BE4C  # advisory lock serialising migrations across hosts
+
+
+def is_postgres_url(target: str) -> bool:
+    return str(target).startswith(("postgresql://", "postgres://"))
+
+
+class PostgresBackend:
+    """Connections and dialect details for one PostgreSQL database URL."""
+
+    name = "postgresql"
+    types = POSTGRES_TYPES
+
+    def __init__(self, url: str, connect_timeout_s: float = 10.0):
+        self.url = url
+        self.connect_timeout_s = connect_timeout_s
+        self._sql_cache: dict[str, str] = {}
+
+    def describe(self) -> str:
+        return redact_url(self.url)
+
+    def check_target(self) -> None:
+        """Nothing to check before connecting (the URL's syntax is checked by the driver)."""
+
+    def connect(self):
+        import psycopg
+
+        try:
+            return psycopg.connect(self.url, autocommit=True,
+                                   connect_timeout=max(1, int(round(self.connect_timeout_s))),
+                                   application_name="ofa-bench")
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to store {self.describe()}: {one_line(exc)}") from None
+        except Exception as exc:  # malformed URL (ProgrammingError is a psycopg.Error; be safe for the rest)
+            raise StoreError(f"cannot connect to store {self.describe()}: {one_line(exc)}") from None
+
+    def prepare(self, conn) -> None:
+        """No per-session settings needed."""
+
+    def begin(self, conn, write: bool) -> None:
+        conn.execute("BEGIN")
+
+    def lock_schema(self, conn) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,))
+
+    def sql(self, text: str) -> str:
+        out = self._sql_cache.get(text)
+        if out is None:
+            out = self._sql_cache[text] = text.replace("?", "%s")
+        return out
+
+    def execute(self, conn, sql: str, params=()):
+        return conn.execute(self.sql(sql), params)
+
+    def executemany(self, conn, sql: str, rows) -> None:
+        with conn.cursor() as cur:
+            cur.executemany(self.sql(sql), rows)
+
+    def table_exists(self, conn, table: str) -> bool:
+        # pg_tables lists tables the user may not read (information_schema would hide them)
+        row = conn.execute("SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = current_schema() "
+                           "AND tablename = %s", (table,)).fetchone()
+        return row is not None
+
+    def has_any_table(self, conn) -> bool:
+        return any(self.table_exists(conn, t) for t in OWN_TABLES)
+
+    def is_unique_violation(self, exc: BaseException) -> bool:
+        import psycopg
+
+        return isinstance(exc, psycopg.errors.UniqueViolation)
+
+    def driver_errors(self) -> tuple[type[BaseException], ...]:
+        import psycopg
+
+        return (psycopg.Error,)
+
+    def error(self, exc: BaseException) -> StoreError:
+        return StoreError(f"store {self.describe()}: {one_line(exc)}")
