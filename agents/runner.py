@@ -1,0 +1,309 @@
+"""The measuring program that runs on the device (stdlib plus one runtime; pushed as one zipapp).
+
+For each model: load, warm up (by count and by time), then time single inferences with `perf_counter_ns`
+until both a minimum count and a minimum duration are reached (capped by a maximum count and time). Prints one
+JSON line per model with every raw sample in ms, summary statistics and the environment. With `--rounds K`
+the models are interleaved round-robin K times, each round taking 1/K of the budget, which spreads slow
+machine drift evenly over the models. `--fingerprint` and `--temperature` print one JSON line about the device.
+"""
+import argparse
+import gc
+import glob
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+if __package__ in (None, ""):  # run as a plain script: make `agents.runtimes` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from agents.runtimes import ModelLoadError, RuntimeUnavailable, get_runtime  # noqa: E402
+
+EXIT_USAGE, EXIT_RUNTIME, EXIT_MODEL = 2, 3, 4
+
+
+# ---------------------------------------------------------------- statistics
+
+def quantile(sorted_values, q):
+    """Linear interpolation between closest ranks (numpy's default), on an already sorted list."""
+    if not sorted_values:
+        return None
+    pos = (len(sorted_values) - 1) * q
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summarise(samples_ms):
+    """Median, p10, p90, mean, sample std and coefficient of variation of the samples (ms)."""
+    n = len(samples_ms)
+    s = sorted(samples_ms)
+    mean = sum(s) / n if n else None
+    std = math.sqrt(sum((v - mean) ** 2 for v in s) / (n - 1)) if n > 1 else 0.0 if n else None
+    return {
+        "n": n, "median_ms": quantile(s, 0.5), "p10_ms": quantile(s, 0.1), "p90_ms": quantile(s, 0.9),
+        "mean_ms": mean, "std_ms": std, "cv": (std / mean) if n and mean > 0 else None,
+        "min_ms": s[0] if s else None, "max_ms": s[-1] if s else None,
+    }
+
+
+# ---------------------------------------------------------------- timing
+
+def warm_up(run, min_runs, min_ns):
+    """Run until both `min_runs` runs and `min_ns` nanoseconds are done; returns the count."""
+    pc = time.perf_counter_ns
+    end = pc() + min_ns
+    n = 0
+    while n < min_runs or pc() < end:
+        run()
+        n += 1
+    return n
+
+
+def time_runs(run, min_runs, min_ns, max_runs, max_ns):
+    """The timing loop: one perf_counter_ns pair around each call, nothing else inside. Returns ns samples."""
+    pc = time.perf_counter_ns
+    out = [0] * max_runs
+    start = pc()
+    min_end, max_end = start + min_ns, start + max_ns
+    i = 0
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        while True:
+            t0 = pc()
+            run()
+            t1 = pc()
+            out[i] = t1 - t0
+            i += 1
+            if i >= max_runs or t1 >= max_end or (i >= min_runs and t1 >= min_end):
+                break
+    finally:
+        if gc_was_on:
+            gc.enable()
+    del out[i:]
+    return out
+
+
+def time_events(event_timer, min_runs, min_ns, max_runs, max_ns):
+    """Like `time_runs` for runtimes with their own clock (CUDA events): samples come from the device."""
+    pc = time.perf_counter_ns
+    start = pc()
+    out = []
+    while True:
+        out.extend(event_timer(1))
+        now = pc()
+        if len(out) >= max_runs or now - start >= max_ns or (len(out) >= min_runs and now - start >= min_ns):
+            return out
+
+
+# ---------------------------------------------------------------- environment
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def temperature():
+    """Hottest thermal zone in degrees C, or None where none is readable."""
+    temps = []
+    for zone in glob.glob("/sys/class/thermal/thermal_zone*/temp"):
+        raw = _read(zone)
+        try:
+            value = int(raw) / 1000.0
+        except (TypeError, ValueError):
+            continue
+        if -40.0 < value < 200.0:
+            temps.append(value)
+    return max(temps) if temps else None
+
+
+def affinity():
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+def environment(runtime_name, runtime_module, threads):
+    """What was true while measuring: runtime, threads, affinity, governor and frequency, temperature, load."""
+    cores = affinity() or []
+    governors, freqs = {}, {}
+    for c in cores:
+        g = _read(f"/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_governor")
+        f = _read(f"/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_cur_freq")
+        if g:
+            governors[str(c)] = g
+        if f and f.isdigit():
+            freqs[str(c)] = int(f)
+    try:
+        load = list(os.getloadavg())
+    except (AttributeError, OSError):
+        load = None
+    return {
+        "runtime": runtime_name, "runtime_version": runtime_module.version(), "threads": threads,
+        "affinity": cores or None, "governor": governors or None, "cur_freq_khz": freqs or None,
+        "temperature_c": temperature(), "loadavg": load, "python": platform.python_version(),
+        "timer": "perf_counter_ns",
+    }
+
+
+def _getprop(name):
+    if not shutil.which("getprop"):
+        return None
+    try:
+        out = subprocess.run(["getprop", name], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None
+
+
+def _cpuinfo_field(*names):
+    text = _read("/proc/cpuinfo") or ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in names and value.strip():
+            return value.strip()
+    return None
+
+
+def fingerprint(runtime_name, runtime_module, threads):
+    """Identity of the device and software build: no volatile values (no frequency, temperature, load)."""
+    model = (_getprop("ro.product.model") or _read("/sys/firmware/devicetree/base/model")
+             or _read("/sys/devices/virtual/dmi/id/product_name"))
+    soc = _getprop("ro.soc.model") or _getprop("ro.board.platform") or _cpuinfo_field("hardware")
+    android = _getprop("ro.build.version.release")
+    uname = platform.uname()
+    return {
+        "model": (model or "").replace("\x00", "") or None,
+        "cpu": _cpuinfo_field("model name", "cpu model", "processor name") or uname.processor or None,
+        "soc": soc,
+        "cpu_count": os.cpu_count(),
+        "arch": uname.machine,
+        "os": f"Android {android}" if android else f"{uname.system} {uname.release}",
+        "python": platform.python_version(),
+        "runtime": runtime_name,
+        "runtime_version": runtime_module.version(),
+        "runtime_build": runtime_module.build(),
+        "threads": threads,
+        "simulated": False,
+    }
+
+
+# ---------------------------------------------------------------- main
+
+def _parse(argv):
+    p = argparse.ArgumentParser(prog="runner", description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="*")
+    p.add_argument("--runtime", default="onnxruntime")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cores", default="", help="comma-separated CPU numbers to pin to")
+    p.add_argument("--warmup-runs", type=int, default=10)
+    p.add_argument("--warmup-s", type=float, default=0.5)
+    p.add_argument("--min-runs", type=int, default=50)
+    p.add_argument("--min-duration-s", type=float, default=1.0)
+    p.add_argument("--max-runs", type=int, default=10000)
+    p.add_argument("--max-duration-s", type=float, default=30.0)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--fingerprint", action="store_true")
+    p.add_argument("--temperature", action="store_true")
+    return p.parse_args(argv)
+
+
+def _emit(doc):
+    sys.stdout.write(json.dumps(doc, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def _one_line(exc):
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _pin(cores):
+    if not cores:
+        return None
+    wanted = [int(c) for c in cores.split(",") if c.strip()]
+    try:
+        os.sched_setaffinity(0, wanted)
+    except AttributeError:
+        return "CPU pinning is not supported on this platform"
+    except (OSError, ValueError) as exc:
+        return f"cannot pin to cores {wanted}: {_one_line(exc)}"
+    return None
+
+
+def measure(args, runtime):
+    """Load every model, then warm up and time them round-robin; returns one record per model."""
+    loaded, records = [], []
+    for path in args.models:
+        t0 = time.perf_counter_ns()
+        model = runtime.load(path, args.threads, args.device)
+        loaded.append(model)
+        records.append({"model": path, "load_ms": (time.perf_counter_ns() - t0) / 1e6, "inputs": model.inputs,
+                        "samples_ns": [], "warmup_runs": 0})
+    k = max(1, args.rounds)
+    per = {
+        "warm_runs": max(1, -(-args.warmup_runs // k)) if args.warmup_runs > 0 else 0,
+        "warm_ns": int(args.warmup_s * 1e9 / k),
+        "min_runs": max(1, -(-args.min_runs // k)), "min_ns": int(args.min_duration_s * 1e9 / k),
+        "max_runs": max(1, args.max_runs // k), "max_ns": int(args.max_duration_s * 1e9 / k),
+    }
+    for _ in range(k):
+        for model, rec in zip(loaded, records):
+            rec["warmup_runs"] += warm_up(model.run, per["warm_runs"], per["warm_ns"])
+            if model.event_timer is not None:
+                samples = time_events(model.event_timer, per["min_runs"], per["min_ns"], per["max_runs"], per["max_ns"])
+            else:
+                samples = time_runs(model.run, per["min_runs"], per["min_ns"], per["max_runs"], per["max_ns"])
+            rec["samples_ns"].extend(samples)
+    return records, "cuda-events" if any(m.event_timer for m in loaded) else "perf_counter_ns"
+
+
+def main(argv=None):
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    try:
+        runtime = get_runtime(args.runtime)
+    except RuntimeUnavailable as exc:
+        _emit({"error": _one_line(exc), "kind": "runtime"})
+        return EXIT_RUNTIME
+    if args.temperature:
+        _emit({"temperature_c": temperature()})
+        return 0
+    pin_error = _pin(args.cores)
+    if pin_error:
+        _emit({"error": pin_error, "kind": "pin"})
+        return EXIT_USAGE
+    if args.fingerprint:
+        _emit({"fingerprint": fingerprint(args.runtime, runtime, args.threads)})
+        return 0
+    if not args.models:
+        _emit({"error": "no model files given", "kind": "usage"})
+        return EXIT_USAGE
+    try:
+        records, timer = measure(args, runtime)
+    except ModelLoadError as exc:
+        _emit({"error": _one_line(exc), "kind": "model"})
+        return EXIT_MODEL
+    env = environment(args.runtime, runtime, args.threads)
+    env["timer"] = timer
+    env["device"] = args.device
+    for rec in records:
+        samples_ms = [v / 1e6 for v in rec.pop("samples_ns")]
+        out = {"model": rec["model"], "samples_ms": samples_ms}
+        out.update(summarise(samples_ms))
+        out.update({"load_ms": rec["load_ms"], "warmup_runs": rec["warmup_runs"], "rounds": max(1, args.rounds),
+                    "inputs": rec["inputs"], "env": env})
+        _emit(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""A device profile: how to reach one device and how to measure on it. Loaded from TOML, frozen once built."""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ofa_core.errors import OFABenchError
+
+KINDS = ("local", "adb", "ssh", "fpga")
+RUNTIMES = ("onnxruntime", "litert", "torch", "null", "fpga-model")
+FORMATS = ("onnx", "tflite", "pt2")
+DEFAULT_FORMAT = {"onnxruntime": "onnx", "litert": "tflite", "torch": "pt2", "null": "onnx", "fpga-model": "onnx"}
+
+
+class ProfileError(OFABenchError, ValueError):
+    """A device profile that cannot be read or holds a bad value."""
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """Everything the host needs to measure on one device.
+
+    Measurement settings follow pyperf's habit: warm up by count *and* time, then time single inferences until
+    both `min_runs` and `min_duration_s` are reached, capped by `max_runs` and `max_duration_s`.
+    """
+
+    name: str
+    kind: str = "local"                   # local | adb | ssh | fpga
+    description: str = ""
+    address: str = ""                     # adb: HOST:PORT or a serial; ssh: USER@HOST[:PORT]; fpga: board name
+    adb_server: bool = False              # adb only: go through the `adb` command and its server
+    key_path: str = ""                    # ssh only: private key file
+    workdir: str = ""                     # folder on the device for pushed files ("" = transport default)
+    python: str = "python3"               # interpreter on the device that runs the runner
+    runtime: str = "onnxruntime"
+    model_format: str = ""                # "" = the runtime's format
+    device: str = "cpu"                   # torch only: cpu | cuda
+    threads: int = 1
+    cores: tuple[int, ...] = ()           # CPU affinity on the device; () = leave as is
+    warmup_runs: int = 10
+    warmup_s: float = 0.5
+    min_runs: int = 50
+    min_duration_s: float = 1.0
+    max_runs: int = 10000
+    max_duration_s: float = 30.0
+    cooldown_s: float = 0.0               # fixed pause before each measurement
+    cooldown_temp_c: float | None = None  # or: wait until the device is cooler than this
+    cooldown_max_s: float = 120.0         # longest wait for the temperature threshold
+    cv_threshold: float = 0.05            # re-measure when std/mean exceeds this
+    max_remeasure: int = 2                # after that many extra attempts the measurement is marked noisy
+    binary: str = ""                      # a user-supplied measuring binary on the host (pushed once)
+    binary_args: tuple[str, ...] = ()     # extra flags for that binary
+    timeout_s: float = 60.0               # timeout of one device call (connect, push, fingerprint)
+    fpga: dict[str, Any] = field(default_factory=dict)  # fpga only: accelerator parameters overriding the board's
+    aliases: tuple[str, ...] = ()
+    example: bool = False                 # a documented example, not a device that exists here
+    simulated: bool = False
+    source: str = ""                      # where the profile came from (file path or "ad-hoc")
+
+    def __post_init__(self) -> None:
+        if not self.model_format:
+            object.__setattr__(self, "model_format", DEFAULT_FORMAT.get(self.runtime, "onnx"))
+        if self.kind == "fpga":
+            object.__setattr__(self, "simulated", True)
+        self.check()
+
+    def check(self) -> None:
+        where = f"device profile {self.name!r}"
+        if not self.name or any(c.isspace() for c in self.name):
+            raise ProfileError(f"{where}: name must be non-empty without spaces")
+        if self.kind not in KINDS:
+            raise ProfileError(f"{where}: unknown kind {self.kind!r} (known: {', '.join(KINDS)})")
+        if self.runtime not in RUNTIMES:
+            raise ProfileError(f"{where}: unknown runtime {self.runtime!r} (known: {', '.join(RUNTIMES)})")
+        if self.model_format not in FORMATS:
+            raise ProfileError(f"{where}: unknown model_format {self.model_format!r} (known: {', '.join(FORMATS)})")
+        if self.kind in ("adb", "ssh") and not self.address:
+            raise ProfileError(f"{where}: kind {self.kind!r} needs an address")
+        if self.threads < 1:
+            raise ProfileError(f"{where}: threads must be >= 1")
+        if self.min_runs < 1 or self.max_runs < self.min_runs:
+            raise ProfileError(f"{where}: need 1 <= min_runs <= max_runs")
+        if self.min_duration_s < 0 or self.max_duration_s <= 0 or self.warmup_s < 0 or self.warmup_runs < 0:
+            raise ProfileError(f"{where}: durations and counts must not be negative")
+        if self.timeout_s <= 0:
+            raise ProfileError(f"{where}: timeout_s must be positive")
+        if any(c < 0 for c in self.cores):
+            raise ProfileError(f"{where}: cores must be CPU numbers >= 0")
+
+    @property
+    def is_binary(self) -> bool:
+        return bool(self.binary)
+
+    def replace(self, **changes) -> "DeviceProfile":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (tuples as lists), without defaults' noise removed: what `--json` and TOML show."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "") -> "DeviceProfile":
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        name = str(data.get("name") or Path(source).stem or "")
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ProfileError(f"device profile {name!r} ({source or 'dict'}): unknown key(s) {', '.join(unknown)}")
+        values: dict[str, Any] = {"name": name, "source": source}
+        for key, value in data.items():
+            if key in ("name", "source"):
+                continue
+            values[key] = _coerce(name, key, known[key], value)
+        return cls(**values)
+
+    @classmethod
+    def from_toml(cls, path: Path) -> "DeviceProfile":
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ProfileError(f"cannot read device profile {path}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ProfileError(f"device profile {path} is not valid TOML: {exc}") from None
+        return cls.from_dict(data, source=str(path))
+
+    def to_toml(self) -> str:
+        """TOML text of the settings that differ from the defaults (plus name, kind and runtime)."""
+        default = DeviceProfile(name=self.name, kind="fpga" if self.kind == "fpga" else "local",
+                                runtime=self.runtime)
+        lines = []
+        for f in dataclasses.fields(self):
+            if f.name in ("source", "simulated"):
+                continue
+            value = getattr(self, f.name)
+            if f.name not in ("name", "kind", "runtime") and value == getattr(default, f.name):
+                continue
+            if f.name == "fpga":
+                continue
+            lines.append(f"{f.name} = {_toml_value(value)}")
+        if self.fpga:
+            lines.append("")
+            lines.append("[fpga]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in sorted(self.fpga.items()))
+        return "\n".join(lines) + "\n"
+
+
+def _coerce(name: str, key: str, f: dataclasses.Field, value: Any) -> Any:
+    """Type-check one TOML value against the field's annotation."""
+    ann = str(f.type)
+    bad = ProfileError(f"device profile {name!r}: {key} has a bad value {value!r} (expected {ann})")
+    if ann.startswith("tuple"):
+        if not isinstance(value, list):
+            raise bad
+        item = int if "int" in ann else str
+        if not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+            raise bad
+        return tuple(value)
+    if ann.startswith("dict"):
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    if ann == "bool":
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if ann == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if ann.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if ann == "str":
+        if not isinstance(value, str):
+            raise bad
+        return value
+    return value
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
