@@ -42,9 +42,7 @@ class Entry:
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
-        """NCHW input of the standalone module (batch 1)."""
-        if self.kind == "logits":
-            return (1, self.in_channels)
+        """NCHW input of the standalone module (batch 1); the classifier sees the pooled (1, C, 1, 1) map."""
         return (1, self.in_channels, self.in_hw, self.in_hw)
 
 

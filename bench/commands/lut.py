@@ -1,0 +1,67 @@
+"""`ofa-bench lut export|import`: a device's lookup table as official YAML files, Parquet or CSV."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from bench.commands._common import JsonOption, SpaceOption, StoreOption, emit_json, info, resolve_store
+
+
+def register(app: typer.Typer) -> None:
+    lut = typer.Typer(help="Export or import latency lookup tables.", no_args_is_help=True)
+    app.add_typer(lut, name="lut")
+
+    @lut.command("export")
+    def export_cmd(
+        device: str = typer.Argument(..., help="device name"),
+        out: Path = typer.Option(..., "--out", help="folder (yaml) or file (parquet, csv)"),
+        fmt: str = typer.Option("yaml", "--format", help="yaml | parquet | csv"),
+        space: str = SpaceOption,
+        store: str = StoreOption,
+        json_out: bool = JsonOption,
+    ) -> None:
+        """Write the device's table (latest good measurement per key)."""
+        from ofa_core.space import SearchSpace
+
+        from bench.lut import LutError, export_table, load_device_table
+
+        if fmt not in ("yaml", "parquet", "csv"):
+            raise LutError(f"unknown table format {fmt!r}; use yaml, parquet or csv")
+        sp = SearchSpace.get(space)
+        table = load_device_table(device, sp, resolve_store(store))
+        paths = export_table(table, fmt, out)
+        doc = {"device": device, "space": sp.name, "format": fmt, "table_version": table.version,
+               "entries": len(table.entries), "resolutions": table.resolutions, "files": [str(p) for p in paths]}
+        if json_out:
+            emit_json(doc)
+        else:
+            info(f"wrote {len(table.entries)} entries of {device} ({sp.name}) to {len(paths)} file(s) under {out}")
+
+    @lut.command("import")
+    def import_cmd(
+        device: str = typer.Argument(..., help="device name to file the table under"),
+        source: Path = typer.Argument(..., help="folder of {R}_lookup_table.yaml files, or a .parquet/.csv file"),
+        space: str = SpaceOption,
+        store: str = StoreOption,
+        json_out: bool = JsonOption,
+    ) -> None:
+        """Read an official table (checked completely before anything is written) into the store."""
+        from ofa_core.space import SearchSpace
+
+        from bench.lut import import_table, read_table_source, check_fits_space
+        from bench.store import open_store
+
+        sp = SearchSpace.get(space)
+        entries = read_table_source(source)  # fail on a corrupt table before the store is even opened
+        check_fits_space(entries, sp, str(source))
+        st = open_store(resolve_store(store))
+        try:
+            doc = import_table(st, device, sp, source)
+        finally:
+            st.close()
+        if json_out:
+            emit_json(doc)
+        else:
+            info(f"imported {doc['entries']} entries as device {device} ({sp.name}), resolutions "
+                 f"{doc['resolutions'][0]}..{doc['resolutions'][-1]}")

@@ -1,0 +1,44 @@
+"""`ofa-bench predict --device D --space S --config CONFIG`: table sum and calibrated latency of one subnet."""
+from __future__ import annotations
+
+import typer
+
+from bench.commands._common import JsonOption, SpaceOption, StoreOption, emit_json, resolve_store
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("predict")
+    def predict_cmd(
+        device: str = typer.Option(..., "--device", help="device whose table predicts"),
+        config: str = typer.Option("largest", "--config", help="official dict as JSON, the string form, largest or smallest"),
+        space: str = SpaceOption,
+        store: str = StoreOption,
+        json_out: bool = JsonOption,
+    ) -> None:
+        """Predict a subnet's latency on a device from its lookup table (calibrated on measured subnets)."""
+        from ofa_core.space import SearchSpace
+
+        from bench.lut import load_device_table
+        from bench.predictor import LatencyPredictor
+
+        sp = SearchSpace.get(space)
+        table = load_device_table(device, sp, resolve_store(store))
+        pred = LatencyPredictor.from_table(table, sp)
+        text = config.strip()
+        if text in ("largest", "smallest"):
+            r = max(pred.resolutions) if text == "largest" else min(pred.resolutions)
+            cfg = sp.largest(r) if text == "largest" else sp.smallest(r)
+        else:
+            cfg = sp.parse_config(text)
+        doc = {
+            "device": device, "space": sp.name, "config": cfg.to_string(), "config_dict": cfg.to_ofa_dict(),
+            "resolution": cfg.r, "table_sum_ms": float(pred.table_sum([cfg])[0]),
+            "latency_ms": float(pred([cfg])[0]), "table_version": pred.version,
+            "calibration": pred.calibration.to_dict(), "table_source": table.source,
+            "fingerprint_id": table.fingerprint_id,
+        }
+        if json_out:
+            emit_json(doc)
+        else:
+            typer.echo(f"{device} {cfg.to_string()}: table sum {doc['table_sum_ms']:.3f} ms, "
+                       f"calibrated {doc['latency_ms']:.3f} ms (table {pred.version})")

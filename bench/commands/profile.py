@@ -1,0 +1,50 @@
+"""`ofa-bench profile DEVICE... --space S --resolutions R,...`: measure every missing table entry, resumably."""
+from __future__ import annotations
+
+import typer
+
+from bench.commands._common import JsonOption, SpaceOption, StoreOption, emit_json, info, parse_resolutions, resolve_store
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("profile")
+    def profile_cmd(
+        devices: list[str] = typer.Argument(..., help="device profile names or addresses (one worker each)"),
+        space: str = SpaceOption,
+        resolutions: str = typer.Option(None, "--resolutions", help="R1,R2,... (default: all for small spaces; "
+                                        "160,192,224 for ImageNet spaces)"),
+        store: str = StoreOption,
+        rounds: int = typer.Option(3, "--rounds", help="interleave each batch round-robin this many times"),
+        batch: int = typer.Option(16, "--batch", help="entries per runner invocation (committed together)"),
+        min_duration_s: float = typer.Option(None, "--min-duration-s", help="timing budget per entry (default: the profile's)"),
+        warmup_s: float = typer.Option(None, "--warmup-s", help="warm-up per entry (default: the profile's)"),
+        no_reference: bool = typer.Option(False, "--no-reference", help="do not time the drift reference model"),
+        json_out: bool = JsonOption,
+    ) -> None:
+        """Profile devices: export, measure and store every table entry not yet measured (resumes after a crash)."""
+        from ofa_core.space import SearchSpace
+
+        from bench.profile import MeasureSettings, ProfileError, profile_devices
+
+        sp = SearchSpace.get(space)
+        if rounds < 1 or batch < 1:
+            raise ProfileError("--rounds and --batch must be >= 1")
+        settings = MeasureSettings(rounds=rounds, batch_size=batch, min_duration_s=min_duration_s,
+                                   warmup_s=warmup_s, reference=not no_reference)
+        target = resolve_store(store)
+        reports = profile_devices(devices, sp, target, parse_resolutions(resolutions), settings)
+        failed = [r for r in reports if r.status == "failed"]
+        if json_out:
+            doc = reports[0].to_dict() if len(reports) == 1 else {}
+            doc.update({"store": target, "devices": [r.to_dict() for r in reports]})
+            for k in ("entries_total", "entries_measured", "entries_reused", "entries_noisy"):
+                doc[k] = sum(getattr(r, k) for r in reports)
+            emit_json(doc)
+        else:
+            for r in reports:
+                sim = " (simulated)" if r.simulated else ""
+                info(f"{r.device}{sim}: {r.status}; {r.entries_total} entries, {r.entries_measured} measured, "
+                     f"{r.entries_reused} reused, {r.entries_noisy} noisy, {r.duration_s:.1f} s"
+                     + (f"; error: {r.error}" if r.error else ""))
+        if failed:
+            raise ProfileError(f"{len(failed)} device(s) failed: " + "; ".join(f"{r.device}: {r.error}" for r in failed))

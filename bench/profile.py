@@ -1,0 +1,384 @@
+"""Profile a device: measure every missing table entry of a space, in small committed batches, resumably.
+
+Each batch goes to the device as one runner invocation holding a fixed *reference* model next to the entries,
+interleaved round-robin (`rounds`). The reference's latency in that invocation, against its first-ever latency
+on this fingerprint, gives the machine's speed at that moment; every measurement stores `normalised_ms`, its
+latency at the nominal speed, so slow drift and load between batches (and between profiling and validation)
+cancel out. Entries whose spread stays high are re-measured (with the reference again); a batch is committed
+in one transaction, so after a crash or kill -9 the same command measures exactly what is missing.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ofa_core.errors import OFABenchError
+from ofa_core.space import SearchSpace
+
+from bench.candidates import Entry, candidates, mbconv_key
+
+REFERENCE_PREFIX = "reference:"
+#: an ImageNet space has 25 resolutions (2400 entries); without --resolutions these three are profiled
+DEFAULT_IMAGENET_RESOLUTIONS = (160, 192, 224)
+#: spaces with at most this many resolutions are profiled whole by default
+SMALL_SPACE_RESOLUTIONS = 8
+#: absolute spread (ms) below which an entry is never called noisy: timer and scheduler granularity
+SPREAD_FLOOR_MS = 0.004
+
+
+class ProfileError(OFABenchError):
+    """Profiling could not proceed (bad resolutions, device failed after retries)."""
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How batches are measured. None means: take the device profile's value."""
+
+    rounds: int = 3
+    batch_size: int = 16
+    warmup_s: float | None = None
+    min_duration_s: float | None = None
+    max_remeasure: int | None = None
+    precision: float = 0.01  # re-measure while the median's relative standard error exceeds this
+    retries: int = 2
+    reference: bool = True
+
+
+@dataclass
+class DeviceReport:
+    device: str
+    space: str
+    resolutions: list[int]
+    fingerprint_id: str = ""
+    run_id: int | None = None
+    entries_total: int = 0
+    entries_measured: int = 0
+    entries_reused: int = 0
+    entries_noisy: int = 0
+    entries_remeasured: int = 0
+    duration_s: float = 0.0
+    export_s: float = 0.0
+    status: str = "running"
+    error: str | None = None
+    simulated: bool = False
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+# ---- the reference model ---------------------------------------------------------------------------------
+def reference_entry(space: SearchSpace) -> Entry:
+    """A fixed mid-sized block (third stage, second slot, k5 e4, middle resolution) timed in every batch."""
+    r = sorted(space.resolutions)[len(space.resolutions) // 2]
+    spec = space.blocks()[2 * space.max_depth + 1]
+    key = mbconv_key(space, spec, r, 5 if 5 in space.ks_list else space.ks_list[0],
+                     4 if 4 in space.expand_list else space.expand_list[0])
+    return next(e for e in candidates(space, [r]) if e.key == key)
+
+
+def reference_key(space: SearchSpace) -> str:
+    return REFERENCE_PREFIX + reference_entry(space).key
+
+
+def reference_nominal_ms(store, fp_id: str, space: SearchSpace) -> float | None:
+    """The reference's first-ever latency on this fingerprint: the speed every `normalised_ms` refers to."""
+    rows = store.history(fp_id, space.name, key=reference_key(space), kind="reference")
+    return float(rows[0]["latency_ms"]) if rows else None
+
+
+# ---- measuring -------------------------------------------------------------------------------------------
+def spread_ms(m) -> float:
+    """Robust standard deviation from the 10-90% range (a normal's p90 - p10 is 2.563 sigma)."""
+    if m.p10_ms is None or m.p90_ms is None:
+        return m.std_ms or 0.0
+    return (m.p90_ms - m.p10_ms) / 2.563
+
+
+def median_rel_se(m) -> float:
+    """Relative standard error of the median (1.2533 sigma / sqrt(n) for a normal): how precise the table
+    value is, which is what matters, rather than how wide the spread of single runs is."""
+    return 1.2533 * spread_ms(m) / math.sqrt(max(m.n, 1)) / max(m.latency_ms, 1e-9)
+
+
+def is_settled(m, threshold: float) -> bool:
+    return median_rel_se(m) <= threshold or spread_ms(m) <= SPREAD_FLOOR_MS
+
+
+@dataclass
+class Timed:
+    """One model's result with the reference latency of the invocation it came from."""
+
+    measurement: object
+    ref_ms: float | None
+    attempts: int = 1
+    settled: bool = True
+    value_ms: float | None = None  # normalised latency once recorded
+
+
+def measure_models(agent, paths: Sequence[Path], ref_path: Path | None, rounds: int, threshold: float,
+                   max_remeasure: int) -> tuple[list[Timed], list]:
+    """Measure `paths` (with the reference first, when given); re-measure unsettled ones with the reference
+    again, keeping each model's tightest attempt. Returns per-model results and every reference measurement."""
+    refs = []
+    best: dict[int, Timed] = {}
+    pending = list(range(len(paths)))
+    for attempt in range(1 + max(0, max_remeasure)):
+        batch = [paths[i] for i in pending]
+        got = agent.measure(([ref_path] if ref_path is not None else []) + batch, rounds=rounds)
+        ref_ms = None
+        if ref_path is not None:
+            refs.append(got[0])
+            ref_ms = got[0].latency_ms
+            got = got[1:]
+        still = []
+        for i, m in zip(pending, got):
+            settled = is_settled(m, threshold)
+            prev = best.get(i)
+            if prev is None or median_rel_se(m) < median_rel_se(prev.measurement):
+                best[i] = Timed(m, ref_ms, attempt + 1, settled)
+            else:
+                best[i].attempts = attempt + 1
+            if not settled:
+                still.append(i)
+        pending = still
+        if not pending:
+            break
+    out = [best[i] for i in range(len(paths))]
+    for t in out:
+        # after every attempt: noisy only if even the best attempt is far off (4x the threshold)
+        t.settled = t.settled or is_settled(t.measurement, 4 * threshold)
+    return out, refs
+
+
+def to_record(t: Timed, resolution: int, key: str, kind: str, nominal_ms: float | None) -> dict:
+    rec = t.measurement.to_record()
+    rec.pop("model", None)
+    rec.update({"resolution": int(resolution), "key": key, "kind": kind, "noisy": not t.settled})
+    rec["env"] = {**rec.get("env", {}), "attempts": t.attempts, "reference_ms": t.ref_ms}
+    if nominal_ms is not None and t.ref_ms:
+        rec["normalised_ms"] = rec["latency_ms"] * nominal_ms / t.ref_ms
+    return rec
+
+
+def reference_records(space: SearchSpace, refs: list, nominal_ms: float | None) -> list[dict]:
+    ent = reference_entry(space)
+    out = []
+    for m in refs:
+        t = Timed(m, m.latency_ms)
+        out.append(to_record(t, ent.resolution, REFERENCE_PREFIX + ent.key, "reference", nominal_ms))
+    return out
+
+
+def agent_profile(profile, settings: MeasureSettings):
+    """The device profile with this run's overrides; re-measuring is done here (with the reference), not by the agent."""
+    changes = {"max_remeasure": 0}
+    if settings.warmup_s is not None:
+        changes["warmup_s"] = settings.warmup_s
+    if settings.min_duration_s is not None:
+        changes["min_duration_s"] = settings.min_duration_s
+    return profile.replace(**changes)
+
+
+def commit(store, run_id: int, fp_id: str, space: SearchSpace, records: list[dict], dedupe: bool = True) -> list[dict]:
+    """Write a batch in one transaction; with `dedupe`, entries another profiler committed meanwhile are dropped.
+    Reference records always go in. Returns the block records actually written."""
+    with store.transaction():
+        if dedupe:
+            done = store.measured_keys(fp_id, space.name)
+            records = [r for r in records if r["kind"] != "block" or r["noisy"]
+                       or (r["resolution"], r["key"]) not in done]
+        store._insert_measurements(run_id, records)
+    return [r for r in records if r["kind"] == "block"]
+
+
+# ---- profiling -------------------------------------------------------------------------------------------
+def default_resolutions(space: SearchSpace) -> list[int]:
+    if len(space.resolutions) <= SMALL_SPACE_RESOLUTIONS:
+        return list(space.resolutions)
+    return [r for r in DEFAULT_IMAGENET_RESOLUTIONS if r in space.resolutions] or [max(space.resolutions)]
+
+
+def check_resolutions(space: SearchSpace, resolutions: Sequence[int] | None) -> list[int]:
+    if resolutions is None:
+        return default_resolutions(space)
+    bad = [r for r in resolutions if r not in space.resolutions]
+    if bad:
+        raise ProfileError(f"resolution {bad[0]} is not in space {space.name} "
+                           f"({min(space.resolutions)}..{max(space.resolutions)})")
+    return sorted(set(int(r) for r in resolutions))
+
+
+def _with_retries(fn: Callable, retries: int, what: str):
+    from agents.errors import AgentError
+    from agents.transports.base import TransportError
+
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except (TransportError, AgentError) as exc:
+            if attempt >= retries:
+                raise ProfileError(f"{what}: {' '.join(str(exc).split())} (after {retries + 1} attempts)") from None
+            time.sleep(min(2.0 ** attempt, 5.0))
+
+
+def profile_device(device, space: SearchSpace, store_target: str, resolutions: Sequence[int] | None,
+                   settings: MeasureSettings = MeasureSettings(), progress=None,
+                   stop: threading.Event | None = None) -> DeviceReport:
+    """Measure every missing entry of `space` at `resolutions` on one device; returns what was done.
+
+    `progress(device, advanced, total)` is called after each committed batch.
+    """
+    from agents import connect
+    from bench.export import export_entry
+    from bench.store import open_store
+    from devices import get_device
+
+    profile = get_device(device) if isinstance(device, str) else device
+    res = check_resolutions(space, resolutions)
+    report = DeviceReport(device=profile.name, space=space.name, resolutions=res, simulated=bool(profile.simulated))
+    start = time.monotonic()
+    entries = candidates(space, res)
+    report.entries_total = len(entries)
+    store = open_store(store_target)
+    agent = None
+    try:
+        agent = _with_retries(lambda: connect(agent_profile(profile, settings)), settings.retries,
+                              f"device {profile.name}")
+        fp = _with_retries(agent.fingerprint, settings.retries, f"device {profile.name}")
+        report.simulated = report.simulated or bool(fp.get("simulated"))
+        fp_id = store.register_fingerprint(profile.name, fp)
+        report.fingerprint_id = fp_id
+        done = store.measured_keys(fp_id, space.name, res)
+        todo = [e for e in entries if (e.resolution, e.key) not in done]
+        report.entries_reused = len(entries) - len(todo)
+        if progress:
+            progress(profile.name, 0, len(todo))
+        if not todo:
+            report.status = "done"
+            return report
+        report.run_id = store.start_run(profile.name, fp_id, space.name, "profile",
+                                        {"resolutions": res, **settings.__dict__},
+                                        {"entries_total": len(entries), "entries_todo": len(todo),
+                                         "profile": profile.to_dict()})
+        threshold = settings.precision
+        max_rem = settings.max_remeasure if settings.max_remeasure is not None else profile.max_remeasure
+        fmt = profile.model_format
+        ref = reference_entry(space)
+        ref_path = export_entry(space, ref, fmt) if settings.reference else None
+        nominal = reference_nominal_ms(store, fp_id, space)
+        for i in range(0, len(todo), settings.batch_size):
+            if stop is not None and stop.is_set():
+                raise KeyboardInterrupt
+            chunk = todo[i:i + settings.batch_size]
+            t0 = time.monotonic()
+            paths = [export_entry(space, e, fmt) for e in chunk]
+            report.export_s = round(report.export_s + time.monotonic() - t0, 2)
+            timed, refs = _with_retries(
+                lambda: measure_models(agent, paths, ref_path, settings.rounds, threshold, max_rem),
+                settings.retries, f"device {profile.name}")
+            if refs and nominal is None:
+                nominal = refs[0].latency_ms
+            records = reference_records(space, refs, nominal)
+            records += [to_record(t, e.resolution, e.key, "block", nominal) for t, e in zip(timed, chunk)]
+            written = commit(store, report.run_id, fp_id, space, records)
+            report.entries_measured += sum(1 for r in written if not r["noisy"])
+            report.entries_noisy += sum(1 for r in written if r["noisy"])
+            report.entries_reused += len(chunk) - len(written)
+            report.entries_remeasured += sum(1 for t in timed if t.attempts > 1)
+            if progress:
+                progress(profile.name, len(chunk), len(todo))
+        store.finish_run(report.run_id, "done")
+        report.status = "done" if report.entries_noisy == 0 else "incomplete"
+        return report
+    except KeyboardInterrupt:
+        if report.run_id is not None:
+            store.finish_run(report.run_id, "interrupted")
+        report.status = "interrupted"
+        raise
+    except OFABenchError as exc:
+        if report.run_id is not None:
+            store.finish_run(report.run_id, "failed")
+        report.status = "failed"
+        report.error = " ".join(str(exc).split())
+        return report
+    finally:
+        report.duration_s = round(time.monotonic() - start, 2)
+        if agent is not None:
+            agent.close()
+        store.close()
+
+
+def profile_devices(devices: Sequence[str], space: SearchSpace, store_target: str,
+                    resolutions: Sequence[int] | None, settings: MeasureSettings = MeasureSettings(),
+                    show_progress: bool = True) -> list[DeviceReport]:
+    """One worker thread per device, a progress bar per device on stderr. Reports in the order given."""
+    from devices import get_device
+
+    profiles = [get_device(d) for d in devices]  # unknown device: one-line error before anything starts
+    check_resolutions(space, resolutions)
+    stop = threading.Event()
+    reports: dict[int, DeviceReport] = {}
+    errors: dict[int, BaseException] = {}
+    bar = _Bars(show_progress)
+
+    def work(i: int, prof) -> None:
+        try:
+            reports[i] = profile_device(prof, space, store_target, resolutions, settings, bar.update, stop)
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller below
+            errors[i] = exc
+
+    with bar:
+        threads = [threading.Thread(target=work, args=(i, p), name=f"profile-{p.name}", daemon=True)
+                   for i, p in enumerate(profiles)]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        except KeyboardInterrupt:
+            stop.set()
+            for t in threads:
+                t.join()
+            raise
+    for i in sorted(errors):
+        raise errors[i]
+    return [reports[i] for i in range(len(profiles))]
+
+
+class _Bars:
+    """rich progress bars (one per device) with ETA on stderr; silent when disabled."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._tasks: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._progress = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                      console=Console(stderr=True), transient=False)
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(self, device: str, advance: int, total: int) -> None:
+        if self._progress is None:
+            return
+        with self._lock:
+            if device not in self._tasks:
+                self._tasks[device] = self._progress.add_task(f"{device}", total=total)
+            self._progress.update(self._tasks[device], advance=advance)

@@ -1,0 +1,209 @@
+"""Predicted vs measured: time N random subnets end to end on a device and score the table's predictions.
+
+Subnets are measured like table entries (batches with the drift reference, interleaved rounds) and stored as
+kind "subnet", where they later calibrate the predictor. The scores are honest out-of-sample figures: each
+subnet is predicted with a calibration fitted without it (k-fold over this run, plus older subnets).
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ofa_core.errors import OFABenchError
+from ofa_core.space import SearchSpace, SubnetConfig
+
+from bench.profile import (MeasureSettings, Timed, agent_profile, measure_models, reference_entry,
+                           reference_nominal_ms, reference_records, to_record)
+
+SUBNET_PREFIX = "subnet:"
+
+
+class ValidateError(OFABenchError):
+    """Validation could not run (no table, fingerprint changed, bad arguments)."""
+
+
+@dataclass(frozen=True)
+class ValidateSettings:
+    n: int = 60
+    seed: int = 0
+    resolutions: tuple[int, ...] | None = None
+    remeasure: bool = False
+    rounds: int = 3
+    batch_size: int = 6
+    min_duration_s: float | None = None  # per subnet; default max(1.0, the profile's)
+    warmup_s: float | None = None
+    folds: int = 5
+    reference: bool = True
+
+
+# ---- metrics (pure) --------------------------------------------------------------------------------------
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b (ties handled), O(n^2): fine for the hundreds of subnets validation measures."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2:
+        return float("nan")
+    dx = np.sign(x[:, None] - x[None, :])
+    dy = np.sign(y[:, None] - y[None, :])
+    iu = np.triu_indices(len(x), 1)
+    dx, dy = dx[iu], dy[iu]
+    num = float((dx * dy).sum())
+    den = math.sqrt(float((dx != 0).sum()) * float((dy != 0).sum()))
+    return num / den if den > 0 else float("nan")
+
+
+def accuracy_metrics(predicted_ms: Sequence[float], measured_ms: Sequence[float]) -> dict:
+    p, m = np.asarray(predicted_ms, dtype=float), np.asarray(measured_ms, dtype=float)
+    rel = (p - m) / m
+    return {
+        "n": int(len(m)),
+        "mape": float(np.mean(np.abs(rel))) if len(m) else float("nan"),
+        "rmse_ms": float(np.sqrt(np.mean((p - m) ** 2))) if len(m) else float("nan"),
+        "within_5pct": float(np.mean(np.abs(rel) <= 0.05)) if len(m) else float("nan"),
+        "within_10pct": float(np.mean(np.abs(rel) <= 0.10)) if len(m) else float("nan"),
+        "max_abs_error_pct": float(100 * np.max(np.abs(rel))) if len(m) else float("nan"),
+        "mean_error_pct": float(100 * np.mean(rel)) if len(m) else float("nan"),
+        "kendall_tau": kendall_tau(p, m),
+    }
+
+
+def cross_validated(predictor, table, cfgs: Sequence[SubnetConfig], measured_ms: np.ndarray, folds: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Each config's calibrated prediction from a calibration that never saw it: k-fold over `cfgs`, plus
+    whatever subnets the table already held (minus these configs)."""
+    from bench.lut import EntryStats, LatencyTable
+    from bench.predictor import Calibration
+
+    n = len(cfgs)
+    keys = [(c.r, c.to_string()) for c in cfgs]
+    older = {k: v for k, v in table.subnets.items() if k not in set(keys)}
+    fold_of = rng.permutation(n) % max(1, min(folds, n))
+    out = np.empty(n)
+    sums = predictor.table_sum(cfgs)
+    for f in np.unique(fold_of):
+        train = dict(older)
+        for i in np.flatnonzero(fold_of != f):
+            train[keys[i]] = EntryStats(float(measured_ms[i]), float(measured_ms[i]), 0.0, 1)
+        t = LatencyTable(table.device, table.fingerprint_id, table.space, table.version, table.entries, train)
+        cal = predictor.fit_calibration(t) if train else Calibration()
+        idx = np.flatnonzero(fold_of == f)
+        out[idx] = cal.apply(np.array([cfgs[i].r for i in idx]), sums[idx])
+    return out
+
+
+# ---- measuring subnets -----------------------------------------------------------------------------------
+def measure_subnets(agent, store, run_id: int, fp_id: str, space: SearchSpace, cfgs: Sequence[SubnetConfig],
+                    settings: ValidateSettings, threshold: float, fmt: str, progress=None) -> list[Timed]:
+    """Export and time `cfgs` in batches with the reference; commit each batch; return per-config results."""
+    from bench.export import export_entry, export_subnet
+
+    ref_path = export_entry(space, reference_entry(space), fmt) if settings.reference else None
+    nominal = reference_nominal_ms(store, fp_id, space)
+    out: list[Timed] = []
+    for i in range(0, len(cfgs), settings.batch_size):
+        chunk = cfgs[i:i + settings.batch_size]
+        paths = [export_subnet(space, c, fmt) for c in chunk]
+        timed, refs = measure_models(agent, paths, ref_path, settings.rounds, threshold, 1)
+        if refs and nominal is None:
+            nominal = refs[0].latency_ms
+        records = reference_records(space, refs, nominal)
+        records += [to_record(t, c.r, SUBNET_PREFIX + c.to_string(), "subnet", nominal) for t, c in zip(timed, chunk)]
+        store.add_measurements(run_id, records)
+        for t, rec in zip(timed, records[len(refs):]):
+            t.value_ms = rec.get("normalised_ms") or rec["latency_ms"]
+        out.extend(timed)
+        if progress:
+            progress(len(out), len(cfgs))
+    return out
+
+
+def validate_device(device: str, space: SearchSpace, store_target: str, settings: ValidateSettings,
+                    plot_path: str | None = None, progress=None) -> dict:
+    """Measure `settings.n` random subnets on the device and score the device's table against them."""
+    from agents import connect
+    from bench.lut import load_device_table
+    from bench.predictor import Calibration, LatencyPredictor
+    from bench.store import open_store
+    from devices import get_device
+
+    if settings.n < 2:
+        raise ValidateError("--subnets must be at least 2")
+    profile = get_device(device)
+    table = load_device_table(profile.name, space, store_target)
+    plain = LatencyPredictor.from_table(table, space, calibration=Calibration())
+    res = list(settings.resolutions) if settings.resolutions else plain.resolutions
+    missing = [r for r in res if r not in plain.resolutions]
+    if missing:
+        raise ValidateError(f"the table of {profile.name} has no complete resolution {missing[0]} "
+                            f"(it holds {', '.join(map(str, plain.resolutions))})")
+    rng = np.random.default_rng(settings.seed)
+    cfgs = space.sample(rng, settings.n, res)
+    min_dur = settings.min_duration_s if settings.min_duration_s is not None else max(1.0, profile.min_duration_s)
+    ms = MeasureSettings(rounds=settings.rounds, warmup_s=settings.warmup_s, min_duration_s=min_dur)
+    start = time.monotonic()
+    store = open_store(store_target)
+    try:
+        with connect(agent_profile(profile, ms)) as agent:
+            fp = agent.fingerprint()
+            fp_id = store.register_fingerprint(profile.name, fp)
+            if table.fingerprint_id not in (fp_id, "anchors"):
+                raise ValidateError(f"{profile.name} now reports fingerprint {fp_id}, but its table was measured "
+                                    f"under {table.fingerprint_id}; re-profile it")
+            if table.fingerprint_id == "anchors":
+                raise ValidateError(f"{profile.name} has only the published table; profile it on this host first")
+            run_id = store.start_run(profile.name, fp_id, space.name, "validate",
+                                     {**settings.__dict__, "resolutions": res}, {"table_version": table.version})
+            try:
+                first = measure_subnets(agent, store, run_id, fp_id, space, cfgs, settings, 0.01,
+                                        profile.model_format, progress)
+                second = None
+                if settings.remeasure:
+                    order = rng.permutation(len(cfgs))
+                    again = measure_subnets(agent, store, run_id, fp_id, space, [cfgs[i] for i in order], settings,
+                                            0.01, profile.model_format, progress)
+                    second = [None] * len(cfgs)
+                    for j, i in enumerate(order):
+                        second[i] = again[j]
+            except BaseException:
+                store.finish_run(run_id, "interrupted")
+                raise
+            store.finish_run(run_id, "done")
+    finally:
+        store.close()
+    measured = np.array([t.value_ms for t in first])
+    raw = np.array([t.measurement.latency_ms for t in first])
+    sums = plain.table_sum(cfgs)
+    calibrated = cross_validated(plain, table, cfgs, measured, settings.folds, np.random.default_rng(settings.seed + 1))
+    doc = {"device": profile.name, "space": space.name, "table_version": table.version, "fingerprint_id": table.fingerprint_id,
+           "resolutions": res, "seed": settings.seed, "simulated": bool(profile.simulated or fp.get("simulated")),
+           **accuracy_metrics(calibrated, measured),
+           "table_sum": accuracy_metrics(sums, measured),
+           "drift_normalised": bool(settings.reference),
+           "raw_vs_normalised_pct": float(100 * np.mean(np.abs(raw / measured - 1))),
+           "duration_s": round(time.monotonic() - start, 1),
+           "per_resolution": {}}
+    for r in res:
+        m = np.array([c.r == r for c in cfgs])
+        if m.any():
+            doc["per_resolution"][str(r)] = {k: v for k, v in accuracy_metrics(calibrated[m], measured[m]).items()
+                                             if k in ("n", "mape", "within_5pct", "within_10pct", "kendall_tau")}
+    if second is not None:
+        again_ms = np.array([t.value_ms for t in second])
+        rel = np.abs(again_ms / measured - 1)
+        doc["remeasure_within_5pct"] = float(np.mean(rel <= 0.05))
+        doc["remeasure_within_10pct"] = float(np.mean(rel <= 0.10))
+        doc["remeasure_mape"] = float(np.mean(rel))
+    doc["subnets"] = [{"config": c.to_string(), "resolution": c.r, "measured_ms": float(m), "raw_ms": float(w),
+                       "table_sum_ms": float(s), "predicted_ms": float(p)}
+                      for c, m, w, s, p in zip(cfgs, measured, raw, sums, calibrated)]
+    if plot_path:
+        from bench.plots import predicted_vs_measured
+
+        predicted_vs_measured(calibrated, measured, [c.r for c in cfgs], plot_path,
+                              title=f"{profile.name} {space.name}: n={len(cfgs)}, "
+                                    f"±5% {doc['within_5pct']:.0%}, τ={doc['kendall_tau']:.3f}")
+        doc["plot"] = str(plot_path)
+    return doc
