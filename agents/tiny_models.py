@@ -103,3 +103,38 @@ def tiny_model(path_stem: Path, model_format: str, **kw) -> Path:
     """The tiny model in the format a device takes (`onnx`, `tflite`, `pt2`)."""
     makers = {"onnx": tiny_onnx, "tflite": tiny_tflite, "pt2": tiny_pt2}
     return makers[model_format](Path(str(path_stem) + "." + model_format), **kw)
+
+
+def mbconv_onnx(path: Path, in_channels: int = 40, expand: int = 6, out_channels: int = 40, size: int = 28,
+                kernel: int = 3, stride: int = 1, seed: int = 0) -> Path:
+    """An MBConv-shaped graph (1x1 expand, ReLU, KxK depthwise, ReLU, 1x1 project) written with the onnx
+    helper, no torch: enough structure for the FPGA model's layer fusion and for quick probes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    mid = in_channels * expand
+
+    def weight(name, shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.1).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w_expand"], ["e"]), helper.make_node("Relu", ["e"], ["e_act"]),
+        helper.make_node("Conv", ["e_act", "w_dw"], ["d"], group=mid, kernel_shape=[kernel, kernel],
+                         strides=[stride, stride], pads=[kernel // 2] * 4),
+        helper.make_node("Relu", ["d"], ["d_act"]),
+        helper.make_node("Conv", ["d_act", "w_project"], ["y"]),
+    ]
+    inits = [weight("w_expand", (mid, in_channels, 1, 1)), weight("w_dw", (mid, 1, kernel, kernel)),
+             weight("w_project", (out_channels, mid, 1, 1))]
+    out_size = (size + stride - 1) // stride
+    graph = helper.make_graph(
+        nodes, f"mbconv_k{kernel}_e{expand}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, in_channels, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, out_channels, out_size, out_size])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="ofa-bench")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = Path(path)
+    onnx.save(model, str(path))
+    return path
