@@ -90,7 +90,6 @@ def device_properties(root: Path) -> dict[str, str]:
         "ro.product.device": "loopback",
         "ro.product.manufacturer": "ofa-bench (simulated device on this host)",
         "ro.product.cpu.abi": platform.machine(),
-        "ro.build.version.release": "loopback",
         "ro.build.fingerprint": f"ofa-bench/loopback/{platform.system()}-{platform.release()}:simulated",
         "ro.ofa_bench.simulated": "1",
         "ro.ofa_bench.root": str(root),
