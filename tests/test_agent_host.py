@@ -203,3 +203,23 @@ def test_cooldown_fixed_and_by_temperature(profile, models):
     unreadable = _Scripted(p, [0.01, 0.01])
     unreadable.measure(models[:1])
     assert unreadable.measure(models[:1])[0].env["cooldown"]["temperature"] == "unreadable"
+
+
+@pytest.mark.adb
+def test_rounds_and_fingerprint_through_the_loopback_adb_device(tmp_path, models):
+    """The same runner through a real ADB-protocol endpoint (agents/loopback_adbd.py) instead of a subprocess."""
+    pytest.importorskip("adb_shell")
+    from agents.loopback_adbd import LoopbackAdbd
+
+    server = LoopbackAdbd()
+    server.start()
+    try:
+        profile = get_device(f"adb:127.0.0.1:{server.port}").replace(**{**FAST, "timeout_s": 60.0})
+        with connect(profile) as agent:
+            fp = agent.fingerprint()
+            ms = agent.measure(models, rounds=2)
+    finally:
+        server.stop()
+    assert fp["model"] == "ofa-bench-loopback" and fp["kind"] == "adb"
+    assert [m.model for m in ms] == [str(m) for m in models] and all(m.n >= 20 for m in ms)
+    assert ms[1].median_ms > ms[0].median_ms

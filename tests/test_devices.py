@@ -110,3 +110,46 @@ def test_local_fingerprint_is_stable_across_connections(tmp_path):
         second = b.fingerprint()
     assert first == second and fingerprint_id(first) == fingerprint_id(second)
     assert fingerprint_id(first) != fingerprint_id(complete_fingerprint(first, p.replace(threads=2)))
+
+
+# ---------------------------------------------------------------- CLI
+
+def _cli(argv, capsys):
+    import json
+
+    from bench.cli import main
+
+    rc = main(argv)
+    out = capsys.readouterr()
+    doc = json.loads(out.out) if rc == 0 and "--json" in argv else None
+    return rc, doc, out
+
+
+def test_cli_list_and_show(user_dir, capsys):
+    rc, doc, _ = _cli(["devices", "list", "--json"], capsys)
+    assert rc == 0 and EXPECTED <= {d["name"] for d in doc["devices"]}
+    assert all(d["simulated"] for d in doc["devices"] if d["kind"] == "fpga")
+    rc, doc, _ = _cli(["devices", "show", "zu3eg", "--json"], capsys)
+    assert rc == 0 and doc["name"] == "fpga-zu3eg-model"
+
+
+def test_cli_add_then_list(user_dir, capsys):
+    rc, doc, _ = _cli(["devices", "add", "bench-pi", "--kind", "ssh", "--address", "pi@10.1.2.3:2222",
+                       "--threads", "4", "--cores", "0,1,2,3", "--json"], capsys)
+    assert rc == 0 and doc["written"].endswith("bench-pi.toml")
+    assert get_device("bench-pi").cores == (0, 1, 2, 3)
+    rc, _, out = _cli(["devices", "add", "bench-pi", "--kind", "ssh", "--address", "pi@x"], capsys)
+    assert rc == 2 and "already exists" in out.err and out.err.count("\n") == 1
+    rc, _, out = _cli(["devices", "add", "y", "--kind", "ssh", "--cores", "a,b"], capsys)
+    assert rc == 2 and out.err.startswith("ofa-bench: error:")
+
+
+def test_cli_probe_local_and_fpga(user_dir, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("OFA_BENCH_CACHE", str(tmp_path / "cache"))
+    rc, doc, out = _cli(["devices", "probe", "local-cpu", "--json"], capsys)
+    assert rc == 0 and doc["latency_ms"] > 0 and doc["fingerprint"]["runtime"] == "onnxruntime"
+    assert doc["fingerprint_id"] == fingerprint_id(doc["fingerprint"]) and not doc["simulated"]
+    rc, doc, _ = _cli(["devices", "probe", "fpga-zu9eg", "--json"], capsys)
+    assert rc == 0 and doc["simulated"] and doc["n"] == 1
+    rc, _, out = _cli(["devices", "probe", "no-such-device"], capsys)
+    assert rc == 2 and "known devices" in out.err and "Traceback" not in out.err
