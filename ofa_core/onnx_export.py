@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 from ofa_core.errors import OFABenchError
@@ -37,7 +38,8 @@ def export_onnx(module, path: str | Path, input_shape: tuple[int, ...], check: b
     x = torch.randn(tuple(input_shape), generator=gen).to(device)
     buf = io.BytesIO()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter announces its retirement
             torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=opset, input_names=["input"],
                               output_names=["output"], do_constant_folding=True)
     except Exception as exc:  # noqa: BLE001 - exporter errors come in many types; report them in one line
