@@ -522,7 +522,7 @@ class LoopbackAdbd:
     def __init__(self, port: int = 0, root: Path | str | None = None) -> None:
         self.requested_port = port
         self._own_root = root is None
-        self.root = Path(tempfile.mkdtemp(prefix="ofa-bench-loopback-")) if root is None else Path(root).resolve()
+        self.root = Path(root).resolve() if root is not None else Path()   # a temporary folder is made by start()
         self.properties: dict[str, str] = {}
         self.banner = b""
         self.shell_env: dict[str, str] = {}
@@ -552,6 +552,16 @@ class LoopbackAdbd:
         return real if os.path.commonpath([real, root]) == root else None
 
     def start(self) -> int:
+        if self._own_root:
+            self.root = Path(tempfile.mkdtemp(prefix="ofa-bench-loopback-"))
+        try:
+            return self._start()
+        except BaseException:
+            if self._own_root:
+                shutil.rmtree(self.root, ignore_errors=True)
+            raise
+
+    def _start(self) -> int:
         self.properties = prepare_root(self.root)
         self.banner = _banner(self.properties)
         env = dict(os.environ)

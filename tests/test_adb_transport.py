@@ -190,3 +190,12 @@ def test_end_to_end_measure_a_tiny_onnx_model_on_the_loopback_device(loopback, t
     assert len(measurement.samples_ms) == measurement.n
     pushed = [p.name for p in Path(loopback.workdir).iterdir()]
     assert any(name.endswith("-tiny.onnx") for name in pushed)   # the model went through sync into the sandbox
+
+
+def test_usb_transport_without_a_device_is_a_one_line_error():
+    from agents.transports.adb import AdbUsbTransport
+
+    t = AdbUsbTransport(serial="OFA-BENCH-NO-SUCH-DEVICE", timeout_s=3.0)
+    with pytest.raises(TransportError, match=r"^adb-usb:OFA-BENCH-NO-SUCH-DEVICE: (USB needs|unreachable)") as info:
+        t.run(["true"])
+    assert "\n" not in str(info.value)

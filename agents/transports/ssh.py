@@ -121,10 +121,12 @@ class SshTransport(Transport):
                 raise TransportError(f"{self.name}: the `{self.ssh}` command is not installed "
                                      "(Debian: apt install openssh-client)") from None
             except subprocess.TimeoutExpired:
+                self._remove_control_dir()
                 raise TransportError(f"{self.name}: unreachable within {timeout_s:g} s") from None
             err.seek(0)
             message = _last_line(err.read())
         if proc.returncode != 0:
+            self._remove_control_dir()
             raise TransportError(f"{self.name}: unreachable ({message or f'ssh exited with {proc.returncode}'})")
         self._master_up = True
 
@@ -213,5 +215,9 @@ class SshTransport(Transport):
             if os.listdir(self._control_dir):
                 self._ssh_control("exit")
             self._master_up = False
+            self._remove_control_dir()
+
+    def _remove_control_dir(self) -> None:
+        if self._control_dir is not None:
             shutil.rmtree(self._control_dir, ignore_errors=True)
             self._control_dir = None
