@@ -39,9 +39,9 @@ class StoreConflict(StoreError):
 
 
 def fingerprint_id(fingerprint: dict) -> str:
-    """Stable short hash of a fingerprint dict (key order does not matter)."""
+    """Stable short hash of a fingerprint dict (key order does not matter); same as `devices.fingerprint_id`."""
     text = json.dumps(fingerprint, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
 def _json(value: Any) -> str:
@@ -56,8 +56,10 @@ def _user() -> str:
 
 
 def open_store(target: str | os.PathLike, *, connect_timeout_s: float = 10.0,
-               busy_timeout_s: float = 60.0) -> "Store":
-    """Open (creating if new) the store at an SQLite path or a `postgresql://` URL and bring its schema up to date."""
+               busy_timeout_s: float = 60.0, migrate: bool = True) -> "Store":
+    """Open (creating if new) the store at an SQLite path or a `postgresql://` URL and bring its schema up to date.
+
+    With `migrate=False` an older schema is left as it is (`store.version` tells; `store.migrate()` updates it)."""
     text = str(target)
     if not text.strip():
         raise StoreError("empty store path")
@@ -69,7 +71,7 @@ def open_store(target: str | os.PathLike, *, connect_timeout_s: float = 10.0,
     conn = backend.connect()
     try:
         store = Store(backend, conn)
-        store._check_and_migrate()
+        store._check_and_migrate(migrate)
     except BaseException:
         try:
             conn.close()
@@ -98,6 +100,18 @@ class Store:
     def target(self) -> str:
         """The path or (password-free) URL this store was opened from."""
         return self._backend.describe()
+
+    @property
+    def claim_lock(self) -> str:
+        """What the backend appends to a SELECT that claims queued rows (SKIP LOCKED on PostgreSQL)."""
+        return self._backend.claim_lock
+
+    def lock_name(self, name: str) -> None:
+        """Inside a write transaction: hold a lock on `name` until it ends (PostgreSQL advisory lock; SQLite
+        write transactions are exclusive already). Take several in sorted order to avoid deadlocks."""
+        if not self._in_tx:
+            raise RuntimeError("lock_name needs a transaction")
+        self._backend.lock_name(self._conn, name)
 
     def reopen(self) -> "Store":
         """Another connection to the same store (for another thread)."""
@@ -188,7 +202,7 @@ class Store:
         row = be.execute(self._conn, "SELECT MAX(version) FROM schema_version").fetchone()
         return int(row[0] or 0)
 
-    def _check_and_migrate(self) -> None:
+    def _check_and_migrate(self, migrate: bool = True) -> None:
         be = self._backend
         try:
             be.begin(self._conn, False)
@@ -206,7 +220,7 @@ class Store:
         except be.driver_errors() as exc:
             raise self._error(exc) from None
         self.version = version
-        if version < LATEST_VERSION:
+        if migrate and version < LATEST_VERSION:
             self.migrate()
 
     def migrate(self) -> list[int]:

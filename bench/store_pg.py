@@ -5,6 +5,8 @@ SQLite backend, so the store's code is one code path. Connecting has a timeout s
 """
 from __future__ import annotations
 
+import hashlib
+
 from bench.migrations import POSTGRES_TYPES
 from bench.store_errors import StoreError, one_line, redact_url
 
@@ -21,6 +23,8 @@ class PostgresBackend:
     """Connections and dialect details for one PostgreSQL database URL."""
 
     name = "postgresql"
+    #: appended to the job-claim SELECT: concurrent claimers skip rows another transaction holds
+    claim_lock = " FOR UPDATE SKIP LOCKED"
     types = POSTGRES_TYPES
 
     def __init__(self, url: str, connect_timeout_s: float = 10.0):
@@ -54,6 +58,11 @@ class PostgresBackend:
 
     def lock_schema(self, conn) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,))
+
+    def lock_name(self, conn, name: str) -> None:
+        """Transaction-scoped lock on a name (a device): serialises submits with the completions they race."""
+        digest = hashlib.sha256(name.encode("utf-8")).digest()
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (int.from_bytes(digest[:8], "big", signed=True),))
 
     def sql(self, text: str) -> str:
         out = self._sql_cache.get(text)

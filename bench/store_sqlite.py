@@ -18,10 +18,12 @@ class SqliteBackend:
     """Connections and dialect details for one SQLite file."""
 
     name = "sqlite"
+    #: appended to the job-claim SELECT; BEGIN IMMEDIATE already makes the claim exclusive
+    claim_lock = ""
     types = SQLITE_TYPES
 
     def __init__(self, path: str | Path, busy_timeout_s: float = 60.0):
-        self.path = Path(path).expanduser()
+        self.path = Path(path).expanduser().resolve()
         self.busy_timeout_s = busy_timeout_s
 
     def describe(self) -> str:
@@ -68,6 +70,9 @@ class SqliteBackend:
 
     def lock_schema(self, conn: sqlite3.Connection) -> None:
         """Migrations run inside BEGIN IMMEDIATE, which already excludes every other writer."""
+
+    def lock_name(self, conn: sqlite3.Connection, name: str) -> None:
+        """A write transaction (BEGIN IMMEDIATE) already excludes every other writer."""
 
     def sql(self, text: str) -> str:
         return text

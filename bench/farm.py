@@ -1,0 +1,351 @@
+"""The measuring farm: hosts share one store (PostgreSQL), `submit` queues missing table entries as jobs, and a
+`Worker` on each host measures the jobs of the devices plugged into it.
+
+A worker runs one thread per device (so a device never measures two things at once), plus a heartbeat thread
+that renews the leases of the jobs it holds. Measuring a job is delegated to a `DeviceSession` made by an
+injectable factory: `AgentSession` exports the entry and measures it through `agents.connect(profile)`;
+`NullSession` measures an empty call in-process (simulated, for testing the queue and its throughput).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bench.jobs import (EnqueueResult, Job, LostJob, active_count, claim, complete, fail, register_worker, renew,
+                        stop_worker, worker_name)
+from bench.jobs import enqueue as _enqueue
+from bench.store import Store, StoreError, open_store
+from ofa_core.errors import OFABenchError
+
+__all__ = ["AgentSession", "DeviceSession", "FarmError", "NullSession", "Worker", "WorkerReport", "WorkerSettings",
+           "enqueue", "submit"]
+
+
+class FarmError(OFABenchError):
+    """Bad farm input (unknown device, nothing to serve) or a worker that could not start any device."""
+
+
+# -------------------------------------------------------------------- queueing
+def enqueue(store: Store, device: str, space, entries: Iterable, *, fingerprint_id: str | None = None,
+            kind: str = "block", max_attempts: int = 3) -> EnqueueResult:
+    """Queue `entries` ((resolution, key) pairs or `bench.candidates.Entry`) of `space` (name or SearchSpace)
+    as jobs for `device`; entries already queued or running for it are skipped. Used by `nightly`."""
+    space_name = getattr(space, "name", space)
+    return _enqueue(store, device, str(space_name), entries, fingerprint_id=fingerprint_id, kind=kind,
+                    max_attempts=max_attempts)
+
+
+def device_is_known(store: Store, name: str) -> bool:
+    """A device profile of this host, an ad-hoc address, or a device some worker already registered."""
+    if store.latest_fingerprint(name) is not None:
+        return True
+    try:
+        from devices import get_device
+
+        get_device(name)
+        return True
+    except OFABenchError:
+        return False
+
+
+def submit(store: Store, devices: Sequence[str], space_name: str, resolutions: Sequence[int] | None = None,
+           *, max_attempts: int = 3) -> dict:
+    """Queue every table entry not yet measured (nor queued) for each device's latest fingerprint.
+
+    All devices are checked before anything is written; the jobs of all devices go in one transaction."""
+    from bench.candidates import candidates
+    from ofa_core.space import SearchSpace
+
+    if not devices:
+        raise FarmError("farm submit needs at least one device")
+    space = SearchSpace.get(space_name)
+    entries = candidates(space, resolutions)
+    unknown = [d for d in devices if not device_is_known(store, d)]
+    if unknown:
+        raise FarmError(f"unknown device {unknown[0]!r}: no device profile and no worker ever registered it "
+                        f"in {store.target}")
+    report = {"store": store.target, "space": space.name,
+              "resolutions": sorted({e.resolution for e in entries}), "entries": len(entries), "devices": []}
+    with store.transaction():
+        names = sorted(set(devices))
+        for device in names:  # sorted: two submits lock devices in the same order
+            store.lock_name(f"device:{device}")
+        for device in names:
+            # read inside the locked transaction: a job completing meanwhile is either seen measured or
+            # still active, so no entry is queued twice
+            fp = store.latest_fingerprint(device)
+            fp_id = fp["id"] if fp else None
+            measured = store.measured_keys(fp_id, space.name, resolutions) if fp_id else set()
+            missing = [e for e in entries if (e.resolution, e.key) not in measured]
+            res = _enqueue(store, device, space.name, missing, fingerprint_id=fp_id, max_attempts=max_attempts,
+                           in_transaction=True)
+            report["devices"].append({"device": device, "fingerprint_id": fp_id, "measured": len(measured),
+                                      "queued": res.queued, "already_queued": res.already_active})
+    report["queued"] = sum(d["queued"] for d in report["devices"])
+    return report
+
+
+# -------------------------------------------------------------------- measuring one job
+class DeviceSession(Protocol):
+    """What a worker needs from one device: its fingerprint, and a measurement record for a job."""
+
+    def fingerprint(self) -> dict: ...
+
+    def measure_job(self, job: Job) -> dict: ...
+
+    def close(self) -> None: ...
+
+
+class NullSession:
+    """Simulated device: times an empty Python call in-process, so a job costs only the queue's own overhead.
+
+    It measures for at least `min_duration_s` (like a runner's minimum duration) and says it is simulated in
+    its fingerprint and in every record's environment."""
+
+    def __init__(self, device: str, min_duration_s: float = 0.0, min_runs: int = 5):
+        self.device = device
+        self.min_duration_s = min_duration_s
+        self.min_runs = min_runs
+
+    def fingerprint(self) -> dict:
+        return {"device": self.device, "runtime": "null-inprocess", "host": socket.gethostname(), "simulated": True}
+
+    def measure_job(self, job: Job) -> dict:
+        samples: list[float] = []
+        start = time.perf_counter()
+        while len(samples) < self.min_runs or time.perf_counter() - start < self.min_duration_s:
+            t0 = time.perf_counter()
+            _nothing()
+            samples.append((time.perf_counter() - t0) * 1e3)
+        samples.sort()
+        n = len(samples)
+        mean = sum(samples) / n
+        std = (sum((s - mean) ** 2 for s in samples) / n) ** 0.5
+        return {"latency_ms": samples[n // 2], "mean_ms": mean, "std_ms": std, "p10_ms": samples[n // 10],
+                "p90_ms": samples[(9 * n) // 10], "cv": std / mean if mean > 0 else None, "n": n,
+                "samples_ms": samples if n <= 1000 else samples[:: max(1, n // 1000)], "noisy": False,
+                "env": {"measurer": "null-inprocess", "simulated": True}}
+
+    def close(self) -> None:
+        pass
+
+
+def _nothing() -> None:
+    return None
+
+
+class AgentSession:
+    """A real device: the entry's model is exported (cached) and measured with `agents.connect(profile)`."""
+
+    def __init__(self, device: str, rounds: int = 1):
+        from agents import connect
+        from devices import get_device
+
+        self.profile = get_device(device)
+        self.rounds = rounds
+        self._agent = connect(self.profile)
+        self._entries: dict[tuple[str, int], dict] = {}
+
+    def fingerprint(self) -> dict:
+        return self._agent.fingerprint()
+
+    def _entry(self, space_name: str, resolution: int, key: str):
+        from bench.candidates import candidates
+        from ofa_core.space import SearchSpace
+
+        table = self._entries.get((space_name, resolution))
+        if table is None:
+            space = SearchSpace.get(space_name)
+            table = {e.key: e for e in candidates(space, [resolution])}
+            self._entries[(space_name, resolution)] = table
+        try:
+            return table[key]
+        except KeyError:
+            raise FarmError(f"{space_name} has no table entry {key!r} at resolution {resolution}") from None
+
+    def measure_job(self, job: Job) -> dict:
+        from bench.export import export_entry
+        from ofa_core.space import SearchSpace
+
+        entry = self._entry(job.space, job.resolution, job.key)
+        path = export_entry(SearchSpace.get(job.space), entry, fmt=self.profile.model_format)
+        (m,) = self._agent.measure([path], rounds=self.rounds)
+        return m.to_record()
+
+    def close(self) -> None:
+        self._agent.close()
+
+
+SessionFactory = Callable[[str], DeviceSession]
+
+
+# -------------------------------------------------------------------- the worker
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How a worker serves its devices. `heartbeat_s` defaults to a third of the lease."""
+
+    devices: tuple[str, ...]
+    lease_s: float = 60.0
+    poll_s: float = 1.0
+    exit_when_idle: bool = False
+    heartbeat_s: float | None = None
+    max_jobs: int | None = None      # per device; stop after that many (tests, benchmarks)
+    max_backoff_s: float = 30.0      # longest pause after consecutive failures on one device
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        return self.heartbeat_s if self.heartbeat_s is not None else max(0.05, self.lease_s / 3)
+
+
+@dataclass
+class DeviceReport:
+    device: str
+    fingerprint_id: str | None = None
+    done: int = 0
+    failed_attempts: int = 0
+    lost: int = 0
+    error: str | None = None
+
+
+@dataclass
+class WorkerReport:
+    name: str
+    devices: dict[str, DeviceReport] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"worker": self.name, "wall_s": round(self.wall_s, 3),
+                "devices": [vars(d) for d in self.devices.values()]}
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Worker:
+    """Claims and measures the jobs of its devices until stopped (or idle, with `exit_when_idle`)."""
+
+    def __init__(self, store_target: str, settings: WorkerSettings, session_factory: SessionFactory,
+                 name: str | None = None, log: Callable[[str], None] = _log, label: str = ""):
+        if not settings.devices:
+            raise FarmError("a worker needs at least one device")
+        if settings.lease_s <= 0:
+            raise FarmError(f"--lease-s must be positive, got {settings.lease_s}")
+        self.store_target = store_target
+        self.settings = settings
+        self.session_factory = session_factory
+        self.name = name or worker_name(os.getpid())
+        self.stop_event = threading.Event()
+        self._log = log
+        self._label = label
+
+    def stop(self) -> None:
+        """Finish the measurements in progress, then return from `run`."""
+        self.stop_event.set()
+
+    def run(self) -> WorkerReport:
+        t0 = time.monotonic()
+        report = WorkerReport(self.name, {d: DeviceReport(d) for d in self.settings.devices})
+        with open_store(self.store_target) as store:
+            register_worker(store, self.name, os.getpid(), self.settings.devices)
+            self._log(f"farm worker {self.name}: serving {', '.join(self.settings.devices)} from {store.target}"
+                      f"{self._label}")
+            heartbeat_done = threading.Event()
+            heartbeat = threading.Thread(target=self._heartbeat, args=(store.reopen(), heartbeat_done),
+                                         name=f"heartbeat-{self.name}", daemon=True)
+            heartbeat.start()
+            threads = [threading.Thread(target=self._serve_device, args=(store.reopen(), report.devices[d]),
+                                        name=f"device-{d}", daemon=True) for d in self.settings.devices]
+            try:
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    while t.is_alive():
+                        t.join(0.2)
+            except KeyboardInterrupt:
+                self.stop_event.set()
+                for t in threads:
+                    t.join()
+            finally:
+                heartbeat_done.set()
+                heartbeat.join()
+                stop_worker(store, self.name)
+        report.wall_s = time.monotonic() - t0
+        if all(d.error for d in report.devices.values()):
+            first = next(iter(report.devices.values()))
+            raise FarmError(f"worker could not serve any device ({first.device}: {first.error})")
+        return report
+
+    def _heartbeat(self, store: Store, done: threading.Event) -> None:
+        try:
+            while not done.wait(self.settings.heartbeat_interval_s):
+                try:
+                    renew(store, self.name, self.settings.lease_s)
+                except StoreError as exc:  # keep trying: the lease has slack for a missed beat
+                    self._log(f"farm worker {self.name}: heartbeat failed: {exc}")
+        finally:
+            store.close()
+
+    def _serve_device(self, store: Store, rep: DeviceReport) -> None:
+        device, s = rep.device, self.settings
+        session = None
+        runs: dict[str, int] = {}
+        status = "done"
+        try:
+            session = self.session_factory(device)
+            rep.fingerprint_id = store.register_fingerprint(device, session.fingerprint())
+            failures = 0
+            while not self.stop_event.is_set():
+                if s.max_jobs is not None and rep.done >= s.max_jobs:
+                    break
+                job = claim(store, self.name, device, s.lease_s)
+                if job is None:
+                    if s.exit_when_idle and active_count(store, [device]) == 0:
+                        break
+                    self.stop_event.wait(s.poll_s)
+                    continue
+                if job.space not in runs:
+                    runs[job.space] = store.start_run(device, rep.fingerprint_id, job.space, "farm",
+                                                      {"lease_s": s.lease_s}, {"worker": self.name})
+                try:
+                    record = session.measure_job(job)
+                except Exception as exc:  # a failed attempt: recorded on the job, the worker carries on
+                    rep.failed_attempts += 1
+                    failures += 1
+                    msg = f"{type(exc).__name__}: {exc}"
+                    state = fail(store, job, self.name, msg)
+                    self._log(f"farm worker {self.name}: {device} {job.resolution} {job.key}: {' '.join(msg.split())}"
+                              f" -> {state}")
+                    self.stop_event.wait(min(s.max_backoff_s, s.poll_s * 2 ** min(failures - 1, 10)))
+                    continue
+                failures = 0
+                try:
+                    complete(store, job, self.name, runs[job.space], record)
+                    rep.done += 1
+                except LostJob as exc:
+                    rep.lost += 1
+                    self._log(f"farm worker {self.name}: {exc}")
+            if self.stop_event.is_set():
+                status = "interrupted"
+        except Exception as exc:  # the device could not be served at all; others go on
+            rep.error = " ".join(f"{exc}".split()) or type(exc).__name__
+            status = "failed"
+            self._log(f"farm worker {self.name}: {device}: {rep.error}")
+        finally:
+            for run_id in runs.values():
+                try:
+                    store.finish_run(run_id, status)
+                except StoreError:
+                    pass
+            if session is not None:
+                try:
+                    session.close()
+                except Exception:
+                    pass
+            store.close()

@@ -1,0 +1,242 @@
+"""The farm's job queue, kept in the store: one job per table entry to measure on one device.
+
+A job is `queued`, then `running` under a worker's lease (renewed while it measures), then `done` (its
+measurement written in the same transaction) or back to `queued` after an error or an expired lease, and
+`failed` once it has used all its attempts. Two unique indexes do the bookkeeping races would break: an entry
+is active (queued or running) at most once per device, and a device runs at most one job at a time.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from bench.store import Store, StoreConflict, StoreError
+
+JOB_STATUSES = ("queued", "running", "done", "failed")
+DEFAULT_MAX_ATTEMPTS = 3
+_JOB_COLUMNS = ("id, uuid, device, fingerprint_id, space, kind, resolution, key, status, attempts, max_attempts, "
+                "worker, lease_until, last_error")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One entry to measure on one device, as claimed by a worker."""
+
+    id: int
+    uuid: str
+    device: str
+    fingerprint_id: str | None
+    space: str
+    kind: str
+    resolution: int
+    key: str
+    status: str
+    attempts: int
+    max_attempts: int
+    worker: str | None
+    lease_until: float | None
+    last_error: str | None
+
+    @classmethod
+    def from_row(cls, row: dict) -> "Job":
+        return cls(id=int(row["id"]), uuid=row["uuid"], device=row["device"], fingerprint_id=row["fingerprint_id"],
+                   space=row["space"], kind=row["kind"], resolution=int(row["resolution"]), key=row["key"],
+                   status=row["status"], attempts=int(row["attempts"]), max_attempts=int(row["max_attempts"]),
+                   worker=row["worker"], lease_until=row["lease_until"], last_error=row["last_error"])
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    """What `enqueue` did: ids of the new jobs, and how many entries were already queued or running."""
+
+    job_ids: tuple[int, ...]
+    already_active: int
+
+    @property
+    def queued(self) -> int:
+        return len(self.job_ids)
+
+
+def _entry_pairs(entries: Iterable) -> list[tuple[int, str]]:
+    """(resolution, key) from tuples or from objects with `.resolution` and `.key` (bench.candidates.Entry)."""
+    out: list[tuple[int, str]] = []
+    seen: set[tuple[int, str]] = set()
+    for e in entries:
+        pair = (int(e.resolution), str(e.key)) if hasattr(e, "key") else (int(e[0]), str(e[1]))
+        if pair not in seen:
+            seen.add(pair)
+            out.append(pair)
+    return out
+
+
+def enqueue(store: Store, device: str, space: str, entries: Iterable, *, fingerprint_id: str | None = None,
+            kind: str = "block", max_attempts: int = DEFAULT_MAX_ATTEMPTS, in_transaction: bool = False
+            ) -> EnqueueResult:
+    """Queue one job per entry for `device` (entries already queued or running for it are skipped).
+
+    Entries are `(resolution, key)` pairs or `bench.candidates.Entry` objects. Everything is queued in one
+    transaction (or inside the caller's, with `in_transaction=True`)."""
+    if not device:
+        raise StoreError("device name is empty")
+    if max_attempts < 1:
+        raise StoreError(f"max_attempts must be at least 1, got {max_attempts}")
+    pairs = _entry_pairs(entries)
+
+    def body() -> EnqueueResult:
+        now = time.time()
+        ids: list[int] = []
+        for resolution, key in pairs:
+            rows = store.query(
+                "INSERT INTO jobs (uuid, device, fingerprint_id, space, kind, resolution, key, status, attempts, "
+                "max_attempts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING RETURNING id",
+                (str(uuid.uuid4()), device, fingerprint_id, space, kind, resolution, key, max_attempts, now, now))
+            if rows:
+                ids.append(int(rows[0]["id"]))
+        return EnqueueResult(tuple(ids), len(pairs) - len(ids))
+
+    if in_transaction:
+        return body()
+    with store.transaction():
+        return body()
+
+
+def requeue_expired(store: Store, now: float | None = None, device: str | None = None) -> int:
+    """Jobs whose lease ran out (their worker died or hung) go back to the queue, or fail if out of attempts."""
+    now = time.time() if now is None else now
+    sql = ("UPDATE jobs SET status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END, "
+           "last_error = 'lease expired (worker ' || COALESCE(worker, 'unknown') || ' stopped renewing it)', "
+           "worker = NULL, lease_until = NULL, updated_at = ? WHERE status = 'running' AND lease_until < ?")
+    params: list = [now, now]
+    if device is not None:
+        sql += " AND device = ?"
+        params.append(device)
+    return store.execute(sql, params)
+
+
+def claim(store: Store, worker: str, device: str, lease_s: float, now: float | None = None) -> Job | None:
+    """Take the oldest queued job of `device` under a lease, or None (queue empty, or the device is busy)."""
+    now = time.time() if now is None else now
+    try:
+        with store.transaction():
+            requeue_expired(store, now, device)
+            rows = store.query(
+                f"UPDATE jobs SET status = 'running', worker = ?, lease_until = ?, attempts = attempts + 1, "
+                f"updated_at = ? WHERE id = (SELECT id FROM jobs WHERE device = ? AND status = 'queued' "
+                f"ORDER BY id LIMIT 1{store.claim_lock}) RETURNING {_JOB_COLUMNS}",
+                (worker, now + lease_s, now, device))
+    except StoreConflict:
+        return None  # another worker is measuring on this device right now
+    return Job.from_row(rows[0]) if rows else None
+
+
+def renew(store: Store, worker: str, lease_s: float, now: float | None = None) -> int:
+    """Extend the lease of every job `worker` holds; returns how many it still holds."""
+    now = time.time() if now is None else now
+    with store.transaction():
+        n = store.execute("UPDATE jobs SET lease_until = ?, updated_at = ? WHERE worker = ? AND status = 'running'",
+                          (now + lease_s, now, worker))
+        store.execute("UPDATE workers SET last_heartbeat = ? WHERE name = ?", (now, worker))
+    return n
+
+
+class LostJob(StoreError):
+    """The worker no longer holds this job (its lease expired and it was handed on)."""
+
+
+def complete(store: Store, job: Job, worker: str, run_id: int, record: dict) -> int:
+    """Write the job's measurement and mark it done, in one transaction; returns the measurement id.
+
+    Raises `LostJob` (and writes nothing) if the worker lost the job meanwhile, so an entry is never
+    recorded twice by a worker that was presumed dead."""
+    measurement_uuid = str(uuid.uuid4())
+    with store.transaction():
+        store.lock_name(f"device:{job.device}")  # a concurrent submit sees this entry either queued or measured
+        n = store.execute("UPDATE jobs SET status = 'done', measurement_uuid = ?, lease_until = NULL, "
+                          "last_error = NULL, updated_at = ? WHERE id = ? AND worker = ? AND status = 'running'",
+                          (measurement_uuid, time.time(), job.id, worker))
+        if n != 1:
+            raise LostJob(f"job {job.id} ({job.device} {job.resolution} {job.key}) is no longer held by {worker}")
+        rec = {**record, "uuid": measurement_uuid, "resolution": job.resolution, "key": job.key, "kind": job.kind}
+        (measurement_id,) = store._insert_measurements(run_id, [rec])
+    return measurement_id
+
+
+def fail(store: Store, job: Job, worker: str, error: str) -> str:
+    """Record a failed attempt: back to the queue, or `failed` with the error once attempts are used up."""
+    message = " ".join(str(error).split())[:2000] or "unknown error"
+    with store.transaction():
+        store.execute("UPDATE jobs SET status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' "
+                      "END, last_error = ?, worker = NULL, lease_until = NULL, updated_at = ? "
+                      "WHERE id = ? AND worker = ? AND status = 'running'",
+                      (message, time.time(), job.id, worker))
+        rows = store.query("SELECT status FROM jobs WHERE id = ?", (job.id,))
+    return rows[0]["status"]
+
+
+def active_count(store: Store, devices: Sequence[str]) -> int:
+    """Jobs still queued or running for these devices (a worker with --exit-when-idle waits for zero)."""
+    if not devices:
+        return 0
+    marks = ", ".join("?" for _ in devices)
+    rows = store.query(f"SELECT COUNT(*) AS n FROM jobs WHERE status IN ('queued', 'running') "
+                       f"AND device IN ({marks})", tuple(devices))
+    return int(rows[0]["n"])
+
+
+# -------------------------------------------------------------------- workers
+def worker_name(pid: int) -> str:
+    return f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:6]}"
+
+
+def register_worker(store: Store, name: str, pid: int, devices: Sequence[str]) -> None:
+    now = time.time()
+    with store.transaction():
+        store.execute("INSERT INTO workers (name, host, pid, devices, started_at, last_heartbeat, status) "
+                      "VALUES (?, ?, ?, ?, ?, ?, 'running') ON CONFLICT (name) DO UPDATE SET "
+                      "last_heartbeat = excluded.last_heartbeat, status = 'running'",
+                      (name, socket.gethostname(), int(pid), json.dumps(list(devices)), now, now))
+
+
+def stop_worker(store: Store, name: str, status: str = "stopped") -> None:
+    with store.transaction():
+        store.execute("UPDATE workers SET status = ?, last_heartbeat = ? WHERE name = ?", (status, time.time(), name))
+
+
+# -------------------------------------------------------------------- status
+def farm_status(store: Store, now: float | None = None, stale_after_s: float = 120.0) -> dict:
+    """Per device: job counts by status, last errors of failed jobs, and the workers serving it."""
+    now = time.time() if now is None else now
+    devices: dict[str, dict] = {}
+
+    def dev(name: str) -> dict:
+        return devices.setdefault(name, {"device": name, **{s: 0 for s in JOB_STATUSES}, "failed_jobs": [],
+                                         "workers": []})
+
+    for row in store.query("SELECT device, status, COUNT(*) AS n FROM jobs GROUP BY device, status"):
+        dev(row["device"])[row["status"]] = int(row["n"])
+    for row in store.query("SELECT device, space, resolution, key, attempts, last_error FROM jobs "
+                           "WHERE status = 'failed' ORDER BY updated_at DESC"):
+        d = dev(row["device"])
+        if len(d["failed_jobs"]) < 10:
+            d["failed_jobs"].append({k: row[k] for k in ("space", "resolution", "key", "attempts", "last_error")})
+    workers = []
+    for row in store.query("SELECT name, host, pid, devices, started_at, last_heartbeat, status FROM workers "
+                           "ORDER BY name"):
+        age = now - float(row["last_heartbeat"])
+        state = row["status"]
+        if state == "running" and age > stale_after_s:
+            state = "stale"
+        w = {"name": row["name"], "host": row["host"], "pid": int(row["pid"]), "devices": json.loads(row["devices"]),
+             "status": state, "last_heartbeat": float(row["last_heartbeat"]), "heartbeat_age_s": round(age, 3)}
+        workers.append(w)
+        for d in w["devices"]:
+            dev(d)["workers"].append({"name": w["name"], "status": state, "last_heartbeat": w["last_heartbeat"],
+                                      "heartbeat_age_s": w["heartbeat_age_s"]})
+    totals = {s: sum(d[s] for d in devices.values()) for s in JOB_STATUSES}
+    return {"store": store.target, "devices": [devices[k] for k in sorted(devices)], "workers": workers,
+            "totals": totals}
