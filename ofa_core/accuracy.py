@@ -1,0 +1,374 @@
+"""Accuracy predictor: the official OFA MLP over a one-hot encoding of a subnet, scoring thousands at once.
+
+The network is `n_layers` x (Linear + ReLU) of width `hidden`, a bias-free Linear to one output, plus a
+constant `base_acc` (the mean accuracy of the training set), as in the official implementation. The input
+encoding is, per block slot, a one-hot of kernel size, then (separately, after all slots) a one-hot of
+expand ratio, zeros for slots that elastic depth skips, then a one-hot of the resolution bin. The official
+published predictor bins resolutions on 112..224 step 16, mapping a resolution to the bin at or below it
+(`(r - 112) // 16`, as the official `spec2feats` does); predictors trained here bin on the space's own
+resolutions. Weights live as float32 numpy arrays, so the forward pass needs no torch; torch is used only to
+train (`fit`) and for the reference forward (`predict_torch`).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ofa_core.errors import CheckpointError, InvalidConfigError
+from ofa_core.space import ConfigBatch, SearchSpace, SubnetConfig
+
+FORMAT_VERSION = 1
+OFFICIAL_RESOLUTION_GRID = tuple(range(112, 225, 16))
+_OFFICIAL_SPACE = "ofa-mbv3-w1.2"
+
+
+@dataclass(frozen=True)
+class AccuracyEncoding:
+    """How a config becomes the predictor's input vector: choice lists, slot layout and resolution bins."""
+
+    ks_list: tuple[int, ...]
+    expand_list: tuple[int, ...]
+    n_stages: int
+    max_depth: int
+    resolution_grid: tuple[int, ...]
+
+    @classmethod
+    def official(cls) -> "AccuracyEncoding":
+        """The encoding of the published OFA-MobileNetV3 predictor (128 inputs)."""
+        return cls((3, 5, 7), (3, 4, 6), 5, 4, OFFICIAL_RESOLUTION_GRID)
+
+    @classmethod
+    def for_space(cls, space: SearchSpace) -> "AccuracyEncoding":
+        """One bin per resolution of the space."""
+        return cls(tuple(space.ks_list), tuple(space.expand_list), space.n_stages, space.max_depth,
+                   tuple(sorted(space.resolutions)))
+
+    @property
+    def n_slots(self) -> int:
+        return self.n_stages * self.max_depth
+
+    @property
+    def n_features(self) -> int:
+        return self.n_slots * (len(self.ks_list) + len(self.expand_list)) + len(self.resolution_grid)
+
+    def resolution_bins(self, r: np.ndarray) -> np.ndarray:
+        """Index of the grid value at or below each resolution; below the grid is an error."""
+        grid = np.asarray(self.resolution_grid)
+        r = np.asarray(r)
+        if r.size and r.min() < grid[0]:
+            raise InvalidConfigError(f"resolution {int(r.min())} is below the predictor's lowest resolution {grid[0]}")
+        return np.searchsorted(grid, r, side="right") - 1
+
+    def encode(self, cfgs: Sequence[SubnetConfig] | ConfigBatch) -> np.ndarray:
+        """Float32 (N, n_features): kernel one-hots of every slot, then expand one-hots, then resolution."""
+        b = cfgs if isinstance(cfgs, ConfigBatch) else ConfigBatch.from_configs(cfgs)
+        if b.ks.shape[1] != self.n_slots or b.d.shape[1] != self.n_stages:
+            raise InvalidConfigError(
+                f"config has {b.ks.shape[1]} slots in {b.d.shape[1]} stages; the predictor expects "
+                f"{self.n_slots} in {self.n_stages}")
+        n, nk, ne = len(b), len(self.ks_list), len(self.expand_list)
+        active = b.active
+        out = np.zeros((n, self.n_features), dtype=np.float32)
+        rows = np.arange(n)[:, None]
+        slots = np.arange(self.n_slots)[None, :]
+        k_idx = _choice_index(b.ks, self.ks_list, "kernel", active)
+        e_idx = _choice_index(b.e, self.expand_list, "expand", active)
+        out[rows, slots * nk + k_idx] = active
+        out[rows, self.n_slots * nk + slots * ne + e_idx] = active
+        out[np.arange(n), self.n_slots * (nk + ne) + self.resolution_bins(b.r)] = 1.0
+        return out
+
+
+def _choice_index(values: np.ndarray, choices: tuple[int, ...], what: str, active: np.ndarray) -> np.ndarray:
+    lookup = np.asarray(choices)
+    idx = np.argmax(values[..., None] == lookup, axis=-1)
+    bad = (lookup[idx] != values) & active
+    if bad.any():
+        raise InvalidConfigError(f"{what} {int(values[bad][0])} is not one of {list(choices)}")
+    return idx
+
+
+@dataclass
+class AccuracyPredictor:
+    """The MLP's weights (float32 arrays: `weights[i]` is (in, out), `biases[i]` (out,), `w_out` (hidden,))."""
+
+    encoding: AccuracyEncoding
+    weights: list[np.ndarray]
+    biases: list[np.ndarray]
+    w_out: np.ndarray
+    base_acc: float
+    space: str = ""
+    metadata: dict = field(default_factory=dict)
+
+    # ---- scoring -------------------------------------------------------------------------------------
+    def __call__(self, cfgs: Sequence[SubnetConfig] | ConfigBatch) -> np.ndarray:
+        return self.predict(cfgs)
+
+    def predict(self, cfgs: Sequence[SubnetConfig] | ConfigBatch) -> np.ndarray:
+        """Predicted accuracy (fraction) of every config, float64 (N,): numpy forward, one matmul per layer."""
+        return self.forward_features(self.encoding.encode(cfgs))
+
+    def forward_features(self, x: np.ndarray) -> np.ndarray:
+        h = x
+        for w, b in zip(self.weights, self.biases):
+            h = h @ w
+            h += b
+            np.maximum(h, 0.0, out=h)
+        return (h @ self.w_out).astype(np.float64) + self.base_acc
+
+    def predict_torch(self, cfgs: Sequence[SubnetConfig] | ConfigBatch) -> np.ndarray:
+        """The same prediction through a torch module (one forward); the reference for the numpy path."""
+        import torch
+
+        module = self.to_torch()
+        with torch.no_grad():
+            y = module(torch.from_numpy(self.encoding.encode(cfgs)))
+        return y.double().numpy().reshape(-1) + self.base_acc
+
+    def to_torch(self):
+        """`torch.nn.Sequential` of the MLP without `base_acc` (float32, eval mode)."""
+        import torch
+        from torch import nn
+
+        layers: list[nn.Module] = []
+        for w, b in zip(self.weights, self.biases):
+            lin = nn.Linear(w.shape[0], w.shape[1])
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(w.T.copy()))
+                lin.bias.copy_(torch.from_numpy(b))
+            layers += [lin, nn.ReLU()]
+        out = nn.Linear(self.w_out.shape[0], 1, bias=False)
+        with torch.no_grad():
+            out.weight.copy_(torch.from_numpy(self.w_out[None, :].copy()))
+        layers.append(out)
+        return nn.Sequential(*layers).eval()
+
+    # ---- the official weights ------------------------------------------------------------------------
+    @classmethod
+    def from_official(cls, path: str | Path, space: str = _OFFICIAL_SPACE) -> "AccuracyPredictor":
+        """Load the published OFA predictor (`acc_predictor.pth`, a state dict; read with weights_only)."""
+        import torch
+
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"accuracy predictor {path} does not exist")
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+            raise CheckpointError(f"cannot read accuracy predictor {path}: {' '.join(str(exc).split())[:200]}") from None
+        if isinstance(sd, Mapping) and "state_dict" in sd:
+            sd = sd["state_dict"]
+        return cls.from_state_dict({k: v.detach().cpu().numpy() for k, v in sd.items()},
+                                   AccuracyEncoding.official(), space, source=str(path))
+
+    @classmethod
+    def from_state_dict(cls, sd: Mapping[str, np.ndarray], encoding: AccuracyEncoding, space: str,
+                        source: str = "") -> "AccuracyPredictor":
+        """Either official layout: the tutorial's `nn.Sequential` (`0.weight` … `6.bias`, the last bias being the
+        offset) or the NAS module's (`layers.0.0.weight` … `layers.3.weight` + `base_acc`)."""
+        linears = _official_linears(sd)
+        if linears is None:
+            raise CheckpointError(f"accuracy predictor {source or '(state dict)'} has unexpected keys: "
+                                  f"{', '.join(sorted(sd)[:6])}")
+        *hidden, (w_last, b_last, base) = linears
+        if hidden[0][0].shape[1] != encoding.n_features:
+            raise CheckpointError(f"accuracy predictor {source} takes {hidden[0][0].shape[1]} inputs; the encoding "
+                                  f"has {encoding.n_features}")
+        base_acc = float(np.asarray(base).reshape(-1)[0]) + (float(b_last.reshape(-1)[0]) if b_last is not None else 0.0)
+        return cls(
+            encoding=encoding,
+            weights=[np.ascontiguousarray(w.T, dtype=np.float32) for w, _ in hidden],
+            biases=[np.asarray(b, dtype=np.float32) for _, b in hidden],
+            w_out=np.asarray(w_last, dtype=np.float32).reshape(-1),
+            base_acc=base_acc, space=space, metadata={"source": source} if source else {},
+        )
+
+    # ---- training ------------------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, cfgs: Sequence[SubnetConfig] | ConfigBatch, accs: Sequence[float] | np.ndarray,
+            space: SearchSpace, *, rng: np.random.Generator | None = None, hidden: int = 400, n_layers: int = 3,
+            epochs: int = 200, batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 1e-4,
+            val_fraction: float = 0.1, encoding: AccuracyEncoding | None = None) -> "AccuracyPredictor":
+        """Train an MLP on (config, accuracy) pairs (accuracy as a fraction). `base_acc` is the training mean;
+        the network learns the residual with MSE and Adam. RMSE on a held-out split goes in `metadata["fit"]`."""
+        import torch
+
+        rng = rng if rng is not None else np.random.default_rng(0)
+        encoding = encoding or AccuracyEncoding.for_space(space)
+        x = encoding.encode(cfgs)
+        y = np.asarray(accs, dtype=np.float64).reshape(-1)
+        if len(y) != len(x):
+            raise InvalidConfigError(f"{len(x)} configs but {len(y)} accuracies")
+        if len(y) < 2:
+            raise InvalidConfigError("need at least 2 (config, accuracy) pairs to fit a predictor")
+        order = rng.permutation(len(y))
+        n_val = int(round(len(y) * val_fraction)) if len(y) >= 10 else 0
+        val, train = order[:n_val], order[n_val:]
+        base_acc = float(y[train].mean())
+
+        torch_gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        dims = [encoding.n_features] + [hidden] * n_layers
+        lins = []
+        for i in range(n_layers):
+            lin = torch.nn.Linear(dims[i], dims[i + 1])
+            _init_linear(lin, torch_gen)
+            lins += [lin, torch.nn.ReLU()]
+        out = torch.nn.Linear(hidden, 1, bias=False)
+        _init_linear(out, torch_gen)
+        model = torch.nn.Sequential(*lins, out)
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+        xt = torch.from_numpy(x[train])
+        yt = torch.from_numpy((y[train] - base_acc).astype(np.float32))
+        model.train()
+        for _ in range(epochs):
+            perm = torch.randperm(len(train), generator=torch_gen)
+            for start in range(0, len(train), batch_size):
+                idx = perm[start:start + batch_size]
+                loss = torch.nn.functional.mse_loss(model(xt[idx]).squeeze(1), yt[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            sched.step()
+        model.eval()
+        sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+        pred = cls(
+            encoding=encoding,
+            weights=[np.ascontiguousarray(sd[f"{2 * i}.weight"].T) for i in range(n_layers)],
+            biases=[sd[f"{2 * i}.bias"].copy() for i in range(n_layers)],
+            w_out=sd[f"{2 * n_layers}.weight"].reshape(-1).copy(),
+            base_acc=base_acc, space=space.name,
+        )
+        fit = {"n_train": int(len(train)), "n_val": int(n_val), "epochs": epochs,
+               "train_rmse": _rmse(pred.forward_features(x[train]), y[train])}
+        if n_val:
+            fit["val_rmse"] = _rmse(pred.forward_features(x[val]), y[val])
+        pred.metadata["fit"] = fit
+        return pred
+
+    # ---- persistence ---------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write `path` (.safetensors) and its metadata beside it (`.json`: space, encoding, base_acc)."""
+        from safetensors.numpy import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"w_out": self.w_out, "base_acc": np.array([self.base_acc], dtype=np.float64)}
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            tensors[f"layers.{i}.weight"] = np.ascontiguousarray(w)
+            tensors[f"layers.{i}.bias"] = np.ascontiguousarray(b)
+        meta = self.describe()
+        save_file(tensors, str(path), metadata={"ofa_bench": json.dumps(meta)})
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+        return path
+
+    def describe(self) -> dict:
+        return {"format": "ofa-bench-accuracy-predictor", "version": FORMAT_VERSION, "space": self.space,
+                "encoding": asdict(self.encoding), "base_acc": self.base_acc,
+                "hidden": [int(w.shape[1]) for w in self.weights], "metadata": self.metadata}
+
+    @classmethod
+    def load(cls, path: str | Path) -> "AccuracyPredictor":
+        """Read a predictor written by `save` (or the official `.pth`, recognised by its suffix)."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if path.suffix == ".pth":
+            return cls.from_official(path)
+        if not path.is_file():
+            raise CheckpointError(f"accuracy predictor {path} does not exist")
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                embedded = (f.metadata() or {}).get("ofa_bench")
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"cannot read accuracy predictor {path}: {' '.join(str(exc).split())[:200]}") from None
+        side = path.with_suffix(".json")
+        try:
+            meta = json.loads(side.read_text()) if side.is_file() else json.loads(embedded or "null")
+        except json.JSONDecodeError:
+            raise CheckpointError(f"accuracy predictor metadata {side} is not valid JSON") from None
+        if not isinstance(meta, dict) or meta.get("format") != "ofa-bench-accuracy-predictor":
+            raise CheckpointError(f"{path} is not an ofa-bench accuracy predictor (no metadata)")
+        if int(meta.get("version", 0)) > FORMAT_VERSION:
+            raise CheckpointError(f"{path} has format version {meta['version']}, newer than this code ({FORMAT_VERSION})")
+        enc = meta["encoding"]
+        encoding = AccuracyEncoding(tuple(enc["ks_list"]), tuple(enc["expand_list"]), int(enc["n_stages"]),
+                                    int(enc["max_depth"]), tuple(enc["resolution_grid"]))
+        n = len(meta["hidden"])
+        try:
+            weights = [tensors[f"layers.{i}.weight"].astype(np.float32) for i in range(n)]
+            biases = [tensors[f"layers.{i}.bias"].astype(np.float32) for i in range(n)]
+            w_out = tensors["w_out"].astype(np.float32)
+        except KeyError as exc:
+            raise CheckpointError(f"accuracy predictor {path} lacks tensor {exc}") from None
+        if weights[0].shape[0] != encoding.n_features:
+            raise CheckpointError(f"accuracy predictor {path}: first layer takes {weights[0].shape[0]} inputs, "
+                                  f"its encoding has {encoding.n_features}")
+        return cls(encoding, weights, biases, w_out, float(meta["base_acc"]), meta.get("space", ""),
+                   dict(meta.get("metadata") or {}))
+
+    def check_space(self, space: SearchSpace) -> None:
+        """Raise `CheckpointError` if this predictor cannot encode configs of `space`."""
+        enc = self.encoding
+        if (space.n_stages, space.max_depth) != (enc.n_stages, enc.max_depth):
+            raise CheckpointError(f"accuracy predictor for {self.space or 'another space'} has "
+                                  f"{enc.n_stages}x{enc.max_depth} block slots; {space.name} has "
+                                  f"{space.n_stages}x{space.max_depth}")
+        if not set(space.ks_list) <= set(enc.ks_list) or not set(space.expand_list) <= set(enc.expand_list):
+            raise CheckpointError(f"accuracy predictor for {self.space or 'another space'} does not know the "
+                                  f"kernel/expand choices of {space.name}")
+        if min(space.resolutions) < enc.resolution_grid[0]:
+            raise CheckpointError(f"accuracy predictor for {self.space or 'another space'} starts at resolution "
+                                  f"{enc.resolution_grid[0]}; {space.name} goes down to {min(space.resolutions)}")
+
+
+def _official_linears(sd: Mapping[str, np.ndarray]):
+    """[(w, b) per hidden layer] + [(w_last, b_last or None, base)] from either official key layout."""
+    if "0.weight" in sd:
+        idx = sorted(int(k.split(".")[0]) for k in sd if k.endswith(".weight"))
+        if len(idx) < 2 or any(f"{i}.bias" not in sd for i in idx[:-1]):
+            return None
+        hidden = [(sd[f"{i}.weight"], sd[f"{i}.bias"]) for i in idx[:-1]]
+        last = idx[-1]
+        return hidden + [(sd[f"{last}.weight"], sd.get(f"{last}.bias"), np.zeros(1))]
+    if "layers.0.0.weight" in sd and "base_acc" in sd:
+        n = sum(1 for k in sd if k.startswith("layers.") and k.endswith(".0.weight"))
+        hidden = [(sd[f"layers.{i}.0.weight"], sd[f"layers.{i}.0.bias"]) for i in range(n)]
+        if f"layers.{n}.weight" not in sd:
+            return None
+        return hidden + [(sd[f"layers.{n}.weight"], sd.get(f"layers.{n}.bias"), sd["base_acc"])]
+    return None
+
+
+def _init_linear(lin, gen) -> None:
+    """PyTorch's default Linear init, drawn from our seeded generator."""
+    import torch
+
+    bound = 1.0 / np.sqrt(lin.in_features)
+    with torch.no_grad():
+        lin.weight.uniform_(-bound, bound, generator=gen)
+        if lin.bias is not None:
+            lin.bias.uniform_(-bound, bound, generator=gen)
+
+
+def _rmse(pred: np.ndarray, y: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((pred - y) ** 2)))
+
+
+def default_predictor_path(space_name: str, shared: Path | None = None) -> Path | None:
+    """Where the default predictor of a space lives: the shipped one (`ofa_core/weights/<space>.acc.safetensors`),
+    or for ofa-mbv3-w1.2 the published one in `../shared/anchors` beside the checkout. None if there is none."""
+    shipped = Path(__file__).resolve().parent / "weights" / f"{space_name}.acc.safetensors"
+    if shipped.is_file():
+        return shipped
+    if space_name == _OFFICIAL_SPACE:
+        shared = shared or Path(__file__).resolve().parents[2] / "shared"
+        anchor = shared / "anchors" / "ofa-mbv3-w12-note10" / "acc_predictor.pth"
+        if anchor.is_file():
+            return anchor
+    return None

@@ -1,0 +1,521 @@
+"""Hardware-aware search: the OFA evolutionary search under budgets, and NSGA-II Pareto fronts.
+
+Predictors are passed in as plain callables `f(batch: ConfigBatch) -> np.ndarray` (an accuracy predictor, a
+latency predictor, `space.macs`), as the official `EvolutionFinder` takes them. Unlike it, every population is
+scored in one vectorised call, configs already scored are answered from a cache, several searches (restarts
+and budgets) evolve side by side in the same arrays ("lanes"), and a budget no subnet meets raises
+`InfeasibleBudgetError` instead of resampling forever.
+
+A config is held as a row of choice indices ("genes", int8): kernel per slot, expand per slot, depth per stage,
+resolution. Evolution follows the official tutorial finder: keep the best `parent_ratio` of the population,
+make `mutation_ratio` of the children by mutation (each slot's kernel+expand, each depth and the resolution
+resampled with `mutate_prob`) and the rest by uniform crossover of two parents; a child that breaks a budget
+is redrawn from the same parents (at most `max_resample` rounds, then the first parent is kept).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ofa_core.errors import OFABenchError
+from ofa_core.space import ConfigBatch, SearchSpace, SubnetConfig
+
+Predictor = Callable[[ConfigBatch], np.ndarray]
+
+
+class InfeasibleBudgetError(OFABenchError, ValueError):
+    """No subnet of the space meets the budget; the message gives the smallest value reachable."""
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Evolution hyperparameters (defaults: the paper's / official finder's, plus 4 restarts side by side)."""
+
+    population: int = 100
+    generations: int = 500
+    parent_ratio: float = 0.25
+    mutation_ratio: float = 0.5
+    mutate_prob: float = 0.1
+    restarts: int = 4
+    max_resample: int = 50  # rounds of redrawing children that break a budget
+    oversample: int = 2  # candidates drawn per child in the first round (the first feasible one is kept)
+    oversample_retry: int = 4  # ... and in later rounds, for the children still breaking their budget
+    unique_parents: bool = True  # pick parents among distinct configs (the official finder lets copies crowd in)
+
+    def __post_init__(self) -> None:
+        if self.population < 2 or self.generations < 0 or self.restarts < 1:
+            raise OFABenchError("search needs population >= 2, generations >= 0 and restarts >= 1")
+        if not 0 < self.parent_ratio <= 1 or not 0 <= self.mutation_ratio <= 1 or not 0 <= self.mutate_prob <= 1:
+            raise OFABenchError("parent_ratio must be in (0, 1]; mutation_ratio and mutate_prob in [0, 1]")
+
+    @property
+    def n_parents(self) -> int:
+        return max(1, int(round(self.parent_ratio * self.population)))
+
+    @property
+    def n_mutations(self) -> int:
+        return int(round(self.mutation_ratio * self.population))
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The best config found under one budget, its predicted accuracy and the values of every metric."""
+
+    config: SubnetConfig
+    accuracy: float
+    values: dict[str, float]
+    limits: dict[str, float]
+    history: np.ndarray = field(repr=False)  # best accuracy after each generation (best restart)
+    restart_accuracies: tuple[float, ...] = ()
+    n_scored: int = 0  # distinct configs scored by the accuracy predictor (shared by all lanes of the call)
+    seconds: float = 0.0  # wall time of the whole call (all budgets)
+
+
+# ---- genes --------------------------------------------------------------------------------------------
+
+class Genome:
+    """Choice-index encoding of configs for one space and resolution list: decoding, sampling, variation."""
+
+    def __init__(self, space: SearchSpace, resolutions: Sequence[int] | None = None):
+        self.space = space
+        res = tuple(sorted(set(int(r) for r in (resolutions or space.resolutions))))
+        bad = [r for r in res if r not in space.resolutions]
+        if bad:
+            raise OFABenchError(f"resolution {bad[0]} is not in {space.name}")
+        self.resolutions = res
+        S, T = space.n_slots, space.n_stages
+        self.S, self.T, self.M = S, T, space.max_depth
+        self.n_cols = 2 * S + T + 1
+        self.n_bytes = -(-self.n_cols // 8)
+        self.ks_vals = np.asarray(space.ks_list, dtype=np.int64)
+        self.e_vals = np.asarray(space.expand_list, dtype=np.int64)
+        self.d_vals = np.asarray(space.depth_list, dtype=np.int64)
+        self.r_vals = np.asarray(res, dtype=np.int64)
+        self.n_choices = np.array([len(self.ks_vals)] * S + [len(self.e_vals)] * S + [len(self.d_vals)] * T
+                                  + [len(self.r_vals)], dtype=np.int64)
+        # one mutation draw per slot (kernel and expand together), per stage and for the resolution
+        self.draw_of_col = np.concatenate([np.arange(S), np.arange(S), S + np.arange(T), [S + T]])
+        self.stage_of_slot = np.repeat(np.arange(T), self.M)
+        self.pos_of_slot = np.tile(np.arange(self.M), T)
+        self._active_of_depth = np.arange(self.M)[None, :] < self.d_vals[:, None]  # (depth choice, position)
+
+    def random(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return (rng.random((n, self.n_cols)) * self.n_choices).astype(np.int8)
+
+    def vary(self, a: np.ndarray, b: np.ndarray, mutate: np.ndarray, prob: float,
+             rng: np.random.Generator) -> np.ndarray:
+        """Children of parent rows `a`, `b`: uniform crossover, then mutation where `mutate` (rows) is set.
+        A mutation child has `b` equal to `a`, so the crossover leaves it unchanged."""
+        n = len(a)
+        bits = rng.integers(0, 256, size=(n, self.n_bytes), dtype=np.uint8)
+        pick_a = np.unpackbits(bits, axis=1, count=self.n_cols).view(bool)
+        child = np.where(pick_a, a, b)
+        m = np.flatnonzero(mutate)
+        if len(m):
+            draws = rng.random((len(m), self.S + self.T + 1), dtype=np.float32) < prob
+            flat = np.flatnonzero(draws[:, self.draw_of_col])
+            if len(flat):
+                r, c = m[flat // self.n_cols], flat % self.n_cols
+                child[r, c] = (rng.random(len(flat)) * self.n_choices[c]).astype(np.int8)
+        return child
+
+    def active_cols(self, g: np.ndarray) -> np.ndarray:
+        """(N, n_cols) bool: the genes that matter (kernel/expand of skipped slots do not)."""
+        S, T = self.S, self.T
+        act = self._active_of_depth[g[:, 2 * S: 2 * S + T]].reshape(len(g), S)
+        out = np.ones((len(g), self.n_cols), dtype=bool)
+        out[:, :S] = act
+        out[:, S:2 * S] = act
+        return out
+
+    def canonical(self, g: np.ndarray) -> np.ndarray:
+        """Genes with skipped slots set to their stage's last active block (equal configs, equal rows)."""
+        S, T = self.S, self.T
+        depth = self.d_vals[g[:, 2 * S: 2 * S + T].astype(np.intp)]  # (N, T)
+        last = depth[:, self.stage_of_slot] - 1  # (N, S)
+        src = self.stage_of_slot * self.M + np.minimum(self.pos_of_slot, last)
+        rows = np.arange(len(g))[:, None]
+        out = g.copy()
+        out[:, :S] = g[rows, src]
+        out[:, S:2 * S] = g[rows, S + src]
+        return out
+
+    def decode(self, g: np.ndarray) -> ConfigBatch:
+        S, T = self.S, self.T
+        gi = g.astype(np.intp)
+        return ConfigBatch(self.ks_vals[gi[:, :S]], self.e_vals[gi[:, S:2 * S]], self.d_vals[gi[:, 2 * S:2 * S + T]],
+                           self.r_vals[gi[:, -1]])
+
+    def encode(self, batch: ConfigBatch) -> np.ndarray:
+        """Genes of configs (their values must be among the choices and resolutions)."""
+        b = batch.normalised()
+        cols = [_index_of(b.ks, self.ks_vals, "kernel"), _index_of(b.e, self.e_vals, "expand"),
+                _index_of(b.d, self.d_vals, "depth"), _index_of(b.r[:, None], self.r_vals, "resolution")]
+        return np.concatenate(cols, axis=1).astype(np.int8)
+
+    def smallest(self) -> np.ndarray:
+        """The all-smallest-choice config at each resolution (choices are sorted ascending)."""
+        g = np.zeros((len(self.r_vals), self.n_cols), dtype=np.int8)
+        order = [np.argsort(v) for v in (self.ks_vals, self.e_vals, self.d_vals)]
+        g[:, :self.S] = order[0][0]
+        g[:, self.S:2 * self.S] = order[1][0]
+        g[:, 2 * self.S:-1] = order[2][0]
+        g[:, -1] = np.arange(len(self.r_vals))
+        return g
+
+    def neighbours(self, g: np.ndarray) -> np.ndarray:
+        """Every config one gene away from row `g` (plus `g` itself)."""
+        out = [g[None, :]]
+        for col in range(self.n_cols):
+            for v in range(self.n_choices[col]):
+                if v != g[col]:
+                    h = g.copy()
+                    h[col] = v
+                    out.append(h[None, :])
+        return np.concatenate(out, axis=0)
+
+
+def _index_of(values: np.ndarray, choices: np.ndarray, what: str) -> np.ndarray:
+    hit = values[..., None] == choices
+    if not hit.any(axis=-1).all():
+        bad = values[~hit.any(axis=-1)][0]
+        raise OFABenchError(f"{what} {int(bad)} is not among the searched choices {choices.tolist()}")
+    return np.argmax(hit, axis=-1)
+
+
+# ---- scores, cached -----------------------------------------------------------------------------------
+
+class _SortedIndex:
+    """uint64 key -> row, as sorted arrays: a large main part and a small recent part merged into it now and
+    then, so that inserting stays cheap while the cache grows."""
+
+    def __init__(self, merge_at: int = 4096):
+        self.parts = [(np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.intp)),
+                      (np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.intp))]
+        self.merge_at = merge_at
+
+    def find(self, h: np.ndarray) -> np.ndarray:
+        out = np.full(len(h), -1, dtype=np.intp)
+        for keys, rows in self.parts:
+            if len(keys):
+                pos = np.minimum(np.searchsorted(keys, h), len(keys) - 1)
+                hit = keys[pos] == h
+                out[hit] = rows[pos[hit]]
+        return out
+
+    def add(self, h: np.ndarray, rows: np.ndarray) -> None:
+        """Add keys not present yet (`h` sorted and unique)."""
+        keys, vals = self.parts[1]
+        at = np.searchsorted(keys, h)
+        keys, vals = np.insert(keys, at, h), np.insert(vals, at, rows)
+        if len(keys) >= self.merge_at:
+            mk, mv = self.parts[0]
+            at = np.searchsorted(mk, keys)
+            self.parts[0] = (np.insert(mk, at, keys), np.insert(mv, at, vals))
+            keys, vals = keys[:0], vals[:0]
+        self.parts[1] = (keys, vals)
+
+
+class ScoreCache:
+    """Metric values and accuracies of every config seen in one search call, keyed by its genes.
+
+    Lookups are vectorised: a 64-bit hash of the genes that matter (skipped slots masked), a sorted key array
+    and `searchsorted`; a hit is confirmed by comparing the stored genes, so a hash collision only costs a
+    recomputation, never a wrong score. Metrics are computed for every new config; accuracy only when asked
+    (children breaking a budget never reach the accuracy predictor)."""
+
+    _MIX = np.uint64(0x9E3779B97F4A7C15)
+
+    def __init__(self, genome: Genome, accuracy_fn: Predictor, metrics: Mapping[str, Predictor]):
+        self.genome = genome
+        self.accuracy_fn = accuracy_fn
+        self.metric_names = tuple(metrics)
+        self.metric_fns = tuple(metrics.values())
+        self.width = -(-genome.n_cols // 8) * 8
+        # fixed odd multipliers (a hash, not randomness: results never depend on them)
+        self.mult = (np.arange(1, self.width // 8 + 1, dtype=np.uint64) * np.uint64(0xBF58476D1CE4E5B9)) | np.uint64(1)
+        self.index = _SortedIndex()
+        cap = 4096
+        self.masked = np.zeros((cap, genome.n_cols), dtype=np.int8)
+        self.genes = np.zeros((cap, genome.n_cols), dtype=np.int8)
+        self.values = np.zeros((cap, len(self.metric_fns)), dtype=np.float64)
+        self.acc = np.full(cap, np.nan)
+        self.n = 0
+        self.n_acc = 0
+
+    def _hash(self, masked: np.ndarray) -> np.ndarray:
+        buf = np.zeros((len(masked), self.width), dtype=np.int8)
+        buf[:, :masked.shape[1]] = masked
+        words = buf.view(np.uint64)
+        h = (words * self.mult).sum(axis=1, dtype=np.uint64)
+        h ^= h >> np.uint64(31)
+        h *= self._MIX
+        h ^= h >> np.uint64(29)
+        return h
+
+    def rows(self, g: np.ndarray) -> np.ndarray:
+        """Cache rows of gene rows `g`, scoring the metrics of configs not seen before."""
+        masked = np.where(self.genome.active_cols(g), g, np.int8(-1))
+        h = self._hash(masked)
+        rows = self.index.find(h)
+        hit = np.flatnonzero(rows >= 0)
+        if len(hit):
+            bad = hit[(self.masked[rows[hit]] != masked[hit]).any(axis=1)]
+            rows[bad] = -2  # a hash collision: score it again, outside the index
+        miss = np.flatnonzero(rows < 0)
+        if len(miss):
+            collided = rows[miss] == -2
+            hm = h[miss]
+            new_keys, first, inv = np.unique(hm, return_index=True, return_inverse=True)
+            rep = miss[first]  # one representative per new key
+            # rows whose genes differ from their key's representative (a collision): own rows, not indexed
+            odd = miss[(masked[miss] != masked[rep[inv]]).any(axis=1)]
+            fresh = np.concatenate([rep, odd])
+            start = self._add(masked[fresh], g[fresh])
+            rows[miss] = start + inv
+            rows[odd] = start + len(rep) + np.arange(len(odd))
+            indexed = ~collided[first]
+            self.index.add(new_keys[indexed], start + np.flatnonzero(indexed))
+        return rows
+
+    def _add(self, masked: np.ndarray, g: np.ndarray) -> int:
+        """Store new configs, score their metrics, return the first new row."""
+        k = len(g)
+        start = self._grow(k)
+        canon = self.genome.canonical(g)
+        self.masked[start:start + k] = masked
+        self.genes[start:start + k] = canon
+        batch = self.genome.decode(canon)
+        for j, fn in enumerate(self.metric_fns):
+            self.values[start:start + k, j] = np.asarray(fn(batch), dtype=np.float64).reshape(-1)
+        return start
+
+    def accuracy(self, rows: np.ndarray) -> np.ndarray:
+        acc = self.acc[rows]
+        todo = np.isnan(acc)
+        if todo.any():
+            need = np.unique(rows[todo])
+            self.acc[need] = np.asarray(self.accuracy_fn(self.genome.decode(self.genes[need])),
+                                        dtype=np.float64).reshape(-1)
+            self.n_acc += len(need)
+            acc = self.acc[rows]
+        return acc
+
+    def _grow(self, k: int) -> int:
+        start = self.n
+        if start + k > len(self.acc):
+            cap = max(2 * len(self.acc), start + k)
+            self.genes = np.resize(self.genes, (cap, self.genes.shape[1]))
+            self.masked = np.resize(self.masked, (cap, self.masked.shape[1]))
+            self.values = np.resize(self.values, (cap, self.values.shape[1]))
+            acc = np.full(cap, np.nan)
+            acc[:start] = self.acc[:start]
+            self.acc = acc
+        self.n = start + k
+        return start
+
+
+# ---- evolution ----------------------------------------------------------------------------------------
+
+def evolution_search(space: SearchSpace, accuracy_fn: Predictor, metrics: Mapping[str, Predictor],
+                     limits: Mapping[str, float], rng: np.random.Generator, params: SearchParams = SearchParams(),
+                     resolutions: Sequence[int] | None = None) -> SearchResult:
+    """Best config (by predicted accuracy) with `metrics[name](cfg) <= limits[name]` for every limit."""
+    return evolution_search_many(space, accuracy_fn, metrics, [limits], rng, params, resolutions)[0]
+
+
+def evolution_search_many(space: SearchSpace, accuracy_fn: Predictor, metrics: Mapping[str, Predictor],
+                          budgets: Sequence[Mapping[str, float]], rng: np.random.Generator,
+                          params: SearchParams = SearchParams(),
+                          resolutions: Sequence[int] | None = None) -> list[SearchResult]:
+    """One search per budget, all evolved together (budgets x restarts lanes in the same arrays)."""
+    t0 = time.perf_counter()
+    if not budgets:
+        return []
+    unknown = sorted({k for b in budgets for k in b} - set(metrics))
+    if unknown:
+        raise OFABenchError(f"budget on {unknown[0]!r}, which has no predictor (have: {', '.join(metrics) or 'none'})")
+    genome = Genome(space, resolutions)
+    cache = ScoreCache(genome, accuracy_fn, metrics)
+    names = cache.metric_names
+    R, P, K = params.restarts, params.population, params.n_parents
+    L = len(budgets) * R
+    limits = np.array([[float(b.get(m, np.inf)) for m in names] for b in budgets], dtype=np.float64)
+    lane_limits = np.repeat(limits, R, axis=0)  # (L, n_metrics)
+
+    genes = _initial_population(genome, cache, lane_limits, budgets, P, params, rng)  # (L*P, C)
+    rows = cache.rows(genes)
+    acc = cache.accuracy(rows).reshape(L, P)
+    genes = genes.reshape(L, P, -1)
+    rows = rows.reshape(L, P)
+
+    n_mut = params.n_mutations
+    is_mut = np.zeros((L, P), dtype=bool)
+    is_mut[:, :n_mut] = True
+    is_mut = is_mut.ravel()
+    lane_of_child = np.repeat(np.arange(L), P)
+    lane_base = (np.arange(L) * K)[:, None]
+    history = np.empty((L, params.generations))
+    lane_ix = np.arange(L)[:, None]
+    for gen in range(params.generations):
+        key = acc
+        if params.unique_parents:  # copies of a config beyond its first rank last
+            order = np.argsort(rows, axis=1, kind="stable")
+            srt = np.take_along_axis(rows, order, axis=1)
+            dup = np.zeros(rows.shape, dtype=bool)
+            dup[:, 1:] = srt[:, 1:] == srt[:, :-1]
+            key = acc.copy()
+            key[lane_ix, order] = np.where(dup, -np.inf, acc[lane_ix, order])
+        top = np.argpartition(-key, K - 1, axis=1)[:, :K] if K < acc.shape[1] else np.broadcast_to(
+            np.arange(acc.shape[1]), acc.shape)
+        par_genes = np.take_along_axis(genes, top[:, :, None], axis=1)  # (L, K, C)
+        par_rows = np.take_along_axis(rows, top, axis=1)
+        par_acc = np.take_along_axis(acc, top, axis=1)
+        history[:, gen] = par_acc.max(axis=1)
+        flat_par = par_genes.reshape(L * K, -1)
+        pa = (lane_base + rng.integers(0, K, size=(L, P))).ravel()
+        pb = (lane_base + rng.integers(0, K, size=(L, P))).ravel()
+        pb = np.where(is_mut, pa, pb)
+        child_genes, child_rows = _feasible_children(genome, cache, flat_par, pa, pb, is_mut, lane_of_child,
+                                                     lane_limits, params, rng)
+        child_acc = cache.accuracy(child_rows).reshape(L, P)
+        genes = np.concatenate([par_genes, child_genes.reshape(L, P, -1)], axis=1)
+        rows = np.concatenate([par_rows, child_rows.reshape(L, P)], axis=1)
+        acc = np.concatenate([par_acc, child_acc], axis=1)
+
+    best = np.argmax(acc, axis=1)
+    lane_best_acc = acc[np.arange(L), best]
+    lane_best_row = rows[np.arange(L), best]
+    seconds = time.perf_counter() - t0
+    results = []
+    for i, budget in enumerate(budgets):
+        lanes = np.arange(i * R, (i + 1) * R)
+        j = lanes[int(np.argmax(lane_best_acc[lanes]))]
+        row = int(lane_best_row[j])
+        cfg = genome.decode(cache.genes[row:row + 1]).to_configs()[0]
+        results.append(SearchResult(
+            config=cfg, accuracy=float(cache.acc[row]),
+            values={m: float(cache.values[row, k]) for k, m in enumerate(names)},
+            limits={m: float(v) for m, v in budget.items()},
+            history=history[j].copy(), restart_accuracies=tuple(float(a) for a in lane_best_acc[lanes]),
+            n_scored=cache.n_acc, seconds=seconds,
+        ))
+    return results
+
+
+def _feasible(cache: ScoreCache, rows: np.ndarray, lanes: np.ndarray, lane_limits: np.ndarray) -> np.ndarray:
+    return (cache.values[rows] <= lane_limits[lanes]).all(axis=1)
+
+
+def _feasible_children(genome, cache, parents, pa, pb, is_mut, lane_of_child, lane_limits, params, rng):
+    """One child per (pa, pb) pair, redrawn while it breaks its lane's budget; `oversample` draws per round."""
+    n = len(pa)
+    out_genes = np.empty((n, genome.n_cols), dtype=np.int8)
+    out_rows = np.empty(n, dtype=np.intp)
+    todo = np.arange(n)
+    for round_ in range(params.max_resample):
+        if len(todo) == 0:
+            break
+        os_ = max(1, params.oversample if round_ == 0 else params.oversample_retry)
+        rep = np.repeat(todo, os_)
+        cand = genome.vary(parents[pa[rep]], parents[pb[rep]], is_mut[rep], params.mutate_prob, rng)
+        cand_rows = cache.rows(cand)
+        ok = _feasible(cache, cand_rows, lane_of_child[rep], lane_limits).reshape(-1, os_)
+        has = ok.any(axis=1)
+        pick = np.argmax(ok, axis=1)[has] + np.flatnonzero(has) * os_
+        done = todo[has]
+        out_genes[done] = cand[pick]
+        out_rows[done] = cand_rows[pick]
+        todo = todo[~has]
+    if len(todo):  # give up on these: keep the (feasible) first parent
+        out_genes[todo] = parents[pa[todo]]
+        out_rows[todo] = cache.rows(parents[pa[todo]])
+    return out_genes, out_rows
+
+
+def _initial_population(genome, cache, lane_limits, budgets, P, params, rng) -> np.ndarray:
+    """P feasible random configs per lane; lanes short of them are filled around the smallest config, and a
+    budget that even the smallest config breaks raises `InfeasibleBudgetError`."""
+    L = len(lane_limits)
+    n = L * P
+    lane = np.repeat(np.arange(L), P)
+    out = np.empty((n, genome.n_cols), dtype=np.int8)
+    todo = np.arange(n)
+    os_ = max(1, params.oversample)
+    for _ in range(params.max_resample):
+        if len(todo) == 0:
+            return out
+        cand = genome.random(rng, len(todo) * os_)
+        rep = np.repeat(todo, os_)
+        ok = _feasible(cache, cache.rows(cand), lane[rep], lane_limits).reshape(-1, os_)
+        has = ok.any(axis=1)
+        out[todo[has]] = cand[np.argmax(ok, axis=1)[has] + np.flatnonzero(has) * os_]
+        todo = todo[~has]
+    # Few random configs meet these budgets: start from the smallest one reachable and its feasible neighbours.
+    for lane_id in np.unique(lane[todo]):
+        seeds = _smallest_feasible(genome, cache, lane_limits[lane_id], budgets[lane_id // params.restarts])
+        slots = todo[lane[todo] == lane_id]
+        out[slots] = seeds[rng.integers(0, len(seeds), size=len(slots))]
+    return out
+
+
+def _smallest_feasible(genome, cache, limits, budget) -> np.ndarray:
+    """Feasible configs near the minimum of max(value / limit); raise if that minimum breaks the budget."""
+    names = cache.metric_names
+    scale = np.where(np.isfinite(limits), limits, np.inf)
+
+    def worst(rows):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = cache.values[rows] / scale
+        ratio = np.where(np.isfinite(limits), ratio, 0.0)
+        return ratio.max(axis=1)
+
+    starts = genome.smallest()
+    best_g, best_w = None, np.inf
+    for g in starts:  # greedy descent, one gene at a time, from the smallest config at each resolution
+        w = worst(cache.rows(g[None, :]))[0]
+        for _ in range(4 * genome.n_cols):
+            nb = genome.neighbours(g)
+            ws = worst(cache.rows(nb))
+            k = int(np.argmin(ws))
+            if ws[k] >= w:
+                break
+            g, w = nb[k], ws[k]
+        if w < best_w:
+            best_g, best_w = g, w
+    rows = cache.rows(best_g[None, :])
+    if best_w > 1.0:
+        vals = cache.values[rows[0]]
+        parts = [f"{m} <= {limits[k]:g}" for k, m in enumerate(names) if np.isfinite(limits[k])]
+        found = [f"{m} {vals[k]:.4g}" for k, m in enumerate(names) if np.isfinite(limits[k])]
+        cfg = genome.decode(cache.genes[rows]).to_configs()[0]
+        raise InfeasibleBudgetError(
+            f"no subnet of {genome.space.name} meets {' and '.join(parts)}: the smallest achievable is "
+            f"{', '.join(found)} ({cfg.to_string()})")
+    nb = genome.neighbours(best_g)
+    ok = _feasible(cache, cache.rows(nb), np.zeros(len(nb), dtype=np.intp), limits[None, :])
+    return nb[ok]
+
+
+def smallest_achievable(space: SearchSpace, metric_fn: Predictor,
+                        resolutions: Sequence[int] | None = None) -> tuple[SubnetConfig, float]:
+    """The config (and value) minimising one metric, by greedy one-gene descent from the smallest configs
+    (exact for additive lookup tables)."""
+    genome = Genome(space, resolutions)
+    cache = ScoreCache(genome, lambda b: np.zeros(len(b)), {"m": metric_fn})
+    best = None
+    for g in genome.smallest():
+        v = cache.values[cache.rows(g[None, :])[0], 0]
+        for _ in range(4 * genome.n_cols):
+            nb = genome.neighbours(g)
+            vals = cache.values[cache.rows(nb), 0]
+            k = int(np.argmin(vals))
+            if vals[k] >= v:
+                break
+            g, v = nb[k], vals[k]
+        if best is None or v < best[1]:
+            best = (g, v)
+    return genome.decode(best[0][None, :]).to_configs()[0], float(best[1])
