@@ -105,7 +105,7 @@ def start_sshd(folder: Path, timeout_s: float = 15.0) -> SshServer:
         "PrintMotd no",
         "MaxStartups 50",
         "MaxSessions 50",
-        "LogLevel ERROR",
+        "LogLevel INFO",
         "",
     ]))
     log = open(folder / "sshd.log", "wb")
@@ -117,12 +117,31 @@ def start_sshd(folder: Path, timeout_s: float = 15.0) -> SshServer:
             pytest.skip(f"sshd exited: {(folder / 'sshd.log').read_text().strip()[-300:]}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return SshServer(proc, port, user, folder / "user_ed25519", known_hosts, folder)
+                break
         except OSError:
             time.sleep(0.05)
-    proc.kill()
-    proc.wait(5)
-    pytest.skip(f"sshd did not accept connections within {timeout_s:g} s")
+    else:
+        proc.kill()
+        proc.wait(5)
+        pytest.skip(f"sshd did not accept connections within {timeout_s:g} s")
+    server = SshServer(proc, port, user, folder / "user_ed25519", known_hosts, folder)
+    _probe_login(server)
+    return server
+
+
+def _probe_login(server: SshServer) -> None:
+    """One plain `ssh ... true`: if this machine refuses the login (e.g. a locked account: with UsePAM no,
+    sshd rejects users whose password field starts with "!"), skip with sshd's reason instead of failing."""
+    probe = subprocess.run(["ssh", "-F", os.devnull, "-p", str(server.port), "-i", str(server.key_path),
+                            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10",
+                            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                            "-o", "LogLevel=ERROR", f"{server.user}@127.0.0.1", "true"],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)
+    if probe.returncode != 0:
+        log = (server.folder / "sshd.log").read_text().strip().splitlines()
+        server.stop()
+        pytest.skip(f"this machine's sshd refuses a key login for {server.user}: "
+                    f"{(log[-1] if log else probe.stderr.strip())[:200]}")
 
 
 @pytest.fixture(scope="module")

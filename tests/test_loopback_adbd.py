@@ -150,8 +150,8 @@ def test_several_connections_and_streams_at_once(loopback):
         try:
             device = _device(loopback)
             try:
-                for j in range(3):
-                    assert device.shell(f"sleep 0.2; echo {i}-{j}").strip() == f"{i}-{j}"
+                for j in range(2):
+                    assert device.shell(f"sleep 0.5; echo {i}-{j}").strip() == f"{i}-{j}"
             finally:
                 device.close()
         except BaseException as e:  # reported below
@@ -164,7 +164,7 @@ def test_several_connections_and_streams_at_once(loopback):
     for t in threads:
         t.join(30)
     assert not errors
-    assert time.monotonic() - start < 0.2 * 3 * 4   # they ran concurrently, not one after another
+    assert time.monotonic() - start < 0.5 * 2 * 4 - 0.5   # they ran concurrently, not one after another
 
 
 def test_stop_kills_running_commands_and_removes_the_temporary_root(loopback):

@@ -73,7 +73,7 @@ def test_timeout_fails_within_the_limit_and_the_next_call_works(transport):
     start = time.monotonic()
     with pytest.raises(TransportError, match="timed out after 1 s"):
         transport.run(["sleep", "10"], timeout_s=1.0)
-    assert time.monotonic() - start < 3.0
+    assert time.monotonic() - start < 5.0
     assert transport.run(["echo", "again"]).stdout == "again\n"
 
 

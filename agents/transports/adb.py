@@ -154,14 +154,15 @@ class _AdbShellBase(Transport):
     def _call(self, what: str, op: Callable[[AdbDevice, float], T], timeout_s: float) -> T:
         """Connect if needed and run `op(device, timeout_s)` in a worker thread with a hard deadline.
 
+        Connecting takes at most the transport's `timeout_s`, the whole call at most the call's `timeout_s`.
         Past the deadline the connection is closed (which unblocks the worker) and the call fails; every
-        failure becomes one-line `TransportError` naming the device.
+        failure becomes a one-line `TransportError` naming the device.
         """
         box: dict[str, object] = {}
 
         def work() -> None:
             try:
-                device = self._connected(timeout_s)
+                device = self._connected(min(timeout_s, self.timeout_s))
                 box["connected"] = True
                 box["value"] = op(device, timeout_s)
             except BaseException as e:  # handed over to the caller's thread
