@@ -223,3 +223,22 @@ def test_rounds_and_fingerprint_through_the_loopback_adb_device(tmp_path, models
     assert fp["model"] == "ofa-bench-loopback" and fp["kind"] == "adb"
     assert [m.model for m in ms] == [str(m) for m in models] and all(m.n >= 20 for m in ms)
     assert ms[1].median_ms > ms[0].median_ms
+
+
+@pytest.mark.parametrize("runtime,fmt", [("onnxruntime", "onnx"), ("litert", "tflite"), ("torch", "pt2"),
+                                         ("null", "onnx")])
+def test_every_runtime_through_the_local_transport(runtime, fmt, profile, tmp_path):
+    from agents.runtimes import RuntimeUnavailable, get_runtime
+    from agents.tiny_models import tiny_model
+
+    try:
+        get_runtime(runtime)
+    except RuntimeUnavailable as exc:
+        pytest.skip(str(exc))
+    model = tiny_model(tmp_path / "tiny", fmt)
+    p = profile.replace(runtime=runtime, model_format=fmt, min_runs=10, min_duration_s=0.0)
+    with connect(p) as agent:
+        [m] = agent.measure([model])
+        fp = agent.fingerprint()
+    assert m.n >= 10 and m.env["runtime"] == runtime and fp["runtime"] == runtime and fp["runtime_version"]
+    assert m.env["inputs"] == ([] if runtime == "null" else m.env["inputs"]) and m.median_ms > 0
