@@ -13,6 +13,45 @@ from ofa_core.ops import activation_module
 from ofa_core.space import BlockSpec, SearchSpace, make_divisible
 
 
+class Conv2d(nn.Conv2d):
+    """`nn.Conv2d` (same padding) that can skip random initialisation: `init=False` leaves meta tensors, for
+    extraction, which then replaces every weight (initialising a subnet costs more than copying it)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1,
+                 bias: bool = False, init: bool = True) -> None:
+        object.__setattr__(self, "_init", init)
+        super().__init__(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=bias,
+                         device=None if init else "meta")
+
+    def reset_parameters(self) -> None:
+        if self._init:
+            super().reset_parameters()
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """`nn.BatchNorm2d` that can skip initialisation (see `Conv2d`)."""
+
+    def __init__(self, num_features: int, init: bool = True) -> None:
+        object.__setattr__(self, "_init", init)
+        super().__init__(num_features, device=None if init else "meta")
+
+    def reset_parameters(self) -> None:
+        if self._init:
+            super().reset_parameters()
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` that can skip initialisation (see `Conv2d`)."""
+
+    def __init__(self, in_features: int, out_features: int, init: bool = True) -> None:
+        object.__setattr__(self, "_init", init)
+        super().__init__(in_features, out_features, device=None if init else "meta")
+
+    def reset_parameters(self) -> None:
+        if self._init:
+            super().reset_parameters()
+
+
 class ConvBNAct(nn.Module):
     """Conv (same padding) -> BatchNorm (optional) -> activation."""
 
@@ -26,10 +65,11 @@ class ConvBNAct(nn.Module):
         act: str = "relu",
         norm: bool = True,
         bias: bool = False,
+        init: bool = True,
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=bias)
-        self.bn = nn.BatchNorm2d(out_channels) if norm else None
+        self.conv = Conv2d(in_channels, out_channels, kernel, stride, groups=groups, bias=bias, init=init)
+        self.bn = BatchNorm2d(out_channels, init=init) if norm else None
         self.act = activation_module(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,10 +82,10 @@ class ConvBNAct(nn.Module):
 class SqueezeExcite(nn.Module):
     """x * h_sigmoid(expand(relu(reduce(mean(x))))), both 1x1 convs with biases."""
 
-    def __init__(self, channels: int, mid_channels: int) -> None:
+    def __init__(self, channels: int, mid_channels: int, init: bool = True) -> None:
         super().__init__()
-        self.reduce = nn.Conv2d(channels, mid_channels, 1, bias=True)
-        self.expand = nn.Conv2d(mid_channels, channels, 1, bias=True)
+        self.reduce = Conv2d(channels, mid_channels, 1, bias=True, init=init)
+        self.expand = Conv2d(mid_channels, channels, 1, bias=True, init=init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.expand(F.relu(self.reduce(x.mean((2, 3), keepdim=True))))
@@ -67,6 +107,7 @@ class MBConv(nn.Module):
         residual: bool,
         expand: bool = True,
         norm: bool = True,
+        init: bool = True,
     ) -> None:
         super().__init__()
         if not expand and mid_channels != in_channels:
@@ -75,11 +116,11 @@ class MBConv(nn.Module):
             raise ValueError("a residual MBConv needs stride 1 and equal in/out channels")
         self.in_channels, self.mid_channels, self.out_channels = in_channels, mid_channels, out_channels
         self.kernel, self.stride, self.act_name, self.residual = kernel, stride, act, residual
-        self.expand = ConvBNAct(in_channels, mid_channels, 1, act=act, norm=norm, bias=not norm) if expand else None
-        self.depthwise = ConvBNAct(mid_channels, mid_channels, kernel, stride, groups=mid_channels, act=act,
-                                   norm=norm, bias=not norm)
-        self.se = SqueezeExcite(mid_channels, se_channels(mid_channels)) if se else None
-        self.project = ConvBNAct(mid_channels, out_channels, 1, act="none", norm=norm, bias=not norm)
+        conv = dict(norm=norm, bias=not norm, init=init)
+        self.expand = ConvBNAct(in_channels, mid_channels, 1, act=act, **conv) if expand else None
+        self.depthwise = ConvBNAct(mid_channels, mid_channels, kernel, stride, groups=mid_channels, act=act, **conv)
+        self.se = SqueezeExcite(mid_channels, se_channels(mid_channels), init=init) if se else None
+        self.project = ConvBNAct(mid_channels, out_channels, 1, act="none", **conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x if self.expand is None else self.expand(x)
@@ -100,10 +141,10 @@ class GlobalPool(nn.Module):
 class Classifier(nn.Module):
     """Flatten -> dropout -> linear."""
 
-    def __init__(self, in_features: int, n_classes: int, dropout: float) -> None:
+    def __init__(self, in_features: int, n_classes: int, dropout: float, init: bool = True) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout)
-        self.linear = nn.Linear(in_features, n_classes)
+        self.linear = Linear(in_features, n_classes, init=init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(self.dropout(torch.flatten(x, 1)))
@@ -134,37 +175,41 @@ def se_channels(mid_channels: int) -> int:
 
 
 # ---- factories: one per lookup-table entry kind -------------------------------------------------------
-def first_conv(space: SearchSpace, norm: bool = True) -> ConvBNAct:
+# `norm=False` builds the BN-folded variant (convs with biases); `init=False` skips random initialisation.
+def first_conv(space: SearchSpace, norm: bool = True, init: bool = True) -> ConvBNAct:
     return ConvBNAct(space.in_channels, space.first_conv_width, 3, space.first_conv_stride,
-                     act=space.first_conv_act, norm=norm, bias=not norm)
+                     act=space.first_conv_act, norm=norm, bias=not norm, init=init)
 
 
-def first_block(space: SearchSpace, norm: bool = True) -> MBConv:
+def first_block(space: SearchSpace, norm: bool = True, init: bool = True) -> MBConv:
     """The fixed 3x3 depthwise block with expand ratio 1 (no expansion conv)."""
     c_in, c_out = space.first_conv_width, space.first_block_width
     return MBConv(c_in, c_in, c_out, 3, 1, space.first_block_act, se=False, residual=c_in == c_out,
-                  expand=False, norm=norm)
+                  expand=False, norm=norm, init=init)
 
 
-def mbconv(space: SearchSpace, block_spec: BlockSpec, kernel: int, expand: int, norm: bool = True) -> MBConv:
+def mbconv(space: SearchSpace, block_spec: BlockSpec, kernel: int, expand: int, norm: bool = True,
+           init: bool = True) -> MBConv:
     """The static MBConv that slot `block_spec` becomes with that kernel and expand ratio."""
     mid = space.middle_channels(block_spec.in_channels, expand)
     return MBConv(block_spec.in_channels, mid, block_spec.out_channels, kernel, block_spec.stride,
-                  block_spec.act, block_spec.se, block_spec.residual, expand=True, norm=norm)
+                  block_spec.act, block_spec.se, block_spec.residual, expand=True, norm=norm, init=init)
 
 
-def final_expand(space: SearchSpace, norm: bool = True) -> ConvBNAct:
-    return ConvBNAct(space.stages[-1].width, space.final_expand_width, 1, act="h_swish", norm=norm, bias=not norm)
+def final_expand(space: SearchSpace, norm: bool = True, init: bool = True) -> ConvBNAct:
+    return ConvBNAct(space.stages[-1].width, space.final_expand_width, 1, act="h_swish", norm=norm, bias=not norm,
+                     init=init)
 
 
 def global_pool() -> GlobalPool:
     return GlobalPool()
 
 
-def feature_mix(space: SearchSpace) -> ConvBNAct:
+def feature_mix(space: SearchSpace, init: bool = True) -> ConvBNAct:
     """1x1 conv without BN and without bias, then h-swish (as in the official network)."""
-    return ConvBNAct(space.final_expand_width, space.feature_mix_width, 1, act="h_swish", norm=False, bias=False)
+    return ConvBNAct(space.final_expand_width, space.feature_mix_width, 1, act="h_swish", norm=False, bias=False,
+                     init=init)
 
 
-def classifier(space: SearchSpace) -> Classifier:
-    return Classifier(space.feature_mix_width, space.n_classes, space.dropout)
+def classifier(space: SearchSpace, init: bool = True) -> Classifier:
+    return Classifier(space.feature_mix_width, space.n_classes, space.dropout, init=init)

@@ -109,23 +109,24 @@ class OFAMobileNetV3(nn.Module):
         """
         cfg = self.config(cfg)
         sp, norm = self.space, not fold_bn
-        ref = self.first_conv.conv.weight
         specs = sp.blocks()
-        with torch.device("meta"):  # build without paying for random initialisation
-            static = B.StaticMobileNetV3(
-                B.first_conv(sp, norm), [B.first_block(sp, norm)]
-                + [B.mbconv(sp, specs[i], cfg.ks[i], cfg.e[i], norm) for i in cfg.active_slots()],
-                B.final_expand(sp, norm), B.global_pool(), B.feature_mix(sp), B.classifier(sp),
-            )
-        static = static.to_empty(device=ref.device).to(ref.dtype)
+        static = B.StaticMobileNetV3(  # built on "meta" without random initialisation; every tensor set below
+            B.first_conv(sp, norm, init=False), [B.first_block(sp, norm, init=False)]
+            + [B.mbconv(sp, specs[i], cfg.ks[i], cfg.e[i], norm, init=False) for i in cfg.active_slots()],
+            B.final_expand(sp, norm, init=False), B.global_pool(), B.feature_mix(sp, init=False),
+            B.classifier(sp, init=False),
+        )
         _copy_conv_bn(static.first_conv, self.first_conv.conv.weight, self.first_conv.bn, fold_bn)
         _copy_static_mbconv(static.blocks[0], self.first_block, fold_bn)
         for dst, i in zip(list(static.blocks)[1:], cfg.active_slots()):
             _copy_elastic_mbconv(dst, self.blocks[i], cfg.ks[i], cfg.e[i], fold_bn)
         _copy_conv_bn(static.final_expand, self.final_expand.conv.weight, self.final_expand.bn, fold_bn)
-        static.feature_mix.conv.weight.copy_(self.feature_mix.conv.weight)
-        static.classifier.linear.weight.copy_(self.classifier.linear.weight)
-        static.classifier.linear.bias.copy_(self.classifier.linear.bias)
+        static.feature_mix.conv.weight = _param(self.feature_mix.conv.weight)
+        static.classifier.linear.weight = _param(self.classifier.linear.weight)
+        static.classifier.linear.bias = _param(self.classifier.linear.bias)
+        leftover = [n for n, t in [*static.named_parameters(), *static.named_buffers()] if t.is_meta]
+        if leftover:  # every tensor of the meta-built skeleton must have been replaced
+            raise RuntimeError(f"extract left {leftover[0]} unset")
         return static.train(self.training)
 
     # ---- elastic width -------------------------------------------------------------------------------
@@ -156,30 +157,30 @@ def _fold(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d) -
     return weight * scale.reshape(-1, 1, 1, 1), b
 
 
+def _param(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t.detach().clone(memory_format=torch.contiguous_format))
+
+
 def _copy_conv_bn(dst: B.ConvBNAct, weight: torch.Tensor, bn: nn.BatchNorm2d | None, fold: bool) -> None:
-    """Write `weight` and the leading channels of `bn` into a static ConvBNAct (folding when asked)."""
+    """Give a meta-built static ConvBNAct copies of `weight` and the leading channels of `bn` (folded if asked)."""
     if fold and bn is not None:
         w, b = _fold(weight, None, bn)
-        dst.conv.weight.copy_(w)
-        dst.conv.bias.copy_(b)
+        dst.conv.weight, dst.conv.bias = _param(w), _param(b)
         return
-    dst.conv.weight.copy_(weight)
+    dst.conv.weight = _param(weight)
     if bn is not None:
         c = weight.shape[0]
-        dst.bn.eps, dst.bn.momentum = bn.eps, bn.momentum
-        dst.bn.weight.copy_(bn.weight[:c])
-        dst.bn.bias.copy_(bn.bias[:c])
-        dst.bn.running_mean.copy_(bn.running_mean[:c])
-        dst.bn.running_var.copy_(bn.running_var[:c])
-        dst.bn.num_batches_tracked.copy_(bn.num_batches_tracked)
+        d = dst.bn
+        d.eps, d.momentum = bn.eps, bn.momentum
+        d.weight, d.bias = _param(bn.weight[:c]), _param(bn.bias[:c])
+        d.running_mean, d.running_var = bn.running_mean[:c].clone(), bn.running_var[:c].clone()
+        d.num_batches_tracked = bn.num_batches_tracked.clone()
 
 
 def _copy_se(dst: B.SqueezeExcite, reduce: nn.Conv2d, expand: nn.Conv2d) -> None:
     m, c = dst.reduce.weight.shape[:2]
-    dst.reduce.weight.copy_(reduce.weight[:m, :c])
-    dst.reduce.bias.copy_(reduce.bias[:m])
-    dst.expand.weight.copy_(expand.weight[:c, :m])
-    dst.expand.bias.copy_(expand.bias[:c])
+    dst.reduce.weight, dst.reduce.bias = _param(reduce.weight[:m, :c]), _param(reduce.bias[:m])
+    dst.expand.weight, dst.expand.bias = _param(expand.weight[:c, :m]), _param(expand.bias[:c])
 
 
 def _copy_static_mbconv(dst: B.MBConv, src: B.MBConv, fold: bool) -> None:
