@@ -161,8 +161,9 @@ class RunnerAgent(Agent):
             argv += ["--cores", ",".join(str(c) for c in p.cores)]
         return argv + extra
 
-    def _call(self, extra: list[str], timeout_s: float, files: dict[str, str]) -> list[dict]:
-        """Run the runner and return its JSON lines; `files` maps remote paths to the user's names."""
+    def _call(self, extra: list[str], timeout_s: float, files: dict[str, str], wanted: tuple[str, ...]) -> list[dict]:
+        """Run the runner and return its JSON lines (at least one holding a `wanted` key); `files` maps remote
+        paths to the user's names."""
         label = ", ".join(dict.fromkeys(files.values())) or "runner"
         try:
             res = self.transport.run(self._argv(extra), timeout_s=timeout_s)
@@ -195,8 +196,11 @@ class RunnerAgent(Agent):
             why = one_line(res.stderr.strip().splitlines()[-1]) if res.stderr.strip() else "no message"
             what = f"killed by signal {-res.returncode}" if res.returncode < 0 else f"exit status {res.returncode}"
             raise AgentError(f"{self.name}: runner failed on {label} ({what}): {_rename(why, files)[:300]}")
-        if bad is not None:
-            raise RunnerOutputError(f"{self.name}: runner output is not JSON ({label}): {bad[:120]!r}")
+        if not any(key in doc for doc in docs for key in wanted):
+            # Shells that merge stderr into stdout (adb's legacy shell) can add runtime log lines; they are
+            # tolerated beside the results, but output without any result is an error.
+            shown = bad if bad is not None else (res.stdout.strip()[:120] or "empty output")
+            raise RunnerOutputError(f"{self.name}: runner output is not JSON ({label}): {shown[:120]!r}")
         return docs
 
     def _measure_once(self, models: list[Path], rounds: int) -> list[Measurement]:
@@ -212,7 +216,7 @@ class RunnerAgent(Agent):
                  "--min-duration-s", repr(p.min_duration_s), "--max-runs", str(p.max_runs),
                  "--max-duration-s", repr(p.max_duration_s), "--rounds", str(rounds), *remote]
         budget = p.timeout_s + len(models) * (p.max_duration_s + p.warmup_s + 2.0)
-        docs = [d for d in self._call(extra, budget, names) if "median_ms" in d]
+        docs = [d for d in self._call(extra, budget, names, ("median_ms",)) if "median_ms" in d]
         out = []
         for i, (path_remote, local) in enumerate(zip(remote, models)):
             doc = docs[i] if i < len(docs) else None
@@ -227,7 +231,7 @@ class RunnerAgent(Agent):
 
     def fingerprint(self) -> dict:
         if self._fingerprint is None:
-            docs = self._call(["--fingerprint"], self.profile.timeout_s, {})
+            docs = self._call(["--fingerprint"], self.profile.timeout_s, {}, ("fingerprint",))
             fp = next((d["fingerprint"] for d in docs if "fingerprint" in d), None)
             if not isinstance(fp, dict):
                 raise RunnerOutputError(f"{self.name}: the runner printed no fingerprint")
@@ -237,7 +241,7 @@ class RunnerAgent(Agent):
         return dict(self._fingerprint)
 
     def read_temperature(self) -> float | None:
-        docs = self._call(["--temperature"], self.profile.timeout_s, {})
+        docs = self._call(["--temperature"], self.profile.timeout_s, {}, ("temperature_c",))
         value = next((d.get("temperature_c") for d in docs if "temperature_c" in d), None)
         return float(value) if value is not None else None
 

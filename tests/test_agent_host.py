@@ -104,6 +104,18 @@ def test_runner_output_not_json(profile, models, tmp_path):
     assert "not JSON" in text and "local-cpu" in text and "small.onnx" in text
 
 
+def test_log_lines_beside_the_results_are_tolerated(profile, models, tmp_path):
+    # adb's legacy shell merges stderr into stdout: runtime log lines land between the JSON lines
+    import sys
+
+    noisy = profile.replace(python=_script(tmp_path / "py", f'echo "INFO: Created TensorFlow Lite XNNPACK delegate"\n'
+                                                          f'exec {sys.executable} "$@"\n'))
+    with connect(noisy) as agent:
+        [m] = agent.measure(models[:1])
+        assert agent.fingerprint()["runtime"] == "onnxruntime"
+    assert m.n >= 20
+
+
 def test_runner_killed_mid_run(profile, models, tmp_path):
     dying = profile.replace(python=_script(tmp_path / "py", 'printf \'{"model": "x", "samp\'\nkill -9 $$\n'))
     with connect(dying) as agent, pytest.raises(AgentError) as exc:
