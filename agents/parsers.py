@@ -75,7 +75,8 @@ def parse_benchmark_model(text: str) -> dict[str, Any]:
             values = {"count": float(m.group(1))}
             for key, value in _PAIR.findall(m.group(2)):
                 values[key] = _num(value)
-            stats.append((headers, values))
+            if "avg" in values or "curr" in values:  # not e.g. the op profiler's "Memory (bytes): count=0"
+                stats.append((headers, values))
             continue
         if (m := _DELEGATE.search(line)):
             delegates.append({"name": m.group(3), "nodes_delegated": int(m.group(1)), "nodes_total": int(m.group(2)),
@@ -98,7 +99,7 @@ def parse_benchmark_model(text: str) -> dict[str, Any]:
         warm = next((v for h, v in stats if h == headers - 1), None) if headers > 1 else None
     else:
         timed, warm = (stats[-1][1] if stats else None), None
-    if timed is None or "avg" not in timed and "curr" not in timed:
+    if timed is None:
         raise _failure(text, "benchmark_model")
     ms = {k: v / 1000.0 for k, v in timed.items() if k != "count"}
     n = int(timed["count"])

@@ -55,6 +55,14 @@ def test_new_format_scientific_values_and_partial_delegation():
     assert r["env"]["init_ms"] == pytest.approx(1398.76)
 
 
+def test_tool_without_headers_takes_the_timings_line():
+    # a build that prints only the profiler summary (no "Running benchmark" headers), Memory line last
+    text = ("Timings (microseconds): count=50 first=79449 curr=81350 min=77385 max=88213 avg=79732 std=1929\n"
+            "Memory (bytes): count=0\n3 nodes observed\n")
+    r = parse_benchmark_model(text)
+    assert r["n"] == 50 and r["mean_ms"] == pytest.approx(79.732) and r["env"]["format"] == "old"
+
+
 def test_failed_benchmark_model_is_a_one_line_error():
     with pytest.raises(ParseError) as exc:
         parse_benchmark_model(_read("benchmark_model_failed.txt"))

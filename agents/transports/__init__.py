@@ -2,6 +2,8 @@
 ssh modules are imported only when a profile needs them."""
 from __future__ import annotations
 
+import os
+
 from agents.transports.base import CommandResult, Transport, TransportError, quote_argv
 
 
@@ -34,7 +36,8 @@ def make_transport(profile) -> Transport:
         kw = {"timeout_s": profile.timeout_s}
         if workdir:
             kw["workdir"] = workdir
-        return ssh.SshTransport(user, host, int(port), key_path=profile.key_path or None, **kw)
+        key = os.path.expanduser(profile.key_path) if profile.key_path else None
+        return ssh.SshTransport(user, host, int(port), key_path=key, **kw)
     raise TransportError(f"{profile.name}: a {profile.kind!r} device has no transport")
 
 
