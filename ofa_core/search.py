@@ -519,3 +519,122 @@ def smallest_achievable(space: SearchSpace, metric_fn: Predictor,
         if best is None or v < best[1]:
             best = (g, v)
     return genome.decode(best[0][None, :]).to_configs()[0], float(best[1])
+
+
+# ---- Pareto fronts (NSGA-II) --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ParetoFront:
+    """Non-dominated configs (higher accuracy, lower metrics), sorted by the first metric."""
+
+    configs: list[SubnetConfig]
+    accuracy: np.ndarray
+    values: dict[str, np.ndarray]
+    n_evaluated: int = 0
+    seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.configs)
+
+    def rows(self) -> list[dict]:
+        return [{"config": c.to_ofa_dict(), "config_string": c.to_string(), "accuracy": float(a),
+                 **{m: float(v[i]) for m, v in self.values.items()}}
+                for i, (c, a) in enumerate(zip(self.configs, self.accuracy))]
+
+
+def non_dominated(acc: np.ndarray, costs: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point beats (accuracy >=, every cost <=, one strictly), sorted by the
+    first cost. Two objectives: one sort and a running maximum; more: pairwise, for small sets."""
+    acc = np.asarray(acc, dtype=np.float64)
+    costs = np.asarray(costs, dtype=np.float64).reshape(len(acc), -1)
+    if len(acc) == 0:
+        return np.empty(0, dtype=np.intp)
+    if costs.shape[1] == 1:
+        order = np.lexsort((-acc, costs[:, 0]))  # by cost, best accuracy first among equal costs
+        a = acc[order]
+        prev_best = np.maximum.accumulate(np.concatenate([[-np.inf], a[:-1]]))
+        return order[a > prev_best]
+    f = np.concatenate([-acc[:, None], costs], axis=1)
+    keep = []
+    for i in range(len(f)):
+        worse_eq = (f <= f[i]).all(axis=1) & (f < f[i]).any(axis=1)
+        if not worse_eq.any():
+            keep.append(i)
+    keep = np.asarray(keep, dtype=np.intp)
+    return keep[np.argsort(costs[keep, 0], kind="stable")]
+
+
+def pareto_front(space: SearchSpace, accuracy_fn: Predictor, metrics: Mapping[str, Predictor],
+                 rng: np.random.Generator, population: int = 100, generations: int = 150,
+                 resolutions: Sequence[int] | None = None, limits: Mapping[str, float] | None = None,
+                 mutate_prob: float = 0.1) -> ParetoFront:
+    """NSGA-II (pymoo) over accuracy and every metric, our crossover and mutation on genes; the front is taken
+    over every config scored (an archive), not only the last population."""
+    from pymoo.algorithms.moo.nsga2 import NSGA2
+    from pymoo.core.crossover import Crossover
+    from pymoo.core.mutation import Mutation
+    from pymoo.core.problem import Problem
+    from pymoo.core.sampling import Sampling
+    from pymoo.optimize import minimize
+
+    t0 = time.perf_counter()
+    if not metrics:
+        raise OFABenchError("a Pareto front needs at least one cost (latency or MACs)")
+    genome = Genome(space, resolutions)
+    cache = ScoreCache(genome, accuracy_fn, metrics)
+    names = cache.metric_names
+    lim = np.array([float((limits or {}).get(m, np.inf)) for m in names])
+    has_limits = bool(np.isfinite(lim).any())
+    if has_limits:
+        _smallest_feasible(genome, cache, lim, dict(limits or {}))  # a clear error for an impossible budget
+
+    class _Problem(Problem):
+        def __init__(self):
+            super().__init__(n_var=genome.n_cols, n_obj=1 + len(names), n_ieq_constr=len(names) if has_limits else 0,
+                             xl=np.zeros(genome.n_cols), xu=genome.n_choices - 1.0, vtype=int)
+
+        def _evaluate(self, x, out, *args, **kwargs):
+            rows = cache.rows(np.rint(x).astype(np.int8))
+            vals = cache.values[rows]
+            out["F"] = np.concatenate([-cache.accuracy(rows)[:, None], vals], axis=1)
+            if has_limits:
+                out["G"] = np.where(np.isfinite(lim), vals - lim, -1.0)
+
+    class _Sampling(Sampling):
+        def _do(self, problem, n_samples, *args, random_state=None, **kwargs):
+            return genome.random(random_state, n_samples).astype(np.float64)
+
+    class _Crossover(Crossover):
+        def __init__(self):
+            super().__init__(2, 1, prob=1.0)
+
+        def _do(self, problem, x, *args, random_state=None, **kwargs):
+            a, b = np.rint(x[0]).astype(np.int8), np.rint(x[1]).astype(np.int8)
+            child = genome.vary(a, b, np.zeros(len(a), dtype=bool), 0.0, random_state)
+            return child.astype(np.float64)[None]
+
+    class _Mutation(Mutation):
+        def _do(self, problem, x, *args, random_state=None, **kwargs):
+            g = np.rint(x).astype(np.int8)
+            return genome.vary(g, g, np.ones(len(g), dtype=bool), mutate_prob, random_state).astype(np.float64)
+
+    algorithm = NSGA2(pop_size=population, sampling=_Sampling(), crossover=_Crossover(), mutation=_Mutation(),
+                      eliminate_duplicates=True)
+    minimize(_Problem(), algorithm, ("n_gen", max(1, generations)), seed=int(rng.integers(2**31 - 1)), verbose=False)
+    scored = np.flatnonzero(~np.isnan(cache.acc[:cache.n]))
+    vals = cache.values[scored]
+    ok = (vals <= lim).all(axis=1)
+    scored, vals = scored[ok], vals[ok]
+    acc = cache.acc[scored]
+    if len(names) > 1 and len(scored) > 4000:  # pairwise filtering is quadratic: pre-filter per metric
+        pre = np.unique(np.concatenate([non_dominated(acc, vals[:, [j]]) for j in range(len(names))]))
+        extra = np.argsort(-acc)[:2000]
+        pre = np.unique(np.concatenate([pre, extra]))
+        keep = pre[non_dominated(acc[pre], vals[pre])]
+    else:
+        keep = non_dominated(acc, vals)
+    rows = scored[keep]
+    configs = genome.decode(cache.genes[rows]).to_configs() if len(rows) else []
+    return ParetoFront(configs=configs, accuracy=cache.acc[rows].copy(),
+                       values={m: cache.values[rows, j].copy() for j, m in enumerate(names)},
+                       n_evaluated=int(len(scored)), seconds=time.perf_counter() - t0)

@@ -1,0 +1,282 @@
+"""`ofa-bench search` (best subnet under a budget, optional export and on-device confirmation) and
+`ofa-bench pareto` (accuracy-latency fronts of one or more devices on one figure)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from bench.commands._common import JsonOption, StoreOption, emit_json, info, parse_resolutions, resolve_store
+from ofa_core.errors import OFABenchError
+
+SpaceChoice = typer.Option(None, "--space", help="search space (default: the space of the device's table)")
+PredictorOption = typer.Option(None, "--predictor", help="accuracy predictor (.safetensors of ours or the official .pth); "
+                                                         "default: the one of the space, if it has one")
+ResolutionsOption = typer.Option(None, "--resolutions", help="resolutions to search, e.g. 160,176,192,208,224 "
+                                                             "(default: those the device's table holds)")
+
+
+class SearchSetupError(OFABenchError):
+    """What a search needs is missing: a table, an accuracy predictor, a usable resolution."""
+
+
+# ---- shared set-up ------------------------------------------------------------------------------------
+def table_device_name(device: str) -> str:
+    """The name tables are stored under: a profile's canonical name for an alias, else the name as given."""
+    from bench.lut import KNOWN_ANCHORS
+
+    if device in KNOWN_ANCHORS:
+        return device
+    try:
+        from devices import get_device
+
+        return get_device(device).name
+    except OFABenchError:
+        return device
+
+
+def device_table(device: str, space_name: str | None, store: str):
+    """(space, table) for a device: the given space, or the one space the device has a table for."""
+    from bench.lut import LutError, load_device_table
+    from ofa_core.space import SearchSpace
+
+    name = table_device_name(device)
+    if space_name:
+        sp = SearchSpace.get(space_name)
+        return sp, load_device_table(name, sp, store)
+    found = []
+    for candidate in SearchSpace.names():
+        try:
+            found.append((SearchSpace.get(candidate), load_device_table(name, candidate, store)))
+        except LutError:
+            continue
+    if not found:
+        raise SearchSetupError(f"no latency table for device {device!r} in store {store}; "
+                               f"run `ofa-bench profile {device}` or `ofa-bench lut import` first")
+    if len(found) > 1:
+        raise SearchSetupError(f"device {device!r} has tables for {', '.join(s.name for s, _ in found)}; pass --space")
+    return found[0]
+
+
+def accuracy_predictor(space, path: str | None):
+    """The accuracy predictor for `space`: `path`, else the space's default; a one-line error if none."""
+    from ofa_core.accuracy import AccuracyPredictor, default_predictor_path
+
+    p = Path(path) if path else default_predictor_path(space.name)
+    if p is None:
+        raise SearchSetupError(f"no accuracy predictor for space {space.name}; pass --predictor PATH "
+                               f"(a predictor trained with `ofa-bench train` or the official acc_predictor.pth)")
+    pred = AccuracyPredictor.load(p)
+    pred.check_space(space)
+    return pred, p
+
+
+def search_resolutions(latency, requested: list[int] | None, device: str) -> list[int]:
+    held = list(latency.resolutions)
+    if requested is None:
+        return held
+    missing = [r for r in requested if r not in held]
+    if missing:
+        raise SearchSetupError(f"resolution {missing[0]} is not in the latency table of {device} "
+                               f"(it holds {', '.join(map(str, held))})")
+    return sorted(set(requested))
+
+
+def _simulated(device: str) -> bool:
+    try:
+        from devices import get_device
+
+        return bool(get_device(device).simulated)
+    except OFABenchError:
+        return False
+
+
+# ---- search -------------------------------------------------------------------------------------------
+def run_search(device: str, latency_ms: float | None, macs: float | None, space_name: str | None, store: str,
+               predictor_path: str | None, resolutions: list[int] | None, seed: int, population: int,
+               generations: int, restarts: int | None) -> dict:
+    """Everything `ofa-bench search` reports, before export and confirmation."""
+    import numpy as np
+
+    from bench.predictor import LatencyPredictor
+    from ofa_core.search import SearchParams, evolution_search
+
+    if latency_ms is None and macs is None:
+        raise SearchSetupError("give a budget: --latency-ms and/or --macs")
+    space, table = device_table(device, space_name, store)
+    latency = LatencyPredictor.from_table(table, space)
+    acc, acc_path = accuracy_predictor(space, predictor_path)
+    res = search_resolutions(latency, resolutions, device)
+    metrics = {"latency_ms": latency, "macs": space.macs}
+    limits = {}
+    if latency_ms is not None:
+        limits["latency_ms"] = float(latency_ms)
+    if macs is not None:
+        limits["macs"] = float(macs)
+    params = SearchParams(population=population, generations=generations,
+                          **({"restarts": restarts} if restarts else {}))
+    result = evolution_search(space, acc, metrics, limits, np.random.default_rng(seed), params, res)
+    cfg = result.config
+    return {
+        "device": device, "space": space.name, "simulated": _simulated(device),
+        "config": cfg.to_ofa_dict(), "config_string": cfg.to_string(),
+        "predicted_accuracy": result.accuracy, "predicted_latency_ms": result.values["latency_ms"],
+        "macs": int(result.values["macs"]), "budget": limits, "search_seconds": round(result.seconds, 4),
+        "restart_accuracies": list(result.restart_accuracies), "seed": seed, "population": population,
+        "generations": generations, "restarts": params.restarts, "resolutions": res,
+        "accuracy_predictor": str(acc_path), "table_version": latency.version, "table_source": table.source,
+        "table_device": table.device, "calibrated": not latency.calibration.is_identity,
+    }
+
+
+def export_subnet_onnx(space_name: str, cfg_dict: dict, out: Path) -> dict:
+    """Extract the subnet from the supernet (shipped weights if the space has them, else random) and write
+    it as ONNX (checked against torch)."""
+    from ofa_core.checkpoint import load_supernet, shipped_weights_path
+    from ofa_core.onnx_export import export_onnx
+    from ofa_core.space import SearchSpace, SubnetConfig
+    from ofa_core.supernet import OFAMobileNetV3
+
+    space = SearchSpace.get(space_name)
+    cfg = space.validate(SubnetConfig.from_ofa_dict(cfg_dict))
+    if shipped_weights_path(space.name).is_file():
+        net, weights = load_supernet(space), "shipped"
+    else:
+        import torch
+
+        torch.manual_seed(0)
+        net, weights = OFAMobileNetV3(space).eval(), "random"
+    path = export_onnx(net.extract(cfg), out, (1, space.in_channels, cfg.r, cfg.r))
+    return {"path": str(path), "weights": weights,
+            "note": "" if weights == "shipped" else f"no shipped weights for {space.name}: random weights "
+                                                    "(fine for latency, meaningless for accuracy)"}
+
+
+def confirm_on_device(device: str, path: Path, doc: dict, store: str) -> dict:
+    """Measure the exported subnet on the device, store it as a "subnet" measurement, compare."""
+    from agents import connect
+    from bench.store import open_store
+    from devices import get_device
+
+    profile = get_device(device)
+    with connect(profile) as agent:
+        fp = agent.fingerprint()
+        m = agent.measure([path])[0]
+    rec = {**m.to_record(), "resolution": int(doc["config"]["r"][0]), "key": f"subnet:{doc['config_string']}",
+           "kind": "subnet"}
+    st = open_store(store)
+    try:
+        fp_id = st.register_fingerprint(profile.name, fp)
+        run = st.start_run(profile.name, fp_id, doc["space"], "confirm", {"config": doc["config_string"]},
+                           {"predicted_latency_ms": doc["predicted_latency_ms"]})
+        st.add_measurements(run, [rec])
+        st.finish_run(run, "done")
+    finally:
+        st.close()
+    pred = doc["predicted_latency_ms"]
+    return {"device": profile.name, "measured_latency_ms": m.latency_ms, "predicted_latency_ms": pred,
+            "error_pct": 100.0 * (pred - m.latency_ms) / m.latency_ms, "noisy": m.noisy, "n": m.n,
+            "simulated": bool(fp.get("simulated", profile.simulated)), "fingerprint_id": fp_id}
+
+
+# ---- commands -----------------------------------------------------------------------------------------
+def register(app: typer.Typer) -> None:
+    @app.command("search")
+    def search_cmd(
+        device: str = typer.Option(..., "--device", help="device whose latency table constrains the search"),
+        latency_ms: Optional[float] = typer.Option(None, "--latency-ms", help="latency budget (ms)"),
+        macs: Optional[float] = typer.Option(None, "--macs", help="MACs budget (e.g. 3e8)"),
+        space: Optional[str] = SpaceChoice,
+        predictor: Optional[str] = PredictorOption,
+        resolutions: Optional[str] = ResolutionsOption,
+        seed: int = typer.Option(0, "--seed"),
+        population: int = typer.Option(100, "--population"),
+        generations: int = typer.Option(500, "--generations"),
+        restarts: Optional[int] = typer.Option(None, "--restarts", help="searches side by side, best kept (default 4)"),
+        export: Optional[Path] = typer.Option(None, "--export", help="write the subnet as ONNX here"),
+        confirm: bool = typer.Option(False, "--confirm", help="measure the subnet on the device and compare"),
+        store: str = StoreOption,
+        json_out: bool = JsonOption,
+    ) -> None:
+        """Find the most accurate subnet (predicted) within a latency and/or MACs budget on a device."""
+        target = resolve_store(store)
+        doc = run_search(device, latency_ms, macs, space, target, predictor, parse_resolutions(resolutions), seed,
+                         population, generations, restarts)
+        if not json_out:
+            sim = " [simulated device]" if doc["simulated"] else ""
+            typer.echo(f"{doc['device']}{sim} ({doc['space']}), budget "
+                       + ", ".join(f"{k} <= {v:g}" for k, v in doc["budget"].items()))
+            typer.echo(f"best: {doc['config_string']}")
+            typer.echo(f"      {doc['config']}")
+            typer.echo(f"predicted accuracy {100 * doc['predicted_accuracy']:.2f}%, predicted latency "
+                       f"{doc['predicted_latency_ms']:.3f} ms, {doc['macs'] / 1e6:.1f}M MACs "
+                       f"(search {doc['search_seconds']:.2f} s)")
+        if export is not None or confirm:
+            import tempfile
+
+            out = export if export is not None else Path(tempfile.mkdtemp(prefix="ofa-bench-search-")) / "subnet.onnx"
+            info(f"exporting {doc['config_string']} to {out}")
+            doc["export"] = export_subnet_onnx(doc["space"], doc["config"], out)
+            if doc["export"]["note"]:
+                info(doc["export"]["note"])
+            if not json_out:
+                typer.echo(f"exported to {doc['export']['path']} ({doc['export']['weights']} weights)")
+        if confirm:
+            info(f"measuring on {device} ...")
+            doc["confirm"] = confirm_on_device(device, Path(doc["export"]["path"]), doc, target)
+            if not json_out:
+                c = doc["confirm"]
+                sim = " (simulated)" if c["simulated"] else ""
+                typer.echo(f"measured{sim} {c['measured_latency_ms']:.3f} ms vs predicted "
+                           f"{c['predicted_latency_ms']:.3f} ms ({c['error_pct']:+.1f}%)")
+        if json_out:
+            emit_json(doc)
+
+    @app.command("pareto")
+    def pareto_cmd(
+        device: List[str] = typer.Option(..., "--device", help="device (repeat for several fronts on one figure)"),
+        out: Path = typer.Option(..., "--out", help="figure to write (.png, .pdf, .svg)"),
+        csv_path: Optional[Path] = typer.Option(None, "--csv", help="also write the points as CSV"),
+        space: Optional[str] = SpaceChoice,
+        predictor: Optional[str] = PredictorOption,
+        resolutions: Optional[str] = ResolutionsOption,
+        seed: int = typer.Option(0, "--seed"),
+        population: int = typer.Option(100, "--population"),
+        generations: int = typer.Option(150, "--generations"),
+        with_macs: bool = typer.Option(False, "--macs", help="MACs as a third objective"),
+        store: str = StoreOption,
+        json_out: bool = JsonOption,
+    ) -> None:
+        """Accuracy-latency Pareto fronts (NSGA-II), one per device, measured subnets marked."""
+        import numpy as np
+
+        from bench.pareto import DeviceFront, device_front, measured_subnets, plot_fronts, write_csv
+        from bench.predictor import LatencyPredictor
+
+        target = resolve_store(store)
+        requested = parse_resolutions(resolutions)
+        fronts = []
+        for dev in device:
+            sp, table = device_table(dev, space, target)
+            latency = LatencyPredictor.from_table(table, sp)
+            acc, _ = accuracy_predictor(sp, predictor)
+            res = search_resolutions(latency, requested, dev)
+            info(f"{dev}: NSGA-II over {sp.name} at {len(res)} resolution(s) ...")
+            front = device_front(sp, acc, latency, np.random.default_rng(seed), res, population, generations,
+                                 with_macs)
+            measured = measured_subnets(target, table.device, sp, acc, latency)
+            fronts.append(DeviceFront(dev, sp.name, front, latency.version, _simulated(dev), measured))
+        plot_fronts(fronts, out)
+        doc = {"out": str(out), "devices": [f.to_dict() for f in fronts]}
+        if csv_path is not None:
+            doc["csv"] = str(write_csv(fronts, csv_path))
+        if json_out:
+            emit_json(doc)
+        else:
+            for f in fronts:
+                lat = f.front.values["latency_ms"]
+                typer.echo(f"{f.device} ({f.space}): {len(f.front)} points, {lat.min():.2f}-{lat.max():.2f} ms, "
+                           f"accuracy {100 * f.front.accuracy.min():.2f}-{100 * f.front.accuracy.max():.2f}%, "
+                           f"{len(f.measured)} measured subnet(s), {f.front.seconds:.1f} s")
+            typer.echo(f"figure: {out}" + (f", points: {doc['csv']}" if csv_path is not None else ""))
