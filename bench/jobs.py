@@ -14,7 +14,8 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from bench.store import Store, StoreConflict, StoreError
+from bench.store import MEASUREMENT_COLUMNS, Store, StoreConflict, StoreError, measurement_row
+from bench.store_pg import name_lock_key
 
 JOB_STATUSES = ("queued", "running", "done", "failed")
 DEFAULT_MAX_ATTEMPTS = 3
@@ -115,23 +116,31 @@ def requeue_expired(store: Store, now: float | None = None, device: str | None =
     if device is not None:
         sql += " AND device = ?"
         params.append(device)
-    return store.execute(sql, params)
+    return len(store.run_one(sql + " RETURNING id", params))
+
+
+def _claim_once(store: Store, worker: str, device: str, lease_s: float, now: float) -> Job | None:
+    try:
+        rows = store.run_one(
+            f"UPDATE jobs SET status = 'running', worker = ?, lease_until = ?, attempts = attempts + 1, "
+            f"updated_at = ? WHERE id = (SELECT id FROM jobs WHERE device = ? AND status = 'queued' "
+            f"ORDER BY id LIMIT 1{store.claim_lock}) RETURNING {_JOB_COLUMNS}",
+            (worker, now + lease_s, now, device))
+    except StoreConflict:
+        return None  # the device is running a job already (maybe one whose lease has expired)
+    return Job.from_row(rows[0]) if rows else None
 
 
 def claim(store: Store, worker: str, device: str, lease_s: float, now: float | None = None) -> Job | None:
-    """Take the oldest queued job of `device` under a lease, or None (queue empty, or the device is busy)."""
+    """Take the oldest queued job of `device` under a lease, or None (queue empty, or the device is busy).
+
+    One statement, so one round trip on PostgreSQL; expired leases of the device are swept only when that
+    finds nothing (an expired running job also blocks the device, which makes the claim find nothing)."""
     now = time.time() if now is None else now
-    try:
-        with store.transaction():
-            requeue_expired(store, now, device)
-            rows = store.query(
-                f"UPDATE jobs SET status = 'running', worker = ?, lease_until = ?, attempts = attempts + 1, "
-                f"updated_at = ? WHERE id = (SELECT id FROM jobs WHERE device = ? AND status = 'queued' "
-                f"ORDER BY id LIMIT 1{store.claim_lock}) RETURNING {_JOB_COLUMNS}",
-                (worker, now + lease_s, now, device))
-    except StoreConflict:
-        return None  # another worker is measuring on this device right now
-    return Job.from_row(rows[0]) if rows else None
+    job = _claim_once(store, worker, device, lease_s, now)
+    if job is None and requeue_expired(store, now, device):
+        job = _claim_once(store, worker, device, lease_s, now)
+    return job
 
 
 def renew(store: Store, worker: str, lease_s: float, now: float | None = None) -> int:
@@ -148,22 +157,49 @@ class LostJob(StoreError):
     """The worker no longer holds this job (its lease expired and it was handed on)."""
 
 
+def _lost(job: Job, worker: str) -> LostJob:
+    return LostJob(f"job {job.id} ({job.device} {job.resolution} {job.key}) is no longer held by {worker}")
+
+
 def complete(store: Store, job: Job, worker: str, run_id: int, record: dict) -> int:
-    """Write the job's measurement and mark it done, in one transaction; returns the measurement id.
+    """Write the job's measurement and mark it done, atomically; returns the measurement id.
 
     Raises `LostJob` (and writes nothing) if the worker lost the job meanwhile, so an entry is never
-    recorded twice by a worker that was presumed dead."""
+    recorded twice by a worker that was presumed dead. The device's lock makes a concurrent submit see the
+    entry either still active or already measured, never neither."""
     measurement_uuid = str(uuid.uuid4())
+    rec = {**record, "uuid": measurement_uuid, "resolution": job.resolution, "key": job.key, "kind": job.kind}
+    now = time.time()
+    if store.backend == "postgresql":
+        return _complete_one_statement(store, job, worker, run_id, rec, now)
     with store.transaction():
-        store.lock_name(f"device:{job.device}")  # a concurrent submit sees this entry either queued or measured
+        store.lock_name(f"device:{job.device}")
         n = store.execute("UPDATE jobs SET status = 'done', measurement_uuid = ?, lease_until = NULL, "
                           "last_error = NULL, updated_at = ? WHERE id = ? AND worker = ? AND status = 'running'",
-                          (measurement_uuid, time.time(), job.id, worker))
+                          (measurement_uuid, now, job.id, worker))
         if n != 1:
-            raise LostJob(f"job {job.id} ({job.device} {job.resolution} {job.key}) is no longer held by {worker}")
-        rec = {**record, "uuid": measurement_uuid, "resolution": job.resolution, "key": job.key, "kind": job.kind}
+            raise _lost(job, worker)
         (measurement_id,) = store._insert_measurements(run_id, [rec])
     return measurement_id
+
+
+def _complete_one_statement(store: Store, job: Job, worker: str, run_id: int, rec: dict, now: float) -> int:
+    """PostgreSQL: lock, mark done and insert in one statement (one round trip); nothing happens unless the
+    worker still holds the job and its run exists."""
+    row = measurement_row(run_id, {"fingerprint_id": None, "device": None, "space": None}, rec, 0)
+    values = [v for c, v in zip(MEASUREMENT_COLUMNS, row) if c not in ("fingerprint_id", "device", "space")]
+    select = ", ".join(f"r.{c}" if c in ("fingerprint_id", "device", "space") else "?" for c in MEASUREMENT_COLUMNS)
+    sql = (f"WITH lock AS (SELECT pg_advisory_xact_lock(?) AS held), "
+           f"r AS (SELECT device, fingerprint_id, space FROM runs WHERE id = ?), "
+           f"done AS (UPDATE jobs SET status = 'done', measurement_uuid = ?, lease_until = NULL, last_error = NULL, "
+           f"updated_at = ? WHERE id = ? AND worker = ? AND status = 'running' AND EXISTS (SELECT 1 FROM lock) "
+           f"AND EXISTS (SELECT 1 FROM r) RETURNING id) "
+           f"INSERT INTO measurements ({', '.join(MEASUREMENT_COLUMNS)}) SELECT {select} FROM done, r RETURNING id")
+    rows = store.run_one(sql, (name_lock_key(f"device:{job.device}"), int(run_id), rec["uuid"], now, job.id, worker,
+                               *values))
+    if not rows:
+        raise _lost(job, worker)
+    return int(rows[0]["id"])
 
 
 def fail(store: Store, job: Job, worker: str, error: str) -> str:

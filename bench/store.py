@@ -24,7 +24,7 @@ from bench.store_errors import StoreError, one_line
 from bench.store_pg import PostgresBackend, is_postgres_url
 from bench.store_sqlite import SqliteBackend
 
-__all__ = ["open_store", "Store", "StoreError", "StoreConflict", "fingerprint_id", "RUN_STATUSES"]
+__all__ = ["open_store", "Store", "StoreError", "StoreConflict", "fingerprint_id", "measurement_row", "RUN_STATUSES"]
 
 RUN_STATUSES = ("running", "done", "interrupted", "failed")
 MEASUREMENT_KINDS = ("block", "subnet", "reference")
@@ -184,6 +184,13 @@ class Store:
                 raise
             raise self._error(exc) from None
 
+    def run_one(self, sql: str, params: Sequence = ()) -> list[dict]:
+        """One statement as its own write transaction (one round trip on PostgreSQL); returns its rows."""
+        if self._backend.name == "postgresql" and not self._in_tx:
+            return self.query(sql, params)  # autocommit: the statement is its own transaction
+        with self.transaction(write=True):
+            return self.query(sql, params)
+
     def execute(self, sql: str, params: Sequence = ()) -> int:
         """Run one statement; returns the number of rows it changed. Use inside `transaction()`."""
         cur = self._backend.execute(self._conn, sql, tuple(params))
@@ -329,7 +336,7 @@ class Store:
         if not rows:
             raise StoreError(f"store {self.target} has no run {run_id}")
         run = rows[0]
-        values = [_measurement_row(run_id, run, rec, i) for i, rec in enumerate(records)]
+        values = [measurement_row(run_id, run, rec, i) for i, rec in enumerate(records)]
         cols = ", ".join(MEASUREMENT_COLUMNS)
         marks = ", ".join("?" for _ in MEASUREMENT_COLUMNS)
         ids = []
@@ -403,7 +410,7 @@ def _number(rec: dict, field: str, index: int, required: bool) -> float | None:
     return out
 
 
-def _measurement_row(run_id: int, run: dict, rec: dict, index: int) -> tuple:
+def measurement_row(run_id: int, run: dict, rec: dict, index: int) -> tuple:
     if not isinstance(rec, dict):
         raise StoreError(f"measurement {index} is not a dict")
     try:

@@ -15,6 +15,11 @@ OWN_TABLES = ("fingerprints", "runs", "measurements", "jobs", "workers")
 SCHEMA_LOCK_ID = 0x0FA_BE4C  # advisory lock serialising migrations across hosts
 
 
+def name_lock_key(name: str) -> int:
+    """The 64-bit advisory-lock key of a name."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big", signed=True)
+
+
 def is_postgres_url(target: str) -> bool:
     return str(target).startswith(("postgresql://", "postgres://"))
 
@@ -61,8 +66,7 @@ class PostgresBackend:
 
     def lock_name(self, conn, name: str) -> None:
         """Transaction-scoped lock on a name (a device): serialises submits with the completions they race."""
-        digest = hashlib.sha256(name.encode("utf-8")).digest()
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (int.from_bytes(digest[:8], "big", signed=True),))
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (name_lock_key(name),))
 
     def sql(self, text: str) -> str:
         out = self._sql_cache.get(text)
