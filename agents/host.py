@@ -85,7 +85,8 @@ class Agent:
         return text
 
     def _settled(self, m: Measurement) -> bool:
-        return m.cv is None or m.cv <= self.profile.cv_threshold
+        spread = m.robust_cv
+        return spread is None or spread <= self.profile.cv_threshold
 
     def _cooldown(self) -> dict[str, Any]:
         """Pause before every measurement but the first: a fixed delay, then (if set) until the device is cooler
@@ -137,7 +138,8 @@ class Agent:
 
 
 def _cv(m: Measurement) -> float:
-    return m.cv if m.cv is not None else 0.0
+    spread = m.robust_cv
+    return spread if spread is not None else 0.0
 
 
 class RunnerAgent(Agent):

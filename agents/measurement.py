@@ -8,8 +8,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Measurement:
-    """Raw samples (ms) with their summary. `noisy` marks a measurement whose coefficient of variation never
-    fell under the profile's threshold. Where a tool reports only summary statistics, `samples_ms` is empty,
+    """Raw samples (ms) with their summary. `noisy` marks a measurement whose (robust) coefficient of variation
+    never fell under the profile's threshold. Where a tool reports only summary statistics, `samples_ms` is empty,
     `n` is its count and `env["summary_only"]` is true; missing statistics are None."""
 
     model: str
@@ -25,6 +25,14 @@ class Measurement:
     env: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def robust_cv(self) -> float | None:
+        """Spread that preemption outliers cannot inflate: the normal-equivalent sigma from p10..p90 over the
+        median. Falls back to `cv` where a tool gave no percentiles."""
+        if self.p10_ms is None or self.p90_ms is None or not self.median_ms:
+            return self.cv
+        return (self.p90_ms - self.p10_ms) / (2 * 1.2816 * self.median_ms)
+
+    @property
     def latency_ms(self) -> float:
         """The statistic lookup tables use: the median."""
         return self.median_ms
@@ -33,7 +41,7 @@ class Measurement:
         """The store's measurement fields (the caller adds resolution, key and kind)."""
         return {
             "latency_ms": self.median_ms, "mean_ms": self.mean_ms, "std_ms": self.std_ms, "p10_ms": self.p10_ms,
-            "p90_ms": self.p90_ms, "cv": self.cv, "n": self.n, "samples_ms": list(self.samples_ms),
+            "p90_ms": self.p90_ms, "cv": self.cv, "robust_cv": self.robust_cv, "n": self.n, "samples_ms": list(self.samples_ms),
             "noisy": self.noisy, "env": dict(self.env), "model": self.model,
         }
 

@@ -177,7 +177,7 @@ def test_unreachable_device_fails_fast():
 # ---------------------------------------------------------------- policy, on scripted measurements
 
 class _Scripted(Agent):
-    """An agent whose device returns prepared coefficients of variation and temperatures."""
+    """An agent whose device returns prepared spreads (robust coefficients of variation) and temperatures."""
 
     def __init__(self, profile, cvs, temps=()):
         self.slept = []
@@ -190,8 +190,9 @@ class _Scripted(Agent):
     def _measure_once(self, models, rounds):
         self.calls += 1
         cv = self.cvs.pop(0)
-        return [Measurement(model=str(m), samples_ms=(1.0, 1.0 + cv), median_ms=1.0, p10_ms=1.0, p90_ms=1.0,
-                            mean_ms=1.0, std_ms=cv, cv=cv, n=2) for m in models]
+        half = 1.2816 * cv  # p10..p90 of a normal with sigma = cv * median
+        return [Measurement(model=str(m), samples_ms=(1.0 - half, 1.0 + half), median_ms=1.0, p10_ms=1.0 - half,
+                            p90_ms=1.0 + half, mean_ms=1.0, std_ms=cv, cv=cv, n=2) for m in models]
 
 
 def test_remeasure_until_settled_else_noisy(profile, models):
@@ -203,6 +204,13 @@ def test_remeasure_until_settled_else_noisy(profile, models):
     assert noisy.noisy and agent.calls == 3 and noisy.cv == 0.2  # best of the attempts, flagged
     assert _Scripted(p, [0.01]).measure(models[:1])[0].noisy is False
 
+
+def test_preemption_outliers_do_not_make_a_measurement_noisy(profile, models):
+    """A few huge samples inflate std/mean but not the p10..p90 spread the policy reads."""
+    samples = tuple([1.0] * 95 + [1.01] * 0 + [40.0] * 5)
+    m = Measurement(model="x", samples_ms=samples, median_ms=1.0, p10_ms=0.99, p90_ms=1.01, mean_ms=2.95,
+                    std_ms=8.5, cv=2.9, n=100)
+    assert m.cv > 1 and m.robust_cv < 0.01
 
 def test_cooldown_fixed_and_by_temperature(profile, models):
     p = profile.replace(cooldown_s=3.0, cooldown_temp_c=45.0, cooldown_max_s=60.0, cv_threshold=1.0)
