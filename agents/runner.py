@@ -151,8 +151,13 @@ def environment(runtime_name, runtime_module, threads):
         "runtime": runtime_name, "runtime_version": runtime_module.version(), "threads": threads,
         "affinity": cores or None, "governor": governors or None, "cur_freq_khz": freqs or None,
         "temperature_c": temperature(), "loadavg": load, "python": platform.python_version(),
-        "timer": "perf_counter_ns",
+        "timer": "perf_counter_ns", "simulated": simulated_device(),
     }
+
+
+def simulated_device():
+    """True on a stand-in device (the loopback ADB endpoint says so in its properties and environment)."""
+    return bool(os.environ.get("OFA_BENCH_LOOPBACK_ROOT")) or _getprop("ro.ofa_bench.simulated") == "1"
 
 
 def _getprop(name):
@@ -193,7 +198,7 @@ def fingerprint(runtime_name, runtime_module, threads):
         "runtime_version": runtime_module.version(),
         "runtime_build": runtime_module.build(),
         "threads": threads,
-        "simulated": False,
+        "simulated": simulated_device(),
     }
 
 

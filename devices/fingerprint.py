@@ -64,7 +64,7 @@ def shell_fingerprint(transport, profile, binary_name: str, binary_sha256: str) 
         "runtime_version": f"{binary_name}@{binary_sha256[:12]}",
         "runtime_build": {"binary": binary_name, "sha256": binary_sha256},
         "threads": profile.threads,
-        "simulated": False,
+        "simulated": out(["getprop", "ro.ofa_bench.simulated"]) == "1",
     }
     return complete_fingerprint(fp, profile)
 

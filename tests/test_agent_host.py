@@ -240,7 +240,8 @@ def test_rounds_and_fingerprint_through_the_loopback_adb_device(tmp_path, models
             ms = agent.measure(models, rounds=2)
     finally:
         server.stop()
-    assert fp["model"] == "ofa-bench-loopback" and fp["kind"] == "adb"
+    assert fp["model"] == "ofa-bench-loopback" and fp["kind"] == "adb" and fp["simulated"] is True
+    assert all(m.env["simulated"] is True for m in ms)
     assert [m.model for m in ms] == [str(m) for m in models] and all(m.n >= 20 for m in ms)
     assert ms[1].median_ms > ms[0].median_ms
 
