@@ -53,11 +53,7 @@ class OFAMobileNetV3(nn.Module):
                 if m.bias is not None:
                     m.bias.zero_()
             elif isinstance(weight, nn.Parameter) and weight.dim() == 4:
-                fan_out = weight.shape[0] * weight.shape[2] * weight.shape[3]
-                if isinstance(m, nn.Conv2d):
-                    fan_out //= m.groups
-                elif weight.shape[1] == 1:  # elastic depthwise: one filter per channel
-                    fan_out = weight.shape[2] * weight.shape[3]
+                fan_out = weight.shape[0] * weight.shape[2] * weight.shape[3]  # as OFA: groups not divided out
                 weight.normal_(0.0, math.sqrt(2.0 / fan_out))
                 bias = getattr(m, "bias", None)
                 if isinstance(bias, nn.Parameter):

@@ -119,3 +119,16 @@ def test_checkpoint_key_variants(official_cls):
     with pytest.raises(CheckpointError) as err:
         OFAMobileNetV3(SearchSpace.get("ofa-mbv3-w1.2")).load_official_state_dict(sd)
     assert "\n" not in str(err.value)
+
+
+def test_cost_matches_official_counter(official_cls, one_thread):
+    """Our MACs and params equal the official counter run on the official extracted subnet."""
+    from ofa.utils import count_net_flops, count_parameters
+
+    space = SearchSpace.get("ofa-mbv3-w1.0")
+    theirs = official_cls(width_mult=1.0, ks_list=[3, 5, 7], expand_ratio_list=[3, 4, 6], depth_list=[2, 3, 4])
+    for cfg in space.sample(np.random.default_rng(9), 3, resolutions=[128, 160]) + [space.largest(r=128)]:
+        theirs.set_active_subnet(ks=list(cfg.ks), e=list(cfg.e), d=list(cfg.d))
+        sub = theirs.get_active_subnet(preserve_weight=False)
+        assert space.macs(cfg) == int(count_net_flops(sub, (1, 3, cfg.r, cfg.r)))
+        assert space.params(cfg) == count_parameters(sub)
