@@ -112,8 +112,11 @@ def subnet_module(space: SearchSpace, cfg: SubnetConfig, seed: int = 0):
 def _write_onnx(module, input_shape, path: Path) -> None:
     import torch
 
+    import warnings
+
     x = torch.randn(*input_shape)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is chosen on purpose: fast
         torch.onnx.export(module, (x,), str(path), opset_version=OPSET, dynamo=False,
                           input_names=["input"], output_names=["output"], do_constant_folding=True)
 

@@ -60,6 +60,7 @@ class LatencyTable:
     entries: Mapping[tuple[int, str], EntryStats]
     subnets: Mapping[tuple[int, str], EntryStats] = field(default_factory=dict)
     source: str = "store"
+    nominal_ms: float | None = None  # reference latency the values are expressed at (None: raw latencies)
 
     @property
     def resolutions(self) -> list[int]:
@@ -85,13 +86,19 @@ def table_version(ids) -> str:
     return f"m{ids[-1] if ids else 0}-n{len(ids)}-{digest}"
 
 
-def stats_from_row(row: Mapping) -> EntryStats:
+def stats_from_row(row: Mapping, nominal_ms: float | None = None) -> EntryStats:
+    """A table cell from a store row. With `nominal_ms` (the device's current reference latency), a row timed
+    beside the reference is rescaled to that speed: latency * nominal / reference-in-its-invocation."""
+    norm = None if row.get("normalised_ms") is None else float(row["normalised_ms"])
+    ref_ms = (row.get("env") or {}).get("reference_ms")
+    if nominal_ms is not None and ref_ms:
+        norm = float(row["latency_ms"]) * nominal_ms / float(ref_ms)
     return EntryStats(
         latency_ms=float(row["latency_ms"]),
         mean_ms=float(row.get("mean_ms") if row.get("mean_ms") is not None else row["latency_ms"]),
         std_ms=float(row.get("std_ms") or 0.0),
         count=int(row.get("n") or 0),
-        normalised_ms=None if row.get("normalised_ms") is None else float(row["normalised_ms"]),
+        normalised_ms=norm,
         measurement_id=None if row.get("id") is None else int(row["id"]),
         measured_at=None if row.get("measured_at") is None else float(row["measured_at"]),
     )
@@ -291,12 +298,32 @@ def table_from_store(store, device: str, space: SearchSpace, fingerprint_id: str
     rows = store.latest_measurements(fingerprint_id, space.name, kind="block")
     if not rows:
         return None
-    entries = {(int(row["resolution"]), row["key"]): stats_from_row(row) for row in rows}
+    nominal, ref_ids = current_reference_ms(store, fingerprint_id, space)
+    entries = {(int(row["resolution"]), row["key"]): stats_from_row(row, nominal) for row in rows}
     subnet_rows = store.latest_measurements(fingerprint_id, space.name, kind="subnet")
-    subnets = {(int(row["resolution"]), row["key"].removeprefix("subnet:")): stats_from_row(row) for row in subnet_rows}
-    ids = [row["id"] for row in rows] + [row["id"] for row in subnet_rows]
+    subnets = {(int(row["resolution"]), row["key"].removeprefix("subnet:")): stats_from_row(row, nominal)
+               for row in subnet_rows}
+    ids = [row["id"] for row in rows] + [row["id"] for row in subnet_rows] + ref_ids
     return LatencyTable(device=device, fingerprint_id=fingerprint_id, space=space.name, version=table_version(ids),
-                        entries=entries, subnets=subnets)
+                        entries=entries, subnets=subnets, nominal_ms=nominal)
+
+
+#: the device's current speed is the median reference latency of its most recent invocations
+REFERENCE_WINDOW = 9
+
+
+def current_reference_ms(store, fingerprint_id: str, space: SearchSpace) -> tuple[float | None, list[int]]:
+    """Median of the latest reference latencies (and their ids): the speed the table is expressed at."""
+    from bench.profile import reference_key
+
+    rows = store.history(fingerprint_id, space.name, key=reference_key(space), kind="reference")
+    rows = [r for r in rows if not r.get("noisy")][-REFERENCE_WINDOW:]
+    if not rows:
+        return None, []
+    values = sorted(float(r["latency_ms"]) for r in rows)
+    mid = len(values) // 2
+    median = values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
+    return median, [int(r["id"]) for r in rows]
 
 
 def _store_exists(store_path: str) -> bool:

@@ -85,9 +85,10 @@ def reference_key(space: SearchSpace) -> str:
 
 
 def reference_nominal_ms(store, fp_id: str, space: SearchSpace) -> float | None:
-    """The reference's first-ever latency on this fingerprint: the speed every `normalised_ms` refers to."""
-    rows = store.history(fp_id, space.name, key=reference_key(space), kind="reference")
-    return float(rows[0]["latency_ms"]) if rows else None
+    """The device's current speed: median reference latency of its latest invocations (None before any)."""
+    from bench.lut import current_reference_ms
+
+    return current_reference_ms(store, fp_id, space)[0]
 
 
 # ---- measuring -------------------------------------------------------------------------------------------
@@ -99,8 +100,15 @@ def spread_ms(m) -> float:
 
 
 def median_rel_se(m) -> float:
-    """Relative standard error of the median (1.2533 sigma / sqrt(n) for a normal): how precise the table
-    value is, which is what matters, rather than how wide the spread of single runs is."""
+    """Relative standard error of the median: how precise the table value is, which is what matters, rather
+    than how wide single runs spread. Distribution-free (order statistics n/2 -+ sqrt(n)/2 bound a one-sigma
+    interval of the median), so the heavy tail of preempted runs on a loaded machine does not inflate it."""
+    xs = sorted(m.samples_ms)
+    n = len(xs)
+    if n >= 8:
+        h = math.sqrt(n) / 2
+        lo, hi = xs[max(0, int(math.floor(n / 2 - h)))], xs[min(n - 1, int(math.ceil(n / 2 + h)))]
+        return (hi - lo) / 2 / max(m.latency_ms, 1e-9)
     return 1.2533 * spread_ms(m) / math.sqrt(max(m.n, 1)) / max(m.latency_ms, 1e-9)
 
 
@@ -318,8 +326,11 @@ def profile_devices(devices: Sequence[str], space: SearchSpace, store_target: st
     """One worker thread per device, a progress bar per device on stderr. Reports in the order given."""
     from devices import get_device
 
+    from bench.store import open_store
+
     profiles = [get_device(d) for d in devices]  # unknown device: one-line error before anything starts
     check_resolutions(space, resolutions)
+    open_store(store_target).close()  # a bad store, too, before any progress bar is drawn
     stop = threading.Event()
     reports: dict[int, DeviceReport] = {}
     errors: dict[int, BaseException] = {}

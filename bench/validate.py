@@ -96,8 +96,10 @@ def cross_validated(predictor, table, cfgs: Sequence[SubnetConfig], measured_ms:
 
 # ---- measuring subnets -----------------------------------------------------------------------------------
 def measure_subnets(agent, store, run_id: int, fp_id: str, space: SearchSpace, cfgs: Sequence[SubnetConfig],
-                    settings: ValidateSettings, threshold: float, fmt: str, progress=None) -> list[Timed]:
-    """Export and time `cfgs` in batches with the reference; commit each batch; return per-config results."""
+                    settings: ValidateSettings, threshold: float, fmt: str, progress=None,
+                    value_nominal: float | None = None) -> list[Timed]:
+    """Export and time `cfgs` in batches with the reference; commit each batch; return per-config results,
+    whose `value_ms` is expressed at `value_nominal` (the table's reference speed) when given."""
     from bench.export import export_entry, export_subnet
 
     ref_path = export_entry(space, reference_entry(space), fmt) if settings.reference else None
@@ -112,8 +114,9 @@ def measure_subnets(agent, store, run_id: int, fp_id: str, space: SearchSpace, c
         records = reference_records(space, refs, nominal)
         records += [to_record(t, c.r, SUBNET_PREFIX + c.to_string(), "subnet", nominal) for t, c in zip(timed, chunk)]
         store.add_measurements(run_id, records)
-        for t, rec in zip(timed, records[len(refs):]):
-            t.value_ms = rec.get("normalised_ms") or rec["latency_ms"]
+        scale_to = value_nominal or nominal
+        for t in timed:
+            t.value_ms = t.measurement.latency_ms * (scale_to / t.ref_ms if t.ref_ms and scale_to else 1.0)
         out.extend(timed)
         if progress:
             progress(len(out), len(cfgs))
@@ -158,12 +161,12 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
                                      {**settings.__dict__, "resolutions": res}, {"table_version": table.version})
             try:
                 first = measure_subnets(agent, store, run_id, fp_id, space, cfgs, settings, 0.01,
-                                        profile.model_format, progress)
+                                        profile.model_format, progress, table.nominal_ms)
                 second = None
                 if settings.remeasure:
                     order = rng.permutation(len(cfgs))
                     again = measure_subnets(agent, store, run_id, fp_id, space, [cfgs[i] for i in order], settings,
-                                            0.01, profile.model_format, progress)
+                                            0.01, profile.model_format, progress, table.nominal_ms)
                     second = [None] * len(cfgs)
                     for j, i in enumerate(order):
                         second[i] = again[j]

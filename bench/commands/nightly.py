@@ -1,0 +1,41 @@
+"""`ofa-bench nightly [DEVICE...]`: the cron job (re-measure sentinels and stale entries, detect drift, rebuild).
+
+Crontab line (03:15 every night):
+    15 3 * * *  cd /path/to/ofa-bench && ofa-bench nightly --json >> ~/ofa-bench-nightly.log 2>&1
+"""
+from __future__ import annotations
+
+import typer
+
+from bench.commands._common import JsonOption, StoreOption, emit_json, info, resolve_store
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("nightly")
+    def nightly_cmd(
+        devices: list[str] = typer.Argument(None, help="devices (default: every device profiled in the store)"),
+        store: str = StoreOption,
+        space: list[str] = typer.Option(None, "--space", help="only these spaces (repeatable)"),
+        stale_days: float = typer.Option(30.0, "--stale-days", help="re-measure entries older than this"),
+        threshold: float = typer.Option(0.05, "--threshold", help="relative change that counts as drift"),
+        no_rebuild: bool = typer.Option(False, "--no-rebuild", help="report drift without re-profiling"),
+        json_out: bool = JsonOption,
+    ) -> None:
+        """Re-measure sentinel and stale entries, detect drift, rebuild; exit 1 if unreachable or drifted."""
+        from bench.nightly import NightlySettings, enqueue_nightly, nightly
+
+        target = resolve_store(store)
+        settings = NightlySettings(stale_days=stale_days, threshold=threshold, rebuild=not no_rebuild,
+                                   spaces=tuple(space or ()))
+        queued = enqueue_nightly(target, devices, settings)
+        doc = queued if queued is not None else nightly(devices, target, settings)
+        if json_out:
+            emit_json(doc)
+        else:
+            for d in doc.get("devices", []):
+                drift = ", ".join(f"{x['kind']} {x.get('key', '')} {100 * x.get('rel_change', 0):+.1f}%"
+                                  for x in d.get("drift", []))
+                info(f"{d['device']}: {d['status']}" + (f" ({drift})" if drift else "")
+                     + (f"; error: {d['error']}" if d.get("error") else ""))
+        if not doc.get("ok", True):
+            raise typer.Exit(1)

@@ -1,0 +1,50 @@
+"""`ofa-bench validate DEVICE --space S --subnets N`: measure random subnets end to end, score the table."""
+from __future__ import annotations
+
+import typer
+
+from bench.commands._common import JsonOption, SpaceOption, StoreOption, emit_json, info, parse_resolutions, resolve_store
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("validate")
+    def validate_cmd(
+        device: str = typer.Argument(..., help="device profile name or address"),
+        space: str = SpaceOption,
+        subnets: int = typer.Option(60, "--subnets", help="random subnets to measure"),
+        seed: int = typer.Option(0, "--seed"),
+        resolutions: str = typer.Option(None, "--resolutions", help="R1,R2,... (default: the table's)"),
+        remeasure: bool = typer.Option(False, "--remeasure", help="time every subnet twice (noise floor)"),
+        rounds: int = typer.Option(3, "--rounds"),
+        batch: int = typer.Option(6, "--batch", help="subnets per runner invocation"),
+        min_duration_s: float = typer.Option(None, "--min-duration-s", help="timing budget per subnet"),
+        no_reference: bool = typer.Option(False, "--no-reference", help="no drift reference model"),
+        plot: str = typer.Option(None, "--plot", help="write a predicted-vs-measured PNG here"),
+        store: str = StoreOption,
+        json_out: bool = JsonOption,
+    ) -> None:
+        """Predicted vs measured latency on N random subnets: MAPE, RMSE, share within ±5%/±10%, Kendall tau."""
+        from ofa_core.space import SearchSpace
+
+        from bench.validate import ValidateSettings, validate_device
+
+        sp = SearchSpace.get(space)
+        res = parse_resolutions(resolutions)
+        settings = ValidateSettings(n=subnets, seed=seed, resolutions=tuple(res) if res else None,
+                                    remeasure=remeasure, rounds=rounds, batch_size=batch,
+                                    min_duration_s=min_duration_s, reference=not no_reference)
+
+        def progress(done: int, total: int) -> None:
+            info(f"validate {device}: {done}/{total} subnets measured")
+
+        doc = validate_device(device, sp, resolve_store(store), settings, plot_path=plot, progress=progress)
+        if json_out:
+            emit_json(doc)
+        else:
+            line = (f"{doc['device']}{' (simulated)' if doc['simulated'] else ''} {sp.name}: n={doc['n']} "
+                    f"MAPE {100 * doc['mape']:.2f}%  RMSE {doc['rmse_ms']:.3f} ms  within ±5% "
+                    f"{100 * doc['within_5pct']:.0f}%  ±10% {100 * doc['within_10pct']:.0f}%  "
+                    f"Kendall tau {doc['kendall_tau']:.3f}")
+            if "remeasure_within_5pct" in doc:
+                line += f"  remeasure within ±5% {100 * doc['remeasure_within_5pct']:.0f}%"
+            typer.echo(line)

@@ -1,0 +1,277 @@
+"""The cron job: re-measure sentinel and stale entries of every profiled device, detect drift, rebuild.
+
+Two kinds of drift are told apart. The reference model's raw latency tracks the device's overall speed: a step
+there means the whole device got faster or slower (tables rescale through the reference automatically, but the
+user is told). A step in a sentinel's speed-normalised latency means some operators changed relative to the
+rest (a runtime or OS update): its resolution is re-profiled. History is kept (append-only store); the job
+exits non-zero when a device is unreachable or drifted beyond the threshold.
+
+Crontab (every night at 03:15, a log per night):
+    15 3 * * *  cd /path/to/ofa-bench && ofa-bench nightly --json >> ~/ofa-bench-nightly.log 2>&1
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ofa_core.errors import OFABenchError
+from ofa_core.space import SearchSpace
+
+from bench.candidates import Entry, candidates
+from bench.drift import detect_step
+from bench.profile import (MeasureSettings, agent_profile, commit, measure_models, reference_entry, reference_key,
+                           reference_nominal_ms, reference_records, to_record)
+
+
+@dataclass(frozen=True)
+class NightlySettings:
+    stale_days: float = 30.0
+    threshold: float = 0.05        # relative level change that counts as drift
+    rebuild: bool = True           # re-profile resolutions whose sentinels drifted
+    min_after: int = 2             # points needed after a step (nights) before it is reported
+    rounds: int = 3
+    spaces: tuple[str, ...] = ()   # () = every space the device was profiled on
+
+
+def sentinels(space: SearchSpace, resolutions: Sequence[int]) -> list[Entry]:
+    """A few entries per resolution that exercise every kind of layer: stem, the largest and smallest block
+    of the first and last stages, the head."""
+    out = []
+    for r in resolutions:
+        ents = candidates(space, [r])
+        blocks = [e for e in ents if e.kind == "mbconv"]
+        first_stage = [e for e in blocks if e.spec.stage == 0]
+        last_stage = [e for e in blocks if e.spec.stage == space.n_stages - 1]
+        picks = [ents[0], ents[1], max(first_stage, key=lambda e: (e.kernel, e.expand)),
+                 min(last_stage, key=lambda e: (e.kernel, e.expand)), max(last_stage, key=lambda e: (e.kernel, e.expand)),
+                 next(e for e in ents if e.kind == "final_expand")]
+        seen = set()
+        out.extend(e for e in picks if not (e.key in seen or seen.add(e.key)))
+    return out
+
+
+def _ratio_series(rows: list[dict]) -> list[float]:
+    """Speed-normalised history: latency relative to the reference timed in the same invocation."""
+    return [r["latency_ms"] / r["env"]["reference_ms"] if (r.get("env") or {}).get("reference_ms")
+            else r["latency_ms"] for r in rows if not r.get("noisy")]
+
+
+def profiled_spaces(store, device: str, fp_id: str) -> list[str]:
+    return sorted({r["space"] for r in store.runs(device) if r["fingerprint_id"] == fp_id
+                   and r["kind"] in ("profile", "nightly")})
+
+
+def nightly_device(device: str, store_target: str, settings: NightlySettings = NightlySettings()) -> dict:
+    """One device's nightly pass; returns its report (status ok | drifted | unreachable | failed)."""
+    from agents import connect
+    from bench.profile import profile_device
+    from bench.store import open_store
+    from devices import get_device
+
+    report: dict = {"device": device, "status": "ok", "spaces": [], "drift": [], "rebuilt": [], "error": None}
+    start = time.monotonic()
+    store = open_store(store_target)
+    try:
+        profile = get_device(device)
+        report["simulated"] = bool(profile.simulated)
+        try:
+            agent = connect(agent_profile(profile, MeasureSettings()))
+        except OFABenchError as exc:
+            report.update(status="unreachable", error=" ".join(str(exc).split()))
+            return report
+        with agent:
+            try:
+                fp = agent.fingerprint()
+            except OFABenchError as exc:
+                report.update(status="unreachable", error=" ".join(str(exc).split()))
+                return report
+            old = store.latest_fingerprint(profile.name)
+            fp_id = store.register_fingerprint(profile.name, fp)
+            if old is not None and old["id"] != fp_id:
+                report["drift"].append({"kind": "fingerprint", "from": old["id"], "to": fp_id})
+                report["status"] = "drifted"
+                spaces = profiled_spaces(store, profile.name, old["id"])
+            else:
+                spaces = profiled_spaces(store, profile.name, fp_id)
+            if settings.spaces:
+                spaces = [s for s in spaces if s in settings.spaces]
+            rebuild: dict[str, set[int]] = {}
+            for name in spaces:
+                sp = SearchSpace.get(name)
+                src_fp = old["id"] if old is not None and old["id"] != fp_id else fp_id
+                rows = store.latest_measurements(src_fp, name, kind="block")
+                res = sorted({int(r["resolution"]) for r in rows})
+                if src_fp != fp_id:  # a new build: rebuild everything under the new fingerprint
+                    rebuild[name] = set(res)
+                    continue
+                sp_report = _check_space(agent, store, profile, fp_id, sp, res, rows, settings)
+                report["spaces"].append(sp_report)
+                report["drift"].extend(sp_report["drift"])
+                if sp_report["drift"]:
+                    report["status"] = "drifted"
+                drifted_res = {d["resolution"] for d in sp_report["drift"] if d["kind"] == "entry"}
+                if drifted_res:
+                    rebuild[name] = drifted_res
+        if settings.rebuild:
+            for name, res in sorted(rebuild.items()):
+                sp = SearchSpace.get(name)
+                rep = _rebuild(profile, sp, store_target, sorted(res), fp_id)
+                report["rebuilt"].append(rep)
+        return report
+    except OFABenchError as exc:
+        report.update(status="failed", error=" ".join(str(exc).split()))
+        return report
+    finally:
+        report["duration_s"] = round(time.monotonic() - start, 1)
+        store.close()
+
+
+def _check_space(agent, store, profile, fp_id: str, sp: SearchSpace, res: list[int], rows: list[dict],
+                 settings: NightlySettings) -> dict:
+    from bench.export import export_entry
+
+    watch = sentinels(sp, res)
+    stale = stale_entries(sp, rows, res, settings.stale_days)
+    todo = list({(e.resolution, e.key): e for e in watch + stale}.values())
+    fmt = profile.model_format
+    ref_path = export_entry(sp, reference_entry(sp), fmt)
+    nominal = reference_nominal_ms(store, fp_id, sp)
+    run_id = store.start_run(profile.name, fp_id, sp.name, "nightly", settings.__dict__,
+                             {"sentinels": len(watch), "stale": len(stale)})
+    try:
+        for i in range(0, len(todo), 16):
+            chunk = todo[i:i + 16]
+            paths = [export_entry(sp, e, fmt) for e in chunk]
+            timed, refs = measure_models(agent, paths, ref_path, settings.rounds, 0.01, 1)
+            nominal = nominal or (refs[0].latency_ms if refs else None)
+            records = reference_records(sp, refs, nominal)
+            records += [to_record(t, e.resolution, e.key, "block", nominal) for t, e in zip(timed, chunk)]
+            commit(store, run_id, fp_id, sp, records, dedupe=False)
+    except BaseException:
+        store.finish_run(run_id, "failed")
+        raise
+    store.finish_run(run_id, "done")
+    drift = detect_drift(store, fp_id, sp, watch, settings)
+    return {"space": sp.name, "resolutions": res, "remeasured": len(todo), "sentinels": len(watch),
+            "stale": len(stale), "drift": drift}
+
+
+def detect_drift(store, fp_id: str, sp: SearchSpace, watch: list[Entry], settings: NightlySettings) -> list[dict]:
+    """Steps in the reference's raw latency (device speed) and in each sentinel's speed-normalised history."""
+    drift = []
+    ref_rows = [r for r in store.history(fp_id, sp.name, key=reference_key(sp), kind="reference") if not r["noisy"]]
+    step = detect_step([r["latency_ms"] for r in ref_rows], min_size=settings.min_after,
+                       min_rel_change=settings.threshold)
+    if step is not None:
+        drift.append({"kind": "speed", "key": reference_key(sp), "resolution": reference_entry(sp).resolution,
+                      "rel_change": step.rel_change, "at": ref_rows[step.index]["measured_at"]})
+    for e in watch:
+        hist = store.history(fp_id, sp.name, key=e.key, resolution=e.resolution)
+        series = _ratio_series(hist)
+        step = detect_step(series, min_size=settings.min_after, min_rel_change=settings.threshold)
+        if step is not None:
+            drift.append({"kind": "entry", "key": e.key, "resolution": e.resolution, "rel_change": step.rel_change,
+                          "points": len(series), "step_index": step.index})
+    return drift
+
+
+def stale_entries(sp: SearchSpace, rows: list[dict], res: list[int], stale_days: float) -> list[Entry]:
+    now = time.time()
+    latest = {(int(r["resolution"]), r["key"]): r for r in rows}
+    return [e for e in candidates(sp, res) if (e.resolution, e.key) in latest
+            and now - float(latest[(e.resolution, e.key)]["measured_at"]) > stale_days * 86400]
+
+
+def enqueue_nightly(store_target: str, devices: Sequence[str] | None, settings: NightlySettings) -> dict | None:
+    """With a PostgreSQL store (a farm), queue the sentinel and stale entries as jobs for the hosts' workers
+    instead of measuring here, and report drift over what the workers measured so far. None for SQLite."""
+    from bench.store import open_store
+
+    with open_store(store_target) as store:
+        if store.backend != "postgresql":
+            return None
+        from bench.farm import enqueue
+
+        if not devices:
+            devices = sorted({r["device"] for r in store.runs() if r["kind"] in ("profile", "nightly")})
+        reports = []
+        for device in devices:
+            fp = store.latest_fingerprint(device)
+            rep = {"device": device, "status": "ok", "queued": 0, "drift": [], "error": None}
+            if fp is None:
+                rep.update(status="failed", error=f"device {device!r} has never been profiled in this store")
+                reports.append(rep)
+                continue
+            for name in profiled_spaces(store, device, fp["id"]):
+                if settings.spaces and name not in settings.spaces:
+                    continue
+                sp = SearchSpace.get(name)
+                rows = store.latest_measurements(fp["id"], name, kind="block")
+                res = sorted({int(r["resolution"]) for r in rows})
+                watch = sentinels(sp, res)
+                todo = watch + stale_entries(sp, rows, res, settings.stale_days)
+                got = enqueue(store, device, sp, todo, fingerprint_id=fp["id"])
+                rep["queued"] += got.queued
+                rep["drift"] += detect_drift(store, fp["id"], sp, watch, settings)
+            if rep["drift"]:
+                rep["status"] = "drifted"
+            reports.append(rep)
+    bad = [r["device"] for r in reports if r["status"] == "failed"]
+    drifted = [r["device"] for r in reports if r["status"] == "drifted"]
+    return {"mode": "farm", "devices": reports, "unreachable": bad, "drifted": drifted,
+            "ok": not bad and not drifted, "threshold": settings.threshold}
+
+
+def _rebuild(profile, sp: SearchSpace, store_target: str, res: list[int], fp_id: str) -> dict:
+    """Re-measure every entry of the drifted resolutions: a fresh profile pass whose rows become the latest."""
+    from bench.profile import profile_device
+    from bench.store import open_store
+
+    # profile_device measures only what is missing for the fingerprint; for a drifted table everything is
+    # "present", so the drifted resolutions are re-measured explicitly here.
+    with open_store(store_target) as store:
+        rep = remeasure_entries(profile, sp, store, fp_id, candidates(sp, res))
+    if rep is None:
+        rep = profile_device(profile, sp, store_target, res).to_dict()
+    return {"space": sp.name, "resolutions": res, **({k: rep[k] for k in ("entries_measured", "status")
+                                                       if k in rep})}
+
+
+def remeasure_entries(profile, sp: SearchSpace, store, fp_id: str, entries: list[Entry], rounds: int = 3) -> dict | None:
+    """Measure `entries` again (new rows, history kept). None if the fingerprint has no rows yet."""
+    from agents import connect
+    from bench.export import export_entry
+
+    if not store.latest_measurements(fp_id, sp.name, kind="block"):
+        return None
+    fmt = profile.model_format
+    measured = 0
+    with connect(agent_profile(profile, MeasureSettings())) as agent:
+        ref_path = export_entry(sp, reference_entry(sp), fmt)
+        nominal = reference_nominal_ms(store, fp_id, sp)
+        run_id = store.start_run(profile.name, fp_id, sp.name, "rebuild", {"entries": len(entries)}, {})
+        for i in range(0, len(entries), 16):
+            chunk = entries[i:i + 16]
+            timed, refs = measure_models(agent, [export_entry(sp, e, fmt) for e in chunk], ref_path, rounds, 0.01, 1)
+            nominal = nominal or (refs[0].latency_ms if refs else None)
+            records = reference_records(sp, refs, nominal)
+            records += [to_record(t, e.resolution, e.key, "block", nominal) for t, e in zip(timed, chunk)]
+            measured += len(commit(store, run_id, fp_id, sp, records, dedupe=False))
+        store.finish_run(run_id, "done")
+    return {"entries_measured": measured, "status": "done"}
+
+
+def nightly(devices: Sequence[str] | None, store_target: str, settings: NightlySettings = NightlySettings()) -> dict:
+    """Every named device (default: every device the store has profiled); a summary with an exit status."""
+    from bench.store import open_store
+
+    if not devices:
+        with open_store(store_target) as store:
+            devices = sorted({r["device"] for r in store.runs() if r["kind"] in ("profile", "nightly")})
+    reports = [nightly_device(d, store_target, settings) for d in devices]
+    bad = [r for r in reports if r["status"] in ("unreachable", "failed")]
+    drifted = [r for r in reports if r["status"] == "drifted"
+               and any(abs(d.get("rel_change", 1.0)) >= settings.threshold for d in r["drift"])]
+    return {"devices": reports, "unreachable": [r["device"] for r in bad], "drifted": [r["device"] for r in drifted],
+            "ok": not bad and not drifted, "threshold": settings.threshold}

@@ -1,0 +1,165 @@
+"""Profiling: resume after SIGKILL leaves exactly the full set, concurrent profilers on one store, bad input.
+
+A `null`-runtime device (runs nothing, so timings are the harness's own) and the small Fashion-MNIST space at
+its smallest resolution keep these fast; the models are still really exported and the runner really runs."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.candidates import candidates
+from ofa_core.space import SearchSpace
+
+REPO = Path(__file__).resolve().parents[1]
+SPACE = SearchSpace.get("ofa-mbv3-fmnist")
+RES = 12
+FULL = {(e.resolution, e.key) for e in candidates(SPACE, [RES])}
+
+NULL_PROFILE = """
+name = "null-test"
+kind = "local"
+description = "simulated: null runtime (runs nothing), for tests"
+runtime = "null"
+model_format = "onnx"
+threads = 1
+warmup_runs = 1
+warmup_s = 0.0
+min_runs = 5
+min_duration_s = {dur}
+max_runs = 200
+max_duration_s = 1.0
+max_remeasure = 1
+simulated = true
+"""
+
+
+@pytest.fixture(scope="module")
+def null_device():
+    folder = Path(os.environ["OFA_BENCH_DEVICES"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "null-test.toml").write_text(NULL_PROFILE.format(dur=0.02))
+    # export every entry once for the module (the cache is shared through $OFA_BENCH_CACHE)
+    from bench.export import export_entry
+    from bench.profile import reference_entry
+
+    for e in candidates(SPACE, [RES]) + [reference_entry(SPACE)]:
+        export_entry(SPACE, e)
+    return "null-test"
+
+
+def profile_cmd(store, *extra):
+    return [sys.executable, "-m", "bench.cli", "profile", "null-test", "--space", SPACE.name, "--resolutions",
+            str(RES), "--store", str(store), "--json", *extra]
+
+
+def block_rows(store):
+    con = sqlite3.connect(store)
+    try:
+        return con.execute("SELECT resolution, key, noisy FROM measurements WHERE kind = 'block'").fetchall()
+    finally:
+        con.close()
+
+
+def test_profile_then_resume_is_free(tmp_path, null_device):
+    store = tmp_path / "s.sqlite"
+    r = subprocess.run(profile_cmd(store), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["entries_total"] == len(FULL) == doc["entries_measured"] and doc["entries_reused"] == 0
+    assert doc["simulated"] is True
+    rows = block_rows(store)
+    assert {(r_, k) for r_, k, _ in rows} == FULL and len(rows) == len(FULL)
+    r = subprocess.run(profile_cmd(store), cwd=REPO, capture_output=True, text=True, timeout=300)
+    doc = json.loads(r.stdout)
+    assert doc["entries_measured"] == 0 and doc["entries_reused"] == len(FULL)
+    assert len(block_rows(store)) == len(FULL)
+
+
+def test_resume_after_sigkill(tmp_path, null_device):
+    store = tmp_path / "s.sqlite"
+    proc = subprocess.Popen(profile_cmd(store, "--batch", "6"), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            if store.exists():
+                try:
+                    if len(block_rows(store)) >= 6:
+                        break
+                except sqlite3.OperationalError:
+                    pass
+            assert proc.poll() is None, "profiler finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    partial = block_rows(store)
+    assert 0 < len(partial) < len(FULL), "kill landed outside the measuring loop"
+    assert len(partial) % 6 == 0  # only whole batches were committed
+    r = subprocess.run(profile_cmd(store, "--batch", "6"), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["entries_reused"] == len(partial)
+    assert doc["entries_measured"] == len(FULL) - len(partial)
+    rows = block_rows(store)
+    assert len(rows) == len(FULL) and {(r_, k) for r_, k, _ in rows} == FULL  # none lost, none duplicated
+
+
+def test_two_concurrent_profilers_one_store(tmp_path, null_device):
+    store = tmp_path / "s.sqlite"
+    procs = [subprocess.Popen(profile_cmd(store, "--batch", "8"), cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
+    docs = [json.loads(o[0]) for o in outs]
+    rows = block_rows(store)
+    assert {(r_, k) for r_, k, _ in rows} == FULL and len(rows) == len(FULL)
+    assert sum(d["entries_measured"] for d in docs) == len(FULL)
+
+
+def test_table_from_profile_predicts(tmp_path, null_device):
+    from bench.lut import load_device_table
+    from bench.predictor import LatencyPredictor
+
+    store = tmp_path / "s.sqlite"
+    subprocess.run(profile_cmd(store), cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
+    table = load_device_table("null-test", SPACE, str(store))
+    assert set(table.entries) == FULL and table.nominal_ms is not None
+    pred = LatencyPredictor.from_table(table, SPACE)
+    assert pred.resolutions == [RES]
+    assert pred(SPACE.largest(RES))[0] > pred(SPACE.smallest(RES))[0] * 0 >= 0
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["profile", "no-such-device", "--space", "ofa-mbv3-fmnist"], "unknown device"),
+    (["profile", "local-cpu", "--space", "no-such-space"], "unknown search space"),
+    (["profile", "local-cpu", "--space", "ofa-mbv3-fmnist", "--resolutions", "13"], "not in space"),
+])
+def test_bad_input_one_line_nothing_written(tmp_path, args, needle):
+    store = tmp_path / "s.sqlite"
+    r = subprocess.run([sys.executable, "-m", "bench.cli", *args, "--store", str(store)], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not store.exists()
+
+
+def test_store_not_sqlite_untouched(tmp_path, null_device):
+    store = tmp_path / "s.sqlite"
+    store.write_bytes(b"not a database at all" * 64)
+    before = store.read_bytes()
+    r = subprocess.run(profile_cmd(store), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert store.read_bytes() == before
+
+
+def test_default_resolutions():
+    from bench.profile import default_resolutions
+
+    assert default_resolutions(SPACE) == list(SPACE.resolutions)
+    assert default_resolutions(SearchSpace.get("ofa-mbv3-w1.0")) == [160, 192, 224]
