@@ -42,8 +42,9 @@ def _validate_batch(space: SearchSpace, b: ConfigBatch) -> None:
                                  f"the space has {space.n_slots} and {space.n_stages}")
     bad_d = ~np.isin(b.d, space.depth_list).all(axis=1)
     act = b.active if not bad_d.any() else np.ones(b.ks.shape, dtype=bool)
-    bad = (bad_d | (act & ~np.isin(b.ks, space.ks_list)).any(axis=1) | (act & ~np.isin(b.e, space.expand_list)).any(axis=1)
-           | ~np.isin(b.r, space.resolutions))
+    bad_k = (act & ~np.isin(b.ks, space.ks_list)).any(axis=1)
+    bad_e = (act & ~np.isin(b.e, space.expand_list)).any(axis=1)
+    bad = bad_d | bad_k | bad_e | ~np.isin(b.r, space.resolutions)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         try:
