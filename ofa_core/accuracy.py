@@ -322,9 +322,12 @@ class AccuracyPredictor:
         if not set(space.ks_list) <= set(enc.ks_list) or not set(space.expand_list) <= set(enc.expand_list):
             raise CheckpointError(f"accuracy predictor for {self.space or 'another space'} does not know the "
                                   f"kernel/expand choices of {space.name}")
-        if min(space.resolutions) < enc.resolution_grid[0]:
-            raise CheckpointError(f"accuracy predictor for {self.space or 'another space'} starts at resolution "
-                                  f"{enc.resolution_grid[0]}; {space.name} goes down to {min(space.resolutions)}")
+        grid = enc.resolution_grid
+        top = grid[-1] + (grid[-1] - grid[-2] if len(grid) > 1 else 1)  # the last bin's width, as the others
+        if min(space.resolutions) < grid[0] or max(space.resolutions) >= top:
+            raise CheckpointError(f"accuracy predictor for {self.space or 'another space'} covers resolutions "
+                                  f"{grid[0]}..{grid[-1]}; {space.name} has {min(space.resolutions)}.."
+                                  f"{max(space.resolutions)}")
 
 
 def _official_linears(sd: Mapping[str, np.ndarray]):

@@ -69,6 +69,8 @@ def accuracy_predictor(space, path: str | None):
                                f"(a predictor trained with `ofa-bench train` or the official acc_predictor.pth)")
     pred = AccuracyPredictor.load(p)
     pred.check_space(space)
+    if pred.space and pred.space != space.name:
+        info(f"note: accuracy predictor {p} was made for {pred.space}; using it as a proxy for {space.name}")
     return pred, p
 
 

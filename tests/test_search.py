@@ -1,0 +1,301 @@
+"""Evolutionary search: budgets always met, deterministic under a seed, a clear error for impossible budgets,
+an exact cache; the CLI; and the paper's observation that an FPGA favours 3x3 kernels where a CPU does not."""
+import json
+import time
+
+import numpy as np
+import pytest
+
+from ofa_core.errors import OFABenchError
+from ofa_core.search import (Genome, InfeasibleBudgetError, ScoreCache, SearchParams, evolution_search,
+                             evolution_search_many, smallest_achievable)
+from ofa_core.space import ConfigBatch, SearchSpace
+
+W10 = SearchSpace.get("ofa-mbv3-w1.0")
+W12 = SearchSpace.get("ofa-mbv3-w1.2")
+FAST = SearchParams(population=40, generations=40, restarts=2)
+
+
+class TableLatency:
+    """A made-up additive latency table (ms) for a space, vectorised like the real predictor."""
+
+    def __init__(self, space, seed=0):
+        rng = np.random.default_rng(seed)
+        self.space = space
+        self.res = np.asarray(space.resolutions)
+        scale = (self.res / self.res.max()) ** 2
+        k = np.asarray(space.ks_list)[None, :, None] / 3.0
+        e = np.asarray(space.expand_list)[None, None, :] / 3.0
+        base = rng.uniform(0.2, 1.0, size=(space.n_slots, 1, 1))
+        self.block = scale[:, None, None, None] * (base * (0.6 + 0.2 * k + 0.4 * e))[None]
+        self.fixed = 2.0 * scale
+
+    def __call__(self, b: ConfigBatch) -> np.ndarray:
+        ri = np.searchsorted(self.res, b.r)
+        ki = np.searchsorted(np.asarray(self.space.ks_list), b.ks)
+        ei = np.searchsorted(np.asarray(self.space.expand_list), b.e)
+        per = self.block[ri[:, None], np.arange(self.space.n_slots)[None, :], ki, ei]
+        return self.fixed[ri] + np.where(b.active, per, 0.0).sum(axis=1)
+
+
+def linear_accuracy(b: ConfigBatch) -> np.ndarray:
+    """Bigger is better, with a made-up preference for 5x5 kernels in the first stages."""
+    act = b.active
+    k_bonus = np.where(np.arange(b.ks.shape[1])[None, :] < 8, (b.ks == 5) * 0.004, (b.ks - 3) * 0.001)
+    return (0.6 + (k_bonus * act).sum(1) + ((b.e - 3) * act).sum(1) * 0.002 + b.d.sum(1) * 0.003
+            + (b.r - 128) * 0.0004)
+
+
+LAT = TableLatency(W10)
+
+
+@pytest.mark.parametrize("budget_ms", [12.0, 16.0, 24.0])
+def test_latency_budget_is_always_met(budget_ms):
+    r = evolution_search(W10, linear_accuracy, {"latency_ms": LAT}, {"latency_ms": budget_ms},
+                         np.random.default_rng(0), FAST)
+    assert r.values["latency_ms"] <= budget_ms
+    assert float(LAT(ConfigBatch.from_configs([r.config]))[0]) == pytest.approx(r.values["latency_ms"])
+    assert r.accuracy == pytest.approx(float(linear_accuracy(ConfigBatch.from_configs([r.config]))[0]))
+    W10.validate(r.config)
+    assert np.all(np.diff(r.history) >= 0)  # the best never gets worse
+
+
+def test_latency_and_macs_budgets_together():
+    macs_budget = float(W10.macs(W10.largest(160))) * 0.5
+    r = evolution_search(W10, linear_accuracy, {"latency_ms": LAT, "macs": W10.macs},
+                         {"latency_ms": 20.0, "macs": macs_budget}, np.random.default_rng(1), FAST)
+    assert r.values["latency_ms"] <= 20.0 and r.values["macs"] <= macs_budget
+    assert W10.macs(r.config) == r.values["macs"]
+
+
+def test_many_budgets_in_one_call_meet_their_own_budget():
+    budgets = [{"latency_ms": b} for b in (11.0, 15.0, 22.0, 30.0)]
+    rs = evolution_search_many(W10, linear_accuracy, {"latency_ms": LAT}, budgets, np.random.default_rng(2), FAST)
+    for b, r in zip(budgets, rs):
+        assert r.values["latency_ms"] <= b["latency_ms"]
+    accs = [r.accuracy for r in rs]
+    assert accs == sorted(accs)  # a looser budget never ends worse here (monotone made-up accuracy)
+
+
+def test_restricted_resolutions():
+    r = evolution_search(W10, linear_accuracy, {"latency_ms": LAT}, {"latency_ms": 40.0},
+                         np.random.default_rng(3), FAST, resolutions=[160, 176])
+    assert r.config.r in (160, 176)
+    with pytest.raises(OFABenchError):
+        evolution_search(W10, linear_accuracy, {"latency_ms": LAT}, {"latency_ms": 40.0},
+                         np.random.default_rng(3), FAST, resolutions=[161])
+
+
+def test_deterministic_under_a_seed():
+    def run(seed):
+        return evolution_search(W10, linear_accuracy, {"latency_ms": LAT}, {"latency_ms": 15.0},
+                                np.random.default_rng(seed), FAST)
+
+    a, b, c = run(5), run(5), run(6)
+    assert a.config == b.config and a.accuracy == b.accuracy
+    np.testing.assert_array_equal(a.history, b.history)
+    assert a.restart_accuracies == b.restart_accuracies
+    assert not np.array_equal(a.history, c.history)
+
+
+def test_impossible_budget_is_a_clear_error():
+    cfg, lowest = smallest_achievable(W10, LAT)
+    assert lowest == pytest.approx(float(LAT(ConfigBatch.from_configs([W10.smallest(128)]))[0]))
+    t0 = time.process_time()
+    with pytest.raises(InfeasibleBudgetError) as exc:
+        evolution_search(W10, linear_accuracy, {"latency_ms": LAT}, {"latency_ms": lowest * 0.9},
+                         np.random.default_rng(0), FAST)
+    assert time.process_time() - t0 < 5  # an error, not a spin
+    msg = str(exc.value)
+    assert "\n" not in msg and "smallest achievable" in msg and f"{lowest:.4g}" in msg
+    with pytest.raises(InfeasibleBudgetError):
+        evolution_search(W10, linear_accuracy, {"macs": W10.macs}, {"macs": 1e6}, np.random.default_rng(0), FAST)
+
+
+def test_budget_just_above_the_minimum_still_searches():
+    _, lowest = smallest_achievable(W10, LAT)
+    budget = lowest * 1.02  # random configs almost never fit: the search starts from the smallest one
+    r = evolution_search(W10, linear_accuracy, {"latency_ms": LAT}, {"latency_ms": budget},
+                         np.random.default_rng(0), FAST)
+    assert r.values["latency_ms"] <= budget
+    assert r.accuracy >= float(linear_accuracy(ConfigBatch.from_configs([W10.smallest(128)]))[0])
+
+
+def test_unknown_metric_in_budget():
+    with pytest.raises(OFABenchError, match="no predictor"):
+        evolution_search(W10, linear_accuracy, {"latency_ms": LAT}, {"macs": 1e8}, np.random.default_rng(0), FAST)
+
+
+def test_genome_roundtrip_and_variation():
+    g = Genome(W12, [160, 176, 192])
+    rng = np.random.default_rng(0)
+    genes = g.random(rng, 300)
+    batch = g.decode(genes)
+    np.testing.assert_array_equal(g.encode(batch), g.canonical(genes))
+    assert set(np.unique(batch.r)) <= {160, 176, 192}
+    kids = g.vary(genes, genes, np.ones(300, dtype=bool), 0.1, rng)
+    assert (kids != genes).any() and ((kids >= 0) & (kids < g.n_choices)).all()
+    same = g.vary(genes, genes, np.zeros(300, dtype=bool), 0.1, rng)  # crossover of a row with itself
+    np.testing.assert_array_equal(same, genes)
+
+
+def test_cache_is_exact_even_when_every_hash_collides(monkeypatch):
+    g = Genome(W10)
+    rng = np.random.default_rng(1)
+    genes = g.random(rng, 200)
+    genes = np.concatenate([genes, genes[:50]])  # repeats
+    calls = []
+
+    def lat(b):
+        calls.append(len(b))
+        return LAT(b)
+
+    cache = ScoreCache(g, linear_accuracy, {"latency_ms": lat})
+    rows = cache.rows(genes)
+    assert (rows[200:] == rows[:50]).all() and sum(calls) == len(np.unique(rows))
+    direct = LAT(g.decode(genes))
+    np.testing.assert_allclose(cache.values[rows, 0], direct)
+    # configs that differ only in skipped slots are one config
+    twin = genes[:1].copy()
+    twin[0, 3] = (twin[0, 3] + 1) % 3 if g.d_vals[twin[0, 2 * g.S]] < 4 else twin[0, 3]
+    assert cache.rows(twin)[0] == rows[0]
+
+    monkeypatch.setattr(ScoreCache, "_hash", lambda self, m: np.zeros(len(m), dtype=np.uint64))
+    bad = ScoreCache(g, linear_accuracy, {"latency_ms": LAT})
+    rows2 = bad.rows(genes)
+    np.testing.assert_allclose(bad.values[rows2, 0], direct)
+    np.testing.assert_allclose(bad.accuracy(rows2), linear_accuracy(g.decode(genes)))
+
+
+# ---- the real Note10 tables and the official predictor --------------------------------------------------
+@pytest.fixture(scope="module")
+def note10(shared_dir):
+    from bench.lut import load_device_table
+    from bench.predictor import LatencyPredictor
+    from ofa_core.accuracy import AccuracyPredictor
+
+    pth = shared_dir / "anchors" / "ofa-mbv3-w12-note10" / "acc_predictor.pth"
+    if not pth.is_file():
+        pytest.skip("official predictor not present")
+    return AccuracyPredictor.from_official(pth), LatencyPredictor.from_table(load_device_table("note10", W12), W12)
+
+
+def test_note10_search_beats_random_sampling(note10):
+    acc, lat = note10
+    res = [160, 176, 192, 208, 224]
+    r = evolution_search(W12, acc, {"latency_ms": lat}, {"latency_ms": 25.0}, np.random.default_rng(0),
+                         SearchParams(generations=60, restarts=1), res)
+    assert r.values["latency_ms"] <= 25.0
+    sample = W12.sample_batch(np.random.default_rng(1), 5000, res)
+    ok = lat(sample) <= 25.0
+    assert r.accuracy > acc(sample)[ok].max()
+
+
+# ---- CLI ------------------------------------------------------------------------------------------------
+def _cli(capsys, *args):
+    from bench.cli import main
+
+    rc = main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_cli_search_json(note10, capsys, tmp_path):
+    rc, out, err = _cli(capsys, "search", "--device", "note10", "--latency-ms", "20", "--generations", "30",
+                        "--restarts", "1", "--resolutions", "160,176,192", "--json",
+                        "--store", str(tmp_path / "none.sqlite"))
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["space"] == "ofa-mbv3-w1.2" and doc["predicted_latency_ms"] <= 20
+    assert set(doc["config"]) == {"ks", "e", "d", "r"} and doc["config"]["r"][0] in (160, 176, 192)
+    assert 0.7 < doc["predicted_accuracy"] < 0.9 and doc["search_seconds"] > 0
+    acc, lat = note10
+    from ofa_core.space import SubnetConfig
+
+    cfg = SubnetConfig.from_ofa_dict(doc["config"])
+    assert float(lat([cfg])[0]) == pytest.approx(doc["predicted_latency_ms"])
+    assert float(acc([cfg])[0]) == pytest.approx(doc["predicted_accuracy"])
+
+
+def test_cli_errors_are_one_line(note10, capsys, tmp_path):
+    store = str(tmp_path / "none.sqlite")
+    rc, out, err = _cli(capsys, "search", "--device", "note10", "--latency-ms", "3", "--store", store)
+    assert rc == 2 and err.startswith("ofa-bench: error: no subnet") and err.count("\n") == 1
+    rc, out, err = _cli(capsys, "search", "--device", "nowhere-device", "--latency-ms", "3", "--store", store)
+    assert rc == 2 and err.count("\n") == 1 and "no latency table" in err
+    rc, out, err = _cli(capsys, "search", "--device", "note10", "--latency-ms", "20", "--resolutions", "161",
+                        "--store", store)
+    assert rc == 2 and "161" in err and err.count("\n") == 1
+
+
+def test_no_predictor_for_w10_is_an_error():
+    from bench.commands.search import SearchSetupError, accuracy_predictor
+
+    with pytest.raises(SearchSetupError, match="--predictor"):
+        accuracy_predictor(W10, None)
+
+
+# ---- FPGA model vs CPU: kernel sizes of the chosen subnets ----------------------------------------------
+@pytest.fixture(scope="module")
+def fpga_store(tmp_path_factory):
+    """A small table of the SIMULATED ZU9EG model: w1.0 at one resolution, profiled through the real path."""
+    from bench.profile import MeasureSettings, profile_device
+
+    path = tmp_path_factory.mktemp("fpga") / "store.sqlite"
+    rep = profile_device("fpga-zu9eg", W10, str(path), [160], MeasureSettings(rounds=1, reference=False))
+    assert rep.status == "done", rep.error
+    return str(path), rep.device
+
+
+def _share_of_3x3(cfg) -> float:
+    ks = [cfg.ks[i] for i in cfg.active_slots()]
+    return sum(k == 3 for k in ks) / len(ks)
+
+
+def _kernel_shares(space, acc, lat) -> list[float]:
+    lo = smallest_achievable(space, lat, [160])[1]
+    hi = float(lat([space.largest(160)])[0])
+    budgets = [{"latency_ms": lo + q * (hi - lo)} for q in (0.1, 0.2, 0.3, 0.4, 0.5)]
+    rs = evolution_search_many(space, acc, {"latency_ms": lat}, budgets, np.random.default_rng(0),
+                               SearchParams(generations=150, restarts=1), [160])
+    return [_share_of_3x3(r.config) for r in rs]
+
+
+def test_fpga_prefers_3x3_kernels_cpu_does_not(fpga_store, note10):
+    """OFA's observation (ZU9EG vs CPU): under the same relative budgets the FPGA's subnets are mostly 3x3.
+    The CPU side is the Note10 table; the official w1.2 predictor stands in for accuracy on both."""
+    from bench.lut import load_device_table
+    from bench.predictor import LatencyPredictor
+
+    acc, note10_lat = note10
+    store, device = fpga_store
+    fpga_lat = LatencyPredictor.from_table(load_device_table(device, W10, store), W10)
+    fpga = _kernel_shares(W10, acc, fpga_lat)
+    cpu = _kernel_shares(W12, acc, note10_lat)
+    assert np.mean(fpga) > 0.5, fpga  # mostly 3x3 on the FPGA
+    assert np.mean(cpu) < 0.5, cpu  # not on the CPU
+    assert np.mean(fpga) > np.mean(cpu) + 0.1
+
+
+def test_cli_search_export_and_confirm_on_fpga_model(fpga_store, note10, capsys, tmp_path):
+    store, device = fpga_store
+    pth = note10[0].metadata["source"]
+    out = tmp_path / "best.onnx"
+    rc, stdout, err = _cli(capsys, "search", "--device", "fpga-zu9eg", "--latency-ms", "0.9", "--predictor", pth,
+                           "--generations", "30", "--restarts", "1", "--export", str(out), "--confirm",
+                           "--store", store, "--json")
+    assert rc == 0, err
+    doc = json.loads(stdout)
+    assert doc["space"] == "ofa-mbv3-w1.0" and doc["simulated"] is True and doc["predicted_latency_ms"] <= 0.9
+    assert out.is_file() and doc["export"]["weights"] == "random" and "random" in err
+    c = doc["confirm"]
+    assert c["simulated"] is True and c["measured_latency_ms"] > 0
+    assert abs(c["error_pct"]) < 50  # the table sum of a whole net is close to the model's estimate of it
+    from bench.store import open_store
+
+    st = open_store(store)
+    try:
+        rows = st.latest_measurements(c["fingerprint_id"], "ofa-mbv3-w1.0", kind="subnet")
+    finally:
+        st.close()
+    assert [r["key"] for r in rows] == [f"subnet:{doc['config_string']}"]
