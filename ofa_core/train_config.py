@@ -1,0 +1,158 @@
+"""Training settings: a TOML file of run-wide options and an ordered list of progressive-shrinking phases.
+
+Phase names are fixed because each one means a set of elastic choices (Cai et al., 2020, section 3.3):
+
+    full      largest kernel, expand and depth (trains the teacher)
+    kernel    kernel elastic
+    depth-1   kernel elastic, depth in the two largest values
+    depth-2   kernel and depth elastic
+    expand-1  kernel and depth elastic, expand in the two largest values (channels sorted first)
+    expand-2  everything elastic (channels sorted first)
+
+Every phase samples a random resolution of the space per batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+
+from ofa_core.errors import OFABenchError
+
+PHASES = ("full", "kernel", "depth-1", "depth-2", "expand-1", "expand-2")
+SORTING_PHASES = ("expand-1", "expand-2")
+
+
+class TrainConfigError(OFABenchError):
+    """A training config file that cannot be read or holds a bad value."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase: its name (see PHASES), length, peak learning rate and subnets per step."""
+
+    name: str
+    epochs: float
+    lr: float
+    subnets_per_step: int = 1
+    warmup_epochs: float = 0.0
+
+    @property
+    def sorts_channels(self) -> bool:
+        return self.name in SORTING_PHASES
+
+    @property
+    def distills(self) -> bool:
+        return self.name != "full"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Run-wide options and the phases, in order."""
+
+    space: str
+    phases: tuple[Phase, ...]
+    seed: int = 0
+    batch_size: int = 256
+    val_size: int = 10_000
+    train_images: int = 0  # 0: the whole training split; else its first N images (tests, smoke runs)
+    label_smoothing: float = 0.1
+    weight_decay: float = 3e-5
+    momentum: float = 0.9
+    nesterov: bool = True
+    kd_ratio: float = 1.0
+    augment: bool = True
+    bn_recal_images: int = 2000
+    monitor_images: int = 2000  # validation images scored after each epoch (largest and smallest subnet)
+    source: str = field(default="", compare=False)  # the TOML text, kept in checkpoints
+
+
+_RUN_KEYS = {f.name: f for f in fields(TrainConfig) if f.name not in ("space", "phases", "source")}
+_PHASE_KEYS = {f.name for f in fields(Phase)}
+
+
+def _check_type(where: str, key: str, value, want: type) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) if want is float else (
+        isinstance(value, want) and not (want is int and isinstance(value, bool)))
+    if not ok:
+        raise TrainConfigError(f"{where}: {key} = {value!r} must be {want.__name__}")
+
+
+def parse_config(text: str, origin: str = "config") -> TrainConfig:
+    """Parse TOML text into a `TrainConfig`; every problem is a one-line `TrainConfigError`."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise TrainConfigError(f"{origin}: not valid TOML: {exc}") from None
+    if "space" not in doc or not isinstance(doc["space"], str):
+        raise TrainConfigError(f"{origin}: needs space = \"<search space name>\"")
+    unknown = set(doc) - set(_RUN_KEYS) - {"space", "phases"}
+    if unknown:
+        raise TrainConfigError(f"{origin}: unknown key(s) {', '.join(sorted(unknown))}")
+    run = {}
+    for key, value in doc.items():
+        if key in _RUN_KEYS:
+            want = {"int": int, "float": float, "bool": bool}[str(_RUN_KEYS[key].type)]
+            _check_type(origin, key, value, want)
+            if want is not bool and value < 0:
+                raise TrainConfigError(f"{origin}: {key} = {value} must not be negative")
+            run[key] = value
+    if run.get("batch_size", 1) == 0:
+        raise TrainConfigError(f"{origin}: batch_size must be positive")
+    raw_phases = doc.get("phases")
+    if not isinstance(raw_phases, list) or not raw_phases:
+        raise TrainConfigError(f"{origin}: needs at least one [[phases]] table")
+    phases = []
+    for i, p in enumerate(raw_phases):
+        where = f"{origin}: phase {i + 1}"
+        if not isinstance(p, dict):
+            raise TrainConfigError(f"{where} must be a table")
+        name = p.get("name")
+        if name not in PHASES:
+            raise TrainConfigError(f"{where}: unknown phase {name!r}; known: {', '.join(PHASES)}")
+        extra = set(p) - _PHASE_KEYS
+        if extra:
+            raise TrainConfigError(f"{where} ({name}): unknown key(s) {', '.join(sorted(extra))}")
+        for key in ("epochs", "lr"):
+            if key not in p:
+                raise TrainConfigError(f"{where} ({name}): needs {key}")
+        for key, want in (("epochs", float), ("lr", float), ("subnets_per_step", int), ("warmup_epochs", float)):
+            if key in p:
+                _check_type(f"{where} ({name})", key, p[key], want)
+        if p["epochs"] < 0:
+            raise TrainConfigError(f"{where} ({name}): epochs = {p['epochs']} must not be negative")
+        if p["lr"] <= 0:
+            raise TrainConfigError(f"{where} ({name}): lr = {p['lr']} must be positive")
+        if p.get("subnets_per_step", 1) < 1:
+            raise TrainConfigError(f"{where} ({name}): subnets_per_step must be at least 1")
+        if not 0 <= p.get("warmup_epochs", 0) <= p["epochs"]:
+            raise TrainConfigError(f"{where} ({name}): warmup_epochs must be within 0..epochs")
+        phases.append(Phase(name=name, epochs=float(p["epochs"]), lr=float(p["lr"]),
+                            subnets_per_step=int(p.get("subnets_per_step", 1)),
+                            warmup_epochs=float(p.get("warmup_epochs", 0.0))))
+    names = [p.name for p in phases]
+    if len(set(names)) != len(names):
+        raise TrainConfigError(f"{origin}: a phase appears twice ({', '.join(names)})")
+    if names != sorted(names, key=PHASES.index):
+        raise TrainConfigError(f"{origin}: phases must follow the order {', '.join(PHASES)}")
+    return TrainConfig(space=doc["space"], phases=tuple(phases), source=text, **run)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """A config from a file path, or by the name of a shipped one (`fmnist` -> ofa_core/configs/fmnist.toml)."""
+    p = Path(path)
+    if not p.exists() and p.suffix == "" and "/" not in str(path):
+        shipped = resources.files("ofa_core") / "configs" / f"{path}.toml"
+        if shipped.is_file():
+            return parse_config(shipped.read_text(), origin=f"{path}.toml")
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise TrainConfigError(f"training config {path} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrainConfigError(f"cannot read training config {path}: {exc}") from None
+    return parse_config(text, origin=str(path))
