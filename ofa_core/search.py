@@ -14,6 +14,8 @@ is redrawn from the same parents (at most `max_resample` rounds, then the first 
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +74,22 @@ class SearchResult:
     restart_accuracies: tuple[float, ...] = ()
     n_scored: int = 0  # distinct configs scored by the accuracy predictor (shared by all lanes of the call)
     seconds: float = 0.0  # wall time of the whole call (all budgets)
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController()
+
+
+def one_blas_thread():
+    """Context: numpy's BLAS on one thread. A search runs thousands of small matmuls, where extra BLAS threads
+    only add hand-offs (and spin badly on a loaded machine: 4x the CPU time measured here)."""
+    ctl = _blas_controller()
+    return ctl.limit(limits=1, user_api="blas") if ctl is not None else contextlib.nullcontext()
 
 
 # ---- genes --------------------------------------------------------------------------------------------
@@ -332,6 +350,11 @@ def evolution_search_many(space: SearchSpace, accuracy_fn: Predictor, metrics: M
                           params: SearchParams = SearchParams(),
                           resolutions: Sequence[int] | None = None) -> list[SearchResult]:
     """One search per budget, all evolved together (budgets x restarts lanes in the same arrays)."""
+    with one_blas_thread():
+        return _evolve(space, accuracy_fn, metrics, budgets, rng, params, resolutions)
+
+
+def _evolve(space, accuracy_fn, metrics, budgets, rng, params, resolutions) -> list[SearchResult]:
     t0 = time.perf_counter()
     if not budgets:
         return []
@@ -620,7 +643,9 @@ def pareto_front(space: SearchSpace, accuracy_fn: Predictor, metrics: Mapping[st
 
     algorithm = NSGA2(pop_size=population, sampling=_Sampling(), crossover=_Crossover(), mutation=_Mutation(),
                       eliminate_duplicates=True)
-    minimize(_Problem(), algorithm, ("n_gen", max(1, generations)), seed=int(rng.integers(2**31 - 1)), verbose=False)
+    with one_blas_thread():
+        minimize(_Problem(), algorithm, ("n_gen", max(1, generations)), seed=int(rng.integers(2**31 - 1)),
+                 verbose=False)
     scored = np.flatnonzero(~np.isnan(cache.acc[:cache.n]))
     vals = cache.values[scored]
     ok = (vals <= lim).all(axis=1)
