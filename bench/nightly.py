@@ -24,6 +24,10 @@ from bench.profile import (MeasureSettings, agent_profile, commit, measure_model
                            reference_nominal_ms, reference_records, to_record)
 
 
+class NightlyAlert(OFABenchError):
+    """A device was unreachable or drifted beyond the threshold: the cron job must fail loudly."""
+
+
 @dataclass(frozen=True)
 class NightlySettings:
     stale_days: float = 30.0

@@ -38,4 +38,11 @@ def register(app: typer.Typer) -> None:
                 info(f"{d['device']}: {d['status']}" + (f" ({drift})" if drift else "")
                      + (f"; error: {d['error']}" if d.get("error") else ""))
         if not doc.get("ok", True):
-            raise typer.Exit(1)
+            from bench.nightly import NightlyAlert
+
+            parts = []
+            if doc.get("unreachable"):
+                parts.append("unreachable: " + ", ".join(doc["unreachable"]))
+            if doc.get("drifted"):
+                parts.append(f"drifted beyond {100 * doc['threshold']:.0f}%: " + ", ".join(doc["drifted"]))
+            raise NightlyAlert("nightly: " + "; ".join(parts))

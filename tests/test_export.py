@@ -1,0 +1,79 @@
+"""Export: one ONNX file per entry (opset 17, fixed batch-1 shape), cached by content hash; whole subnets."""
+import importlib.util
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from bench.candidates import candidates
+from bench.export import ExportError, export_entry, export_subnet
+from ofa_core.space import SearchSpace
+
+SPACE = SearchSpace.get("ofa-mbv3-fmnist")
+
+
+def _run(path):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (inp,) = sess.get_inputs()
+    x = np.random.default_rng(0).standard_normal(inp.shape).astype(np.float32)
+    return inp.shape, sess.run(None, {inp.name: x})[0]
+
+
+def test_every_kind_exports_and_runs(tmp_path):
+    entries = candidates(SPACE, [16])
+    picked = {}
+    for e in entries:
+        picked.setdefault(e.kind, e)
+    for kind, e in picked.items():
+        path = export_entry(SPACE, e, cache=tmp_path)
+        model = onnx.load(str(path))
+        assert model.opset_import[0].version == 17
+        shape, y = _run(path)
+        assert shape == list(e.input_shape)
+        if kind == "logits":
+            assert y.shape == (1, SPACE.n_classes)
+        else:
+            assert y.shape == (1, e.out_channels, e.out_hw, e.out_hw)
+
+
+def test_cache_hit_is_free_and_keys_differ(tmp_path):
+    a, b = candidates(SPACE, [12])[5:7]
+    pa = export_entry(SPACE, a, cache=tmp_path)
+    mtime = pa.stat().st_mtime_ns
+    assert export_entry(SPACE, a, cache=tmp_path) == pa and pa.stat().st_mtime_ns == mtime
+    pb = export_entry(SPACE, b, cache=tmp_path)
+    assert pb != pa
+    # another space with the same key text never shares a file
+    w10 = SearchSpace.get("ofa-mbv3-w1.0")
+    assert export_entry(w10, candidates(w10, [128])[-1], cache=tmp_path).parent != pa.parent
+    assert not list(tmp_path.rglob("*.part"))
+
+
+def test_subnet_seeded_and_given_weights(tmp_path):
+    import torch
+
+    from bench.export import subnet_module
+
+    cfg = SPACE.sample(np.random.default_rng(1), 1, [20])[0]
+    p1 = export_subnet(SPACE, cfg, cache=tmp_path)
+    assert export_subnet(SPACE, cfg, cache=tmp_path) == p1
+    assert export_subnet(SPACE, cfg, seed=1, cache=tmp_path) != p1
+    shape, y = _run(p1)
+    assert shape == [1, 1, 20, 20] and y.shape == (1, 10)
+    module = subnet_module(SPACE, cfg, seed=7)
+    p2 = export_subnet(SPACE, cfg, weights=module, cache=tmp_path)
+    _, y2 = _run(p2)
+    x = np.random.default_rng(0).standard_normal((1, 1, 20, 20)).astype(np.float32)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(y2, want, rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_format_and_missing_converter(tmp_path):
+    e = candidates(SPACE, [12])[0]
+    with pytest.raises(ExportError):
+        export_entry(SPACE, e, "pdf", cache=tmp_path)
+    if importlib.util.find_spec("litert_torch") is None:
+        with pytest.raises(ExportError, match="litert-torch"):
+            export_entry(SPACE, e, "tflite", cache=tmp_path)

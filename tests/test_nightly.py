@@ -1,0 +1,101 @@
+"""Nightly: re-measures sentinels, keeps history, flags an injected step, exits non-zero on drift or when a
+device is unreachable."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.nightly import sentinels
+from ofa_core.space import SearchSpace
+
+REPO = Path(__file__).resolve().parents[1]
+SPACE = SearchSpace.get("ofa-mbv3-fmnist")
+
+PROFILES = {
+    "null-nightly": """
+name = "null-nightly"
+kind = "local"
+description = "simulated: null runtime, for tests"
+runtime = "null"
+threads = 1
+warmup_runs = 1
+warmup_s = 0.0
+min_runs = 5
+min_duration_s = 0.01
+max_runs = 100
+max_duration_s = 1.0
+max_remeasure = 0
+simulated = true
+""",
+    "gone-nightly": """
+name = "gone-nightly"
+kind = "ssh"
+address = "nobody@127.0.0.1:1"
+description = "an ssh device that is not there"
+timeout_s = 5.0
+""",
+}
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "bench.cli", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def devices():
+    folder = Path(os.environ["OFA_BENCH_DEVICES"])
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in PROFILES.items():
+        (folder / f"{name}.toml").write_text(text)
+
+
+def test_sentinels_cover_each_resolution():
+    s = sentinels(SPACE, [12, 16])
+    assert {e.resolution for e in s} == {12, 16}
+    assert {"first_conv", "first_block", "mbconv", "final_expand"} <= {e.kind for e in s}
+
+
+def test_nightly_keeps_history_and_flags_injected_step(tmp_path, devices):
+    from bench.store import open_store
+
+    store = tmp_path / "s.sqlite"
+    r = cli("profile", "null-nightly", "--space", SPACE.name, "--resolutions", "12", "--store", store, "--json")
+    assert r.returncode == 0, r.stderr
+    r = cli("nightly", "null-nightly", "--store", store, "--json", "--no-rebuild", "--threshold", "10")
+    assert r.returncode == 0, r.stderr  # a 1000% threshold: nothing counts as drift
+    doc = json.loads(r.stdout)
+    (dev,) = doc["devices"]
+    assert dev["status"] in ("ok", "drifted") and dev["spaces"][0]["sentinels"] == len(sentinels(SPACE, [12]))
+    watched = sentinels(SPACE, [12])[0]
+    with open_store(store) as st:
+        hist = st.history(st.latest_fingerprint("null-nightly")["id"], SPACE.name, key=watched.key, resolution=12)
+        assert len(hist) == 2  # the profile's and the nightly's: history kept, nothing overwritten
+        # inject a clear level change for that sentinel: ratio to the reference 1.0 x 8, then 2.0 x 8
+        fp_id = st.latest_fingerprint("null-nightly")["id"]
+        run = st.start_run("null-nightly", fp_id, SPACE.name, "nightly", {}, {"injected": True})
+        now = time.time()
+        recs = [{"resolution": 12, "key": watched.key, "kind": "block", "latency_ms": ratio * 0.5, "n": 10,
+                 "samples_ms": [], "env": {"reference_ms": 0.5}, "measured_at": now + i}
+                for i, ratio in enumerate([1.0] * 8 + [2.0] * 8)]
+        st.add_measurements(run, recs)
+        st.finish_run(run, "done")
+    r = cli("nightly", "null-nightly", "--store", store, "--json")
+    assert r.returncode != 0 and "drifted beyond 5%: null-nightly" in r.stderr
+    doc = json.loads(r.stdout)
+    (dev,) = doc["devices"]
+    assert dev["status"] == "drifted" and doc["drifted"] == ["null-nightly"]
+    hit = [d for d in dev["drift"] if d["kind"] == "entry" and d["key"] == watched.key]
+    assert hit and hit[0]["rel_change"] > 0.5
+    assert dev["rebuilt"] and dev["rebuilt"][0]["resolutions"] == [12]
+
+
+def test_nightly_unreachable_exits_nonzero(tmp_path, devices):
+    r = cli("nightly", "gone-nightly", "--store", tmp_path / "s.sqlite", "--json")
+    assert r.returncode != 0 and "unreachable: gone-nightly" in r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["unreachable"] == ["gone-nightly"] and doc["devices"][0]["status"] == "unreachable"
