@@ -117,9 +117,8 @@ class OFAMobileNetV3(nn.Module):
         for dst, i in zip(list(static.blocks)[1:], cfg.active_slots()):
             _copy_elastic_mbconv(dst, self.blocks[i], cfg.ks[i], cfg.e[i], fold_bn)
         _copy_conv_bn(static.final_expand, self.final_expand.conv.weight, self.final_expand.bn, fold_bn)
-        static.feature_mix.conv.weight = _param(self.feature_mix.conv.weight)
-        static.classifier.linear.weight = _param(self.classifier.linear.weight)
-        static.classifier.linear.bias = _param(self.classifier.linear.bias)
+        _set(static.feature_mix.conv, weight=self.feature_mix.conv.weight)
+        _set(static.classifier.linear, weight=self.classifier.linear.weight, bias=self.classifier.linear.bias)
         leftover = [n for n, t in [*static.named_parameters(), *static.named_buffers()] if t.is_meta]
         if leftover:  # every tensor of the meta-built skeleton must have been replaced
             raise RuntimeError(f"extract left {leftover[0]} unset")
@@ -157,26 +156,39 @@ def _param(t: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(t.detach().clone(memory_format=torch.contiguous_format))
 
 
+def _set(module: nn.Module, **tensors: torch.Tensor) -> None:
+    """Replace existing parameters (copies of the given tensors) or buffers of `module` in place.
+
+    Writes the module's own tables directly: extraction sets ~400 tensors and `Module.__setattr__` is slow.
+    """
+    for name, t in tensors.items():
+        if name in module._parameters:
+            module._parameters[name] = _param(t)
+        elif name in module._buffers:
+            module._buffers[name] = t.detach().clone()
+        else:
+            raise KeyError(f"{type(module).__name__} has no tensor {name}")
+
+
 def _copy_conv_bn(dst: B.ConvBNAct, weight: torch.Tensor, bn: nn.BatchNorm2d | None, fold: bool) -> None:
     """Give a meta-built static ConvBNAct copies of `weight` and the leading channels of `bn` (folded if asked)."""
     if fold and bn is not None:
         w, b = _fold(weight, None, bn)
-        dst.conv.weight, dst.conv.bias = _param(w), _param(b)
+        _set(dst.conv, weight=w, bias=b)
         return
-    dst.conv.weight = _param(weight)
+    _set(dst.conv, weight=weight)
     if bn is not None:
         c = weight.shape[0]
         d = dst.bn
         d.eps, d.momentum = bn.eps, bn.momentum
-        d.weight, d.bias = _param(bn.weight[:c]), _param(bn.bias[:c])
-        d.running_mean, d.running_var = bn.running_mean[:c].clone(), bn.running_var[:c].clone()
-        d.num_batches_tracked = bn.num_batches_tracked.clone()
+        _set(d, weight=bn.weight[:c], bias=bn.bias[:c], running_mean=bn.running_mean[:c],
+             running_var=bn.running_var[:c], num_batches_tracked=bn.num_batches_tracked)
 
 
 def _copy_se(dst: B.SqueezeExcite, reduce: nn.Conv2d, expand: nn.Conv2d) -> None:
     m, c = dst.reduce.weight.shape[:2]
-    dst.reduce.weight, dst.reduce.bias = _param(reduce.weight[:m, :c]), _param(reduce.bias[:m])
-    dst.expand.weight, dst.expand.bias = _param(expand.weight[:c, :m]), _param(expand.bias[:c])
+    _set(dst.reduce, weight=reduce.weight[:m, :c], bias=reduce.bias[:m])
+    _set(dst.expand, weight=expand.weight[:c, :m], bias=expand.bias[:c])
 
 
 def _copy_static_mbconv(dst: B.MBConv, src: B.MBConv, fold: bool) -> None:
