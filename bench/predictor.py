@@ -36,66 +36,94 @@ def _tagged(values: np.ndarray, version: str) -> Latencies:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Per-resolution `latency = scale * table_sum + offset_ms`; between and beyond the calibrated resolutions
-    the coefficients are interpolated (clamped at the ends)."""
+    """Per resolution `latency = scale * table_sum + per_block_ms * n_blocks + offset_ms`.
+
+    `n_blocks` counts the elastic blocks a subnet runs: each isolated block measurement pays the runtime's
+    per-call overhead and misses the whole graph's fusions once, so the error of a plain sum grows with it.
+    The block term is kept only where leave-one-out error says it helps. Between and beyond the calibrated
+    resolutions the coefficients are interpolated (clamped at the ends).
+    """
 
     resolutions: tuple[int, ...] = ()
     scale: tuple[float, ...] = ()
     offset_ms: tuple[float, ...] = ()
+    per_block_ms: tuple[float, ...] = ()
     n_subnets: int = 0
 
     @property
     def is_identity(self) -> bool:
         return not self.resolutions
 
-    def apply(self, r: np.ndarray, table_sum_ms: np.ndarray) -> np.ndarray:
+    def apply(self, r: np.ndarray, table_sum_ms: np.ndarray, n_blocks: np.ndarray | None = None) -> np.ndarray:
+        x = np.asarray(table_sum_ms, dtype=np.float64)
         if self.is_identity:
-            return np.asarray(table_sum_ms, dtype=np.float64)
+            return x
+        rr = np.asarray(r, dtype=np.float64)
         xs = np.asarray(self.resolutions, dtype=np.float64)
-        a = np.interp(np.asarray(r, dtype=np.float64), xs, np.asarray(self.scale))
-        b = np.interp(np.asarray(r, dtype=np.float64), xs, np.asarray(self.offset_ms))
-        return a * np.asarray(table_sum_ms, dtype=np.float64) + b
+        out = np.interp(rr, xs, np.asarray(self.scale)) * x + np.interp(rr, xs, np.asarray(self.offset_ms))
+        if n_blocks is not None and self.per_block_ms and any(self.per_block_ms):
+            out = out + np.interp(rr, xs, np.asarray(self.per_block_ms)) * np.asarray(n_blocks, dtype=np.float64)
+        return out
 
     def to_dict(self) -> dict:
-        return {"resolutions": list(self.resolutions), "scale": list(self.scale),
-                "offset_ms": list(self.offset_ms), "n_subnets": self.n_subnets}
+        return {"resolutions": list(self.resolutions), "scale": list(self.scale), "offset_ms": list(self.offset_ms),
+                "per_block_ms": list(self.per_block_ms), "n_subnets": self.n_subnets}
 
     @classmethod
     def fit(cls, r: Sequence[int], table_sum_ms: Sequence[float], measured_ms: Sequence[float],
-            min_points: int = 6) -> "Calibration":
-        """Fit per resolution: a line with `min_points` or more subnets, else a ratio (scale only)."""
+            n_blocks: Sequence[int] | None = None, min_points: int = 6) -> "Calibration":
+        """Fit per resolution: a line with `min_points` or more subnets (plus the block term when it lowers the
+        leave-one-out error), else a ratio (scale only)."""
         r = np.asarray(r, dtype=np.int64)
         x = np.asarray(table_sum_ms, dtype=np.float64)
         y = np.asarray(measured_ms, dtype=np.float64)
+        nb = np.zeros(len(r)) if n_blocks is None else np.asarray(n_blocks, dtype=np.float64)
         if len(r) == 0:
             return cls()
-        res, scales, offsets = [], [], []
+        res, scales, offsets, blocks = [], [], [], []
         for rv in sorted(set(r.tolist())):
             m = r == rv
-            a, b = _robust_line(x[m], y[m], min_points)
+            a, c, b = _fit_one(x[m], nb[m], y[m], min_points)
             res.append(int(rv))
-            scales.append(float(a))
-            offsets.append(float(b))
-        return cls(tuple(res), tuple(scales), tuple(offsets), int(len(r)))
+            scales.append(a)
+            blocks.append(c)
+            offsets.append(b)
+        return cls(tuple(res), tuple(scales), tuple(offsets), tuple(blocks), int(len(r)))
 
 
-def _robust_line(x: np.ndarray, y: np.ndarray, min_points: int) -> tuple[float, float]:
-    """Least squares of y on x, refitted once without points whose residual exceeds 3 scaled MADs."""
+def _loo_mse(X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Least squares and its leave-one-out mean squared error (from the hat matrix, no refits)."""
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    resid = y - X @ coef
+    h = np.einsum("ij,ji->i", X, np.linalg.pinv(X.T @ X) @ X.T)
+    loo = resid / np.clip(1.0 - h, 1e-6, None)
+    return float(np.mean(loo ** 2)), coef
+
+
+def _fit_one(x: np.ndarray, nb: np.ndarray, y: np.ndarray, min_points: int) -> tuple[float, float, float]:
+    """(scale, per_block_ms, offset_ms) for one resolution; outliers beyond 3 robust sigmas are dropped once."""
     ratio = float(np.median(y / x))
     if len(x) < min_points or np.ptp(x) < 0.05 * np.mean(x):
-        return ratio, 0.0
+        return ratio, 0.0, 0.0
     keep = np.ones(len(x), dtype=bool)
     for _ in range(2):
-        a, b = np.polyfit(x[keep], y[keep], 1)
-        resid = y - (a * x + b)
-        mad = np.median(np.abs(resid - np.median(resid))) * 1.4826
+        X2 = np.column_stack([x[keep], np.ones(keep.sum())])
+        mse2, c2 = _loo_mse(X2, y[keep])
+        coef = (float(c2[0]), 0.0, float(c2[1]))
+        if keep.sum() >= max(min_points, 10) and np.ptp(nb[keep]) > 0:
+            X3 = np.column_stack([x[keep], nb[keep], np.ones(keep.sum())])
+            mse3, c3 = _loo_mse(X3, y[keep])
+            if mse3 < mse2 and c3[0] > 0:
+                coef = (float(c3[0]), float(c3[1]), float(c3[2]))
+        resid = y - (coef[0] * x + coef[1] * nb + coef[2])
+        mad = float(np.median(np.abs(resid - np.median(resid)))) * 1.4826
         new_keep = np.abs(resid) <= max(3 * mad, 1e-9)
         if new_keep.sum() < min_points or (new_keep == keep).all():
             break
         keep = new_keep
-    if a <= 0:  # a line that falls with the table sum cannot be right: keep the ratio
-        return ratio, 0.0
-    return float(a), float(b)
+    if coef[0] <= 0:  # a fit that falls with the table sum cannot be right: keep the ratio
+        return ratio, 0.0, 0.0
+    return coef
 
 
 class LatencyPredictor:
@@ -154,7 +182,8 @@ class LatencyPredictor:
             return Calibration()
         cfgs = [SubnetConfig.from_string(s, self.space.max_depth) for _, s, _ in pairs]
         sums = self.table_sum(cfgs)
-        return Calibration.fit([c.r for c in cfgs], sums, [v for _, _, v in pairs], min_points=min_points)
+        return Calibration.fit([c.r for c in cfgs], sums, [v for _, _, v in pairs], n_blocks=[sum(c.d) for c in cfgs],
+                               min_points=min_points)
 
     # ---- prediction ----------------------------------------------------------------------------------
     def _batch(self, cfgs) -> ConfigBatch:
@@ -184,7 +213,7 @@ class LatencyPredictor:
     def predict(self, cfgs: ConfigBatch | Sequence[SubnetConfig] | SubnetConfig) -> Latencies:
         """Calibrated latency per config (ms), shape (N,)."""
         b = self._batch(cfgs)
-        return _tagged(self.calibration.apply(b.r, self.table_sum(b)), self.version)
+        return _tagged(self.calibration.apply(b.r, self.table_sum(b), b.d.sum(axis=1)), self.version)
 
     __call__ = predict
 

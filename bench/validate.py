@@ -90,7 +90,7 @@ def cross_validated(predictor, table, cfgs: Sequence[SubnetConfig], measured_ms:
         t = LatencyTable(table.device, table.fingerprint_id, table.space, table.version, table.entries, train)
         cal = predictor.fit_calibration(t) if train else Calibration()
         idx = np.flatnonzero(fold_of == f)
-        out[idx] = cal.apply(np.array([cfgs[i].r for i in idx]), sums[idx])
+        out[idx] = cal.apply(np.array([cfgs[i].r for i in idx]), sums[idx], np.array([sum(cfgs[i].d) for i in idx]))
     return out
 
 

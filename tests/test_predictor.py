@@ -99,3 +99,19 @@ def test_calibration_recovers_linear_relation():
 def test_calibration_with_few_points_is_a_ratio():
     cal = Calibration.fit([160, 160], [10.0, 20.0], [11.0, 22.0])
     assert cal.scale == (pytest.approx(1.1),) and cal.offset_ms == (0.0,)
+
+
+def test_calibration_block_term_kept_only_when_it_helps():
+    rng = np.random.default_rng(5)
+    n = 40
+    sums = rng.uniform(5, 20, n)
+    nb = rng.integers(10, 21, n)
+    r = np.full(n, 160)
+    with_blocks = 0.95 * sums + 0.08 * nb + 0.3
+    cal = Calibration.fit(r, sums, with_blocks, n_blocks=nb)
+    assert cal.per_block_ms[0] == pytest.approx(0.08, abs=1e-6) and cal.scale[0] == pytest.approx(0.95)
+    np.testing.assert_allclose(cal.apply(r, sums, nb), with_blocks, rtol=1e-9)
+    noisy_line = 1.05 * sums + 0.2 + rng.normal(0, 0.05, n)  # no dependence on the block count
+    cal2 = Calibration.fit(r, sums, noisy_line, n_blocks=nb)
+    assert abs(cal2.per_block_ms[0]) < 0.02
+    assert cal2.scale[0] == pytest.approx(1.05, abs=0.02)
