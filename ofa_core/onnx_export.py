@@ -22,20 +22,29 @@ class OnnxExportError(OFABenchError):
 
 def export_onnx(module, path: str | Path, input_shape: tuple[int, ...], check: bool = True, atol: float = 1e-4,
                 opset: int = OPSET, seed: int = 0) -> Path:
-    """Write `module` (put in eval mode) as ONNX to `path`; with `check`, compare onnxruntime against torch.
+    """Write `module` (run in eval mode) as ONNX to `path`; with `check`, compare onnxruntime against torch.
 
     Raises `OnnxExportError` if export fails or outputs differ by more than `atol`. The file is written to a
     temporary name and renamed, so readers never see half a model.
     """
-    import torch
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    module = module.eval()
+    was_training = module.training
+    module.eval()
+    try:
+        return _export(module, path, tuple(input_shape), check, atol, opset, seed)
+    finally:
+        module.train(was_training)
+
+
+def _export(module, path: Path, input_shape: tuple[int, ...], check: bool, atol: float, opset: int,
+            seed: int) -> Path:
+    import torch
+
     param = next(iter(module.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(tuple(input_shape), generator=gen).to(device)
+    x = torch.randn(input_shape, generator=gen).to(device)
     buf = io.BytesIO()
     try:
         with torch.no_grad(), warnings.catch_warnings():

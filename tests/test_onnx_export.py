@@ -17,7 +17,7 @@ def test_export_extracted_subnet(tmp_path, fold_bn):
     space = SearchSpace.get("ofa-mbv3-fmnist")
     net = OFAMobileNetV3(space)
     cfg = space.sample(np.random.default_rng(2), resolutions=[28])
-    static = net.extract(cfg, fold_bn=fold_bn)
+    static = net.extract(cfg, fold_bn=fold_bn).eval()
     path = export_onnx(static, tmp_path / "sub.onnx", (1, 1, 28, 28))
     model = onnx.load(str(path))
     assert model.opset_import[0].version == 17
@@ -38,6 +38,10 @@ def test_export_table_block(tmp_path):
     path = export_onnx(block, tmp_path / "blk.onnx", (1, spec.in_channels, 28, 28))
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert {"Conv", "HardSigmoid", "Mul"} <= ops
+    block.train()
+    export_onnx(B.global_pool(), tmp_path / "pool.onnx", (1, 960, 7, 7))  # no parameters at all
+    export_onnx(block, tmp_path / "again.onnx", (1, spec.in_channels, 28, 28))
+    assert block.training  # the caller's mode is restored
 
 
 class _CountsCalls(nn.Module):
