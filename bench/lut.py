@@ -26,6 +26,32 @@ ANCHORS_ENV = "OFA_BENCH_ANCHORS"
 KNOWN_ANCHORS = {"note10": ("ofa-mbv3-w1.2", Path("ofa-mbv3-w12-note10") / "latency_table_note10")}
 
 
+#: per-entry statistics a table can be built from (all computed from the stored raw samples)
+STATISTICS = ("median", "p25", "p10", "min")
+DEFAULT_STATISTIC = "median"
+
+
+def sample_statistic(samples_ms, statistic: str) -> float | None:
+    """`statistic` of raw samples (None without samples). Low quantiles resist preemption on a loaded host."""
+    if statistic not in STATISTICS:
+        raise LutError(f"unknown statistic {statistic!r}; use one of {', '.join(STATISTICS)}")
+    xs = sorted(float(v) for v in samples_ms or ())
+    if not xs:
+        return None
+    if statistic == "min":
+        return xs[0]
+    q = {"median": 0.5, "p25": 0.25, "p10": 0.1}[statistic]
+    pos = (len(xs) - 1) * q
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def sample_stats(samples_ms) -> dict:
+    """Every statistic of `STATISTICS` of the samples (stored beside a measurement for its reference)."""
+    return {k: sample_statistic(samples_ms, k) for k in STATISTICS}
+
+
 class LutError(OFABenchError, ValueError):
     """A table that cannot be read, does not fit its space, or does not exist for a device."""
 
@@ -61,6 +87,7 @@ class LatencyTable:
     subnets: Mapping[tuple[int, str], EntryStats] = field(default_factory=dict)
     source: str = "store"
     nominal_ms: float | None = None  # reference latency the values are expressed at (None: raw latencies)
+    statistic: str = DEFAULT_STATISTIC
 
     @property
     def resolutions(self) -> list[int]:
@@ -86,15 +113,26 @@ def table_version(ids) -> str:
     return f"m{ids[-1] if ids else 0}-n{len(ids)}-{digest}"
 
 
-def stats_from_row(row: Mapping, nominal_ms: float | None = None) -> EntryStats:
+def row_value(row: Mapping, statistic: str = DEFAULT_STATISTIC) -> tuple[float, float | None]:
+    """(the row's latency under `statistic`, its reference's latency under the same statistic or None)."""
+    value = sample_statistic(row.get("samples_ms"), statistic) if statistic != "median" else None
+    value = float(row["latency_ms"]) if value is None else value
+    env = row.get("env") or {}
+    ref = (env.get("reference_stats") or {}).get(statistic)
+    if ref is None and statistic == "median":
+        ref = env.get("reference_ms")
+    return value, (float(ref) if ref else None)
+
+
+def stats_from_row(row: Mapping, nominal_ms: float | None = None, statistic: str = DEFAULT_STATISTIC) -> EntryStats:
     """A table cell from a store row. With `nominal_ms` (the device's current reference latency), a row timed
     beside the reference is rescaled to that speed: latency * nominal / reference-in-its-invocation."""
-    norm = None if row.get("normalised_ms") is None else float(row["normalised_ms"])
-    ref_ms = (row.get("env") or {}).get("reference_ms")
+    value, ref_ms = row_value(row, statistic)
+    norm = None if row.get("normalised_ms") is None or statistic != "median" else float(row["normalised_ms"])
     if nominal_ms is not None and ref_ms:
-        norm = float(row["latency_ms"]) * nominal_ms / float(ref_ms)
+        norm = value * nominal_ms / ref_ms
     return EntryStats(
-        latency_ms=float(row["latency_ms"]),
+        latency_ms=value,
         mean_ms=float(row.get("mean_ms") if row.get("mean_ms") is not None else row["latency_ms"]),
         std_ms=float(row.get("std_ms") or 0.0),
         count=int(row.get("n") or 0),
@@ -288,7 +326,8 @@ def anchor_table(device: str, space: SearchSpace) -> LatencyTable | None:
                         version=f"anchors-{h.hexdigest()[:10]}", entries=entries, source=str(folder))
 
 
-def table_from_store(store, device: str, space: SearchSpace, fingerprint_id: str | None = None) -> LatencyTable | None:
+def table_from_store(store, device: str, space: SearchSpace, fingerprint_id: str | None = None,
+                     statistic: str = DEFAULT_STATISTIC) -> LatencyTable | None:
     """The latest good measurement per key for the device's latest (or a given) fingerprint; None if empty."""
     if fingerprint_id is None:
         fp = store.latest_fingerprint(device)
@@ -298,21 +337,23 @@ def table_from_store(store, device: str, space: SearchSpace, fingerprint_id: str
     rows = store.latest_measurements(fingerprint_id, space.name, kind="block")
     if not rows:
         return None
-    nominal, ref_ids = current_reference_ms(store, fingerprint_id, space)
-    entries = {(int(row["resolution"]), row["key"]): stats_from_row(row, nominal) for row in rows}
+    nominal, ref_ids = current_reference_ms(store, fingerprint_id, space, statistic)
+    entries = {(int(row["resolution"]), row["key"]): stats_from_row(row, nominal, statistic) for row in rows}
     subnet_rows = store.latest_measurements(fingerprint_id, space.name, kind="subnet")
-    subnets = {(int(row["resolution"]), row["key"].removeprefix("subnet:")): stats_from_row(row, nominal)
+    subnets = {(int(row["resolution"]), row["key"].removeprefix("subnet:")): stats_from_row(row, nominal, statistic)
                for row in subnet_rows}
     ids = [row["id"] for row in rows] + [row["id"] for row in subnet_rows] + ref_ids
-    return LatencyTable(device=device, fingerprint_id=fingerprint_id, space=space.name, version=table_version(ids),
-                        entries=entries, subnets=subnets, nominal_ms=nominal)
+    version = table_version(ids) + ("" if statistic == DEFAULT_STATISTIC else f"-{statistic}")
+    return LatencyTable(device=device, fingerprint_id=fingerprint_id, space=space.name, version=version,
+                        entries=entries, subnets=subnets, nominal_ms=nominal, statistic=statistic)
 
 
 #: the device's current speed is the median reference latency of its most recent invocations
 REFERENCE_WINDOW = 9
 
 
-def current_reference_ms(store, fingerprint_id: str, space: SearchSpace) -> tuple[float | None, list[int]]:
+def current_reference_ms(store, fingerprint_id: str, space: SearchSpace,
+                         statistic: str = DEFAULT_STATISTIC) -> tuple[float | None, list[int]]:
     """Median of the latest reference latencies (and their ids): the speed the table is expressed at."""
     from bench.profile import reference_key
 
@@ -320,7 +361,7 @@ def current_reference_ms(store, fingerprint_id: str, space: SearchSpace) -> tupl
     rows = [r for r in rows if not r.get("noisy")][-REFERENCE_WINDOW:]
     if not rows:
         return None, []
-    values = sorted(float(r["latency_ms"]) for r in rows)
+    values = sorted(row_value(r, statistic)[0] for r in rows)
     mid = len(values) // 2
     median = values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
     return median, [int(r["id"]) for r in rows]
@@ -330,12 +371,15 @@ def _store_exists(store_path: str) -> bool:
     return "://" in store_path or Path(store_path).exists()
 
 
-def load_device_table(device: str, space: SearchSpace | str, store=None) -> LatencyTable:
+def load_device_table(device: str, space: SearchSpace | str, store=None,
+                      statistic: str = DEFAULT_STATISTIC) -> LatencyTable:
     """The table search and predict use: from the store (a path, URL or open Store), else the published anchors.
 
-    A store path that does not exist is treated as empty and is not created.
+    A store path that does not exist is treated as empty and is not created. `statistic` picks the per-entry
+    statistic computed from the raw samples (median by default; imported tables have only their mean).
     """
     space = SearchSpace.get(space) if isinstance(space, str) else space
+    sample_statistic((), statistic)  # reject an unknown statistic early
     table = None
     where = "no store"
     if store is not None:
@@ -346,11 +390,11 @@ def load_device_table(device: str, space: SearchSpace | str, store=None) -> Late
 
                 st = open_store(str(store))
                 try:
-                    table = table_from_store(st, device, space)
+                    table = table_from_store(st, device, space, statistic=statistic)
                 finally:
                     st.close()
         else:
-            table = table_from_store(store, device, space)
+            table = table_from_store(store, device, space, statistic=statistic)
     if table is None:
         table = anchor_table(device, space)
     if table is None:

@@ -20,6 +20,7 @@ from ofa_core.errors import OFABenchError
 from ofa_core.space import SearchSpace
 
 from bench.candidates import Entry, candidates, mbconv_key
+from bench.lut import sample_stats
 
 REFERENCE_PREFIX = "reference:"
 #: an ImageNet space has 25 resolutions (2400 entries); without --resolutions these three are profiled
@@ -40,8 +41,8 @@ class MeasureSettings:
 
     rounds: int = 3
     batch_size: int = 16
-    warmup_s: float | None = None
-    min_duration_s: float | None = None
+    warmup_s: float | None = 0.1        # per entry over all rounds; None = the device profile's
+    min_duration_s: float | None = 0.3  # per entry over all rounds (min_runs of the profile still holds)
     max_remeasure: int | None = None
     precision: float = 0.01  # re-measure while the median's relative standard error exceeds this
     retries: int = 2
@@ -125,6 +126,7 @@ class Timed:
     attempts: int = 1
     settled: bool = True
     value_ms: float | None = None  # normalised latency once recorded
+    ref_stats: dict | None = None  # the reference's statistics in the same invocation
 
 
 def measure_models(agent, paths: Sequence[Path], ref_path: Path | None, rounds: int, threshold: float,
@@ -137,17 +139,18 @@ def measure_models(agent, paths: Sequence[Path], ref_path: Path | None, rounds: 
     for attempt in range(1 + max(0, max_remeasure)):
         batch = [paths[i] for i in pending]
         got = agent.measure(([ref_path] if ref_path is not None else []) + batch, rounds=rounds)
-        ref_ms = None
+        ref_ms = ref_stats = None
         if ref_path is not None:
             refs.append(got[0])
             ref_ms = got[0].latency_ms
+            ref_stats = sample_stats(got[0].samples_ms) if got[0].samples_ms else {"median": ref_ms}
             got = got[1:]
         still = []
         for i, m in zip(pending, got):
             settled = is_settled(m, threshold)
             prev = best.get(i)
             if prev is None or median_rel_se(m) < median_rel_se(prev.measurement):
-                best[i] = Timed(m, ref_ms, attempt + 1, settled)
+                best[i] = Timed(m, ref_ms, attempt + 1, settled, ref_stats=ref_stats)
             else:
                 best[i].attempts = attempt + 1
             if not settled:
@@ -166,7 +169,8 @@ def to_record(t: Timed, resolution: int, key: str, kind: str, nominal_ms: float 
     rec = t.measurement.to_record()
     rec.pop("model", None)
     rec.update({"resolution": int(resolution), "key": key, "kind": kind, "noisy": not t.settled})
-    rec["env"] = {**rec.get("env", {}), "attempts": t.attempts, "reference_ms": t.ref_ms}
+    rec["env"] = {**rec.get("env", {}), "attempts": t.attempts, "reference_ms": t.ref_ms,
+                  "reference_stats": t.ref_stats}
     if nominal_ms is not None and t.ref_ms:
         rec["normalised_ms"] = rec["latency_ms"] * nominal_ms / t.ref_ms
     return rec
@@ -176,7 +180,7 @@ def reference_records(space: SearchSpace, refs: list, nominal_ms: float | None) 
     ent = reference_entry(space)
     out = []
     for m in refs:
-        t = Timed(m, m.latency_ms)
+        t = Timed(m, m.latency_ms, ref_stats=sample_stats(m.samples_ms) if m.samples_ms else None)
         out.append(to_record(t, ent.resolution, REFERENCE_PREFIX + ent.key, "reference", nominal_ms))
     return out
 

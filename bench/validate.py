@@ -38,6 +38,7 @@ class ValidateSettings:
     warmup_s: float | None = None
     folds: int = 5
     reference: bool = True
+    statistic: str = "median"  # per-measurement statistic of the raw samples (see bench.lut.STATISTICS)
 
 
 # ---- metrics (pure) --------------------------------------------------------------------------------------
@@ -95,6 +96,14 @@ def cross_validated(predictor, table, cfgs: Sequence[SubnetConfig], measured_ms:
 
 
 # ---- measuring subnets -----------------------------------------------------------------------------------
+def subnet_value(t: Timed, statistic: str, nominal_ms: float | None) -> float:
+    """A measured subnet's latency under `statistic`, rescaled to the table's reference speed when known."""
+    from bench.lut import sample_statistic
+
+    value = sample_statistic(t.measurement.samples_ms, statistic) or t.measurement.latency_ms
+    ref = (t.ref_stats or {}).get(statistic) or (t.ref_ms if statistic == "median" else None)
+    return value * nominal_ms / ref if nominal_ms and ref else value
+
 def measure_subnets(agent, store, run_id: int, fp_id: str, space: SearchSpace, cfgs: Sequence[SubnetConfig],
                     settings: ValidateSettings, threshold: float, fmt: str, progress=None,
                     value_nominal: float | None = None) -> list[Timed]:
@@ -114,13 +123,17 @@ def measure_subnets(agent, store, run_id: int, fp_id: str, space: SearchSpace, c
         records = reference_records(space, refs, nominal)
         records += [to_record(t, c.r, SUBNET_PREFIX + c.to_string(), "subnet", nominal) for t, c in zip(timed, chunk)]
         store.add_measurements(run_id, records)
-        scale_to = value_nominal or nominal
         for t in timed:
-            t.value_ms = t.measurement.latency_ms * (scale_to / t.ref_ms if t.ref_ms and scale_to else 1.0)
+            t.value_ms = subnet_value(t, settings.statistic, value_nominal)
         out.extend(timed)
         if progress:
             progress(len(out), len(cfgs))
     return out
+
+
+def _mean_load(timed: Sequence[Timed]) -> float | None:
+    loads = [t.measurement.env.get("loadavg")[0] for t in timed if t.measurement.env.get("loadavg")]
+    return round(float(np.mean(loads)), 2) if loads else None
 
 
 def validate_device(device: str, space: SearchSpace, store_target: str, settings: ValidateSettings,
@@ -135,7 +148,7 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
     if settings.n < 2:
         raise ValidateError("--subnets must be at least 2")
     profile = get_device(device)
-    table = load_device_table(profile.name, space, store_target)
+    table = load_device_table(profile.name, space, store_target, statistic=settings.statistic)
     plain = LatencyPredictor.from_table(table, space, calibration=Calibration())
     res = list(settings.resolutions) if settings.resolutions else plain.resolutions
     missing = [r for r in res if r not in plain.resolutions]
@@ -177,14 +190,16 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
     finally:
         store.close()
     measured = np.array([t.value_ms for t in first])
-    raw = np.array([t.measurement.latency_ms for t in first])
+    raw = np.array([subnet_value(t, settings.statistic, None) for t in first])
     sums = plain.table_sum(cfgs)
     calibrated = cross_validated(plain, table, cfgs, measured, settings.folds, np.random.default_rng(settings.seed + 1))
     doc = {"device": profile.name, "space": space.name, "table_version": table.version, "fingerprint_id": table.fingerprint_id,
            "resolutions": res, "seed": settings.seed, "simulated": bool(profile.simulated or fp.get("simulated")),
            **accuracy_metrics(calibrated, measured),
            "table_sum": accuracy_metrics(sums, measured),
-           "drift_normalised": bool(settings.reference),
+           "drift_normalised": bool(settings.reference), "statistic": settings.statistic,
+           "calibration": plain.fit_calibration(table).to_dict() if table.subnets else None,
+           "loadavg_1min": _mean_load(first),
            "raw_vs_normalised_pct": float(100 * np.mean(np.abs(raw / measured - 1))),
            "duration_s": round(time.monotonic() - start, 1),
            "per_resolution": {}}
@@ -207,6 +222,36 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
 
         predicted_vs_measured(calibrated, measured, [c.r for c in cfgs], plot_path,
                               title=f"{profile.name} {space.name}: n={len(cfgs)}, "
+                                    f"±5% {doc['within_5pct']:.0%}, τ={doc['kendall_tau']:.3f}")
+        doc["plot"] = str(plot_path)
+    return doc
+
+
+def rescore(device: str, space: SearchSpace, store_target: str, statistic: str = "median", seed: int = 0,
+            folds: int = 5, plot_path: str | None = None) -> dict:
+    """Score the table against the subnets already measured on the device (no new measurement): the same
+    cross-validated figures as `validate_device`, e.g. to compare statistics on one set of raw samples."""
+    from bench.lut import load_device_table
+    from bench.predictor import Calibration, LatencyPredictor
+
+    table = load_device_table(device, space, store_target, statistic=statistic)
+    plain = LatencyPredictor.from_table(table, space, calibration=Calibration())
+    items = sorted((k, v) for k, v in table.subnets.items() if k[0] in plain.resolutions)
+    if len(items) < 2:
+        raise ValidateError(f"{device} has {len(items)} measured subnets in the store; run validate first")
+    cfgs = [SubnetConfig.from_string(s, space.max_depth) for (_, s), _ in items]
+    measured = np.array([v.value_ms for _, v in items])
+    sums = plain.table_sum(cfgs)
+    empty = type(table)(table.device, table.fingerprint_id, table.space, table.version, table.entries, {})
+    calibrated = cross_validated(plain, empty, cfgs, measured, folds, np.random.default_rng(seed + 1))
+    doc = {"device": device, "space": space.name, "statistic": statistic, "table_version": table.version,
+           "resolutions": sorted({c.r for c in cfgs}), **accuracy_metrics(calibrated, measured),
+           "table_sum": accuracy_metrics(sums, measured), "rescored": True}
+    if plot_path:
+        from bench.plots import predicted_vs_measured
+
+        predicted_vs_measured(calibrated, measured, [c.r for c in cfgs], plot_path,
+                              title=f"{device} {space.name} ({statistic}): n={len(cfgs)}, "
                                     f"±5% {doc['within_5pct']:.0%}, τ={doc['kendall_tau']:.3f}")
         doc["plot"] = str(plot_path)
     return doc

@@ -13,6 +13,7 @@ def register(app: typer.Typer) -> None:
         config: str = typer.Option("largest", "--config", help="official dict as JSON, the string form, largest or smallest"),
         space: str = SpaceOption,
         store: str = StoreOption,
+        statistic: str = typer.Option("median", "--statistic", help="median | p25 | p10 | min of the raw samples"),
         json_out: bool = JsonOption,
     ) -> None:
         """Predict a subnet's latency on a device from its lookup table (calibrated on measured subnets)."""
@@ -22,7 +23,7 @@ def register(app: typer.Typer) -> None:
         from bench.predictor import LatencyPredictor
 
         sp = SearchSpace.get(space)
-        table = load_device_table(device, sp, resolve_store(store))
+        table = load_device_table(device, sp, resolve_store(store), statistic=statistic)
         pred = LatencyPredictor.from_table(table, sp)
         text = config.strip()
         if text in ("largest", "smallest"):

@@ -16,8 +16,9 @@ def register(app: typer.Typer) -> None:
         store: str = StoreOption,
         rounds: int = typer.Option(3, "--rounds", help="interleave each batch round-robin this many times"),
         batch: int = typer.Option(16, "--batch", help="entries per runner invocation (committed together)"),
-        min_duration_s: float = typer.Option(None, "--min-duration-s", help="timing budget per entry (default: the profile's)"),
-        warmup_s: float = typer.Option(None, "--warmup-s", help="warm-up per entry (default: the profile's)"),
+        min_duration_s: float = typer.Option(0.3, "--min-duration-s", help="timing budget per entry (s, all rounds); "
+                                             "the profile's min_runs still holds"),
+        warmup_s: float = typer.Option(0.1, "--warmup-s", help="warm-up per entry (s, all rounds)"),
         no_reference: bool = typer.Option(False, "--no-reference", help="do not time the drift reference model"),
         json_out: bool = JsonOption,
     ) -> None:

@@ -20,6 +20,8 @@ def register(app: typer.Typer) -> None:
         min_duration_s: float = typer.Option(None, "--min-duration-s", help="timing budget per subnet"),
         no_reference: bool = typer.Option(False, "--no-reference", help="no drift reference model"),
         plot: str = typer.Option(None, "--plot", help="write a predicted-vs-measured PNG here"),
+        statistic: str = typer.Option("median", "--statistic", help="median | p25 | p10 | min of the raw samples"),
+        rescore: bool = typer.Option(False, "--rescore", help="score the subnets already in the store; measure nothing"),
         store: str = StoreOption,
         json_out: bool = JsonOption,
     ) -> None:
@@ -32,16 +34,22 @@ def register(app: typer.Typer) -> None:
         res = parse_resolutions(resolutions)
         settings = ValidateSettings(n=subnets, seed=seed, resolutions=tuple(res) if res else None,
                                     remeasure=remeasure, rounds=rounds, batch_size=batch,
-                                    min_duration_s=min_duration_s, reference=not no_reference)
+                                    min_duration_s=min_duration_s, reference=not no_reference,
+                                    statistic=statistic)
 
         def progress(done: int, total: int) -> None:
             info(f"validate {device}: {done}/{total} subnets measured")
 
-        doc = validate_device(device, sp, resolve_store(store), settings, plot_path=plot, progress=progress)
+        if rescore:
+            from bench.validate import rescore as rescore_fn
+
+            doc = rescore_fn(device, sp, resolve_store(store), statistic, seed, plot_path=plot)
+        else:
+            doc = validate_device(device, sp, resolve_store(store), settings, plot_path=plot, progress=progress)
         if json_out:
             emit_json(doc)
         else:
-            line = (f"{doc['device']}{' (simulated)' if doc['simulated'] else ''} {sp.name}: n={doc['n']} "
+            line = (f"{doc['device']}{' (simulated)' if doc.get('simulated') else ''} {sp.name}: n={doc['n']} "
                     f"MAPE {100 * doc['mape']:.2f}%  RMSE {doc['rmse_ms']:.3f} ms  within ±5% "
                     f"{100 * doc['within_5pct']:.0f}%  ±10% {100 * doc['within_10pct']:.0f}%  "
                     f"Kendall tau {doc['kendall_tau']:.3f}")
