@@ -279,3 +279,32 @@ def nightly(devices: Sequence[str] | None, store_target: str, settings: NightlyS
                and any(abs(d.get("rel_change", 1.0)) >= settings.threshold for d in r["drift"])]
     return {"devices": reports, "unreachable": [r["device"] for r in bad], "drifted": [r["device"] for r in drifted],
             "ok": not bad and not drifted, "threshold": settings.threshold}
+
+
+def plot_drift(doc: dict, store_target: str, folder) -> list:
+    """A drift-history PNG for every drifted entry of a nightly report (speed-normalised for entries)."""
+    import hashlib
+    from pathlib import Path
+
+    from bench.plots import drift_history
+    from bench.store import open_store
+
+    out = []
+    with open_store(store_target) as store:
+        for dev in doc.get("devices", []):
+            fp = store.latest_fingerprint(dev["device"])
+            if fp is None:
+                continue
+            for sp_rep in dev.get("spaces", []):
+                for d in sp_rep.get("drift", []):
+                    kind = "reference" if d["kind"] == "speed" else "block"
+                    rows = [r for r in store.history(fp["id"], sp_rep["space"], key=d["key"],
+                                                     resolution=d["resolution"], kind=kind) if not r["noisy"]]
+                    values = [r["latency_ms"] for r in rows] if kind == "reference" else _ratio_series(rows)
+                    step = detect_step(values, min_size=2)
+                    name = hashlib.sha256(d["key"].encode()).hexdigest()[:10]
+                    path = Path(folder) / f"{dev['device']}-{d['resolution']}-{name}.png"
+                    out.append(drift_history([r["measured_at"] for r in rows], values, path,
+                                             None if step is None else step.index,
+                                             title=f"{dev['device']} r{d['resolution']} {d['key'][:70]}"))
+    return out

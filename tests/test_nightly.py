@@ -84,7 +84,7 @@ def test_nightly_keeps_history_and_flags_injected_step(tmp_path, devices):
                 for i, ratio in enumerate([1.0] * 8 + [2.0] * 8)]
         st.add_measurements(run, recs)
         st.finish_run(run, "done")
-    r = cli("nightly", "null-nightly", "--store", store, "--json")
+    r = cli("nightly", "null-nightly", "--store", store, "--json", "--plots", tmp_path / "plots")
     assert r.returncode != 0 and "drifted beyond 5%: null-nightly" in r.stderr
     doc = json.loads(r.stdout)
     (dev,) = doc["devices"]
@@ -92,6 +92,7 @@ def test_nightly_keeps_history_and_flags_injected_step(tmp_path, devices):
     hit = [d for d in dev["drift"] if d["kind"] == "entry" and d["key"] == watched.key]
     assert hit and hit[0]["rel_change"] > 0.5
     assert dev["rebuilt"] and dev["rebuilt"][0]["resolutions"] == [12]
+    assert doc["plots"] and all(Path(p).read_bytes()[:4] == b"\x89PNG" for p in doc["plots"])
 
 
 def test_nightly_unreachable_exits_nonzero(tmp_path, devices):

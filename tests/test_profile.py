@@ -44,6 +44,9 @@ def null_device():
     folder = Path(os.environ["OFA_BENCH_DEVICES"])
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "null-test.toml").write_text(NULL_PROFILE.format(dur=0.02))
+    # a second device with another fingerprint (two threads): devices with one fingerprint share one table
+    (folder / "null-test-2.toml").write_text(NULL_PROFILE.format(dur=0.01).replace('"null-test"', '"null-test-2"')
+                                             .replace("threads = 1", "threads = 2"))
     # export every entry once for the module (the cache is shared through $OFA_BENCH_CACHE)
     from bench.export import export_entry
     from bench.profile import reference_entry
@@ -121,6 +124,21 @@ def test_two_concurrent_profilers_one_store(tmp_path, null_device):
     rows = block_rows(store)
     assert {(r_, k) for r_, k, _ in rows} == FULL and len(rows) == len(FULL)
     assert sum(d["entries_measured"] for d in docs) == len(FULL)
+
+
+def test_several_devices_in_parallel(tmp_path, null_device):
+    store = tmp_path / "s.sqlite"
+    cmd = profile_cmd(store)
+    cmd.insert(cmd.index("null-test") + 1, "null-test-2")
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert [d["device"] for d in doc["devices"]] == ["null-test", "null-test-2"]
+    assert all(d["entries_measured"] == len(FULL) and d["status"] == "done" for d in doc["devices"])
+    assert doc["entries_total"] == 2 * len(FULL)
+    con = sqlite3.connect(store)
+    per_device = dict(con.execute("SELECT device, COUNT(*) FROM measurements WHERE kind = 'block' GROUP BY device"))
+    assert per_device == {"null-test": len(FULL), "null-test-2": len(FULL)}
 
 
 def test_table_from_profile_predicts(tmp_path, null_device):

@@ -95,3 +95,18 @@ def test_validate_end_to_end(tmp_path, ort_device):
 def test_validate_without_table_is_one_line(tmp_path, ort_device):
     r = cli("validate", ort_device, "--space", SPACE.name, "--subnets", "4", "--store", tmp_path / "s.sqlite")
     assert r.returncode != 0 and "no latency table" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_plots_write_png(tmp_path, shared_dir):
+    from bench.lut import load_device_table
+    from bench.plots import drift_history, predicted_vs_measured, subnet_stage_breakdown
+
+    w12 = SearchSpace.get("ofa-mbv3-w1.2")
+    table = load_device_table("note10", w12)
+    paths = [
+        subnet_stage_breakdown(w12, table, w12.largest(224), tmp_path / "b.png"),
+        drift_history([0, 3600, 7200, 10800], [1.0, 1.0, 1.2, 1.2], tmp_path / "d.png", step_index=2),
+        predicted_vs_measured([1.0, 2.1], [1.05, 2.0], [160, 224], tmp_path / "p.png"),
+    ]
+    for p in paths:
+        assert p.read_bytes()[:4] == b"\x89PNG" and p.stat().st_size > 1000

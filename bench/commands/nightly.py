@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
         stale_days: float = typer.Option(30.0, "--stale-days", help="re-measure entries older than this"),
         threshold: float = typer.Option(0.05, "--threshold", help="relative change that counts as drift"),
         no_rebuild: bool = typer.Option(False, "--no-rebuild", help="report drift without re-profiling"),
+        plots: str = typer.Option(None, "--plots", help="folder for drift-history PNGs of drifted entries"),
         json_out: bool = JsonOption,
     ) -> None:
         """Re-measure sentinel and stale entries, detect drift, rebuild; exit 1 if unreachable or drifted."""
@@ -29,6 +30,10 @@ def register(app: typer.Typer) -> None:
                                    spaces=tuple(space or ()))
         queued = enqueue_nightly(target, devices, settings)
         doc = queued if queued is not None else nightly(devices, target, settings)
+        if plots:
+            from bench.nightly import plot_drift
+
+            doc["plots"] = [str(p) for p in plot_drift(doc, target, plots)]
         if json_out:
             emit_json(doc)
         else:

@@ -14,6 +14,7 @@ def register(app: typer.Typer) -> None:
         space: str = SpaceOption,
         store: str = StoreOption,
         statistic: str = typer.Option("median", "--statistic", help="median | p25 | p10 | min of the raw samples"),
+        breakdown: str = typer.Option(None, "--breakdown", help="write a per-stage latency breakdown PNG here"),
         json_out: bool = JsonOption,
     ) -> None:
         """Predict a subnet's latency on a device from its lookup table (calibrated on measured subnets)."""
@@ -38,6 +39,10 @@ def register(app: typer.Typer) -> None:
             "calibration": pred.calibration.to_dict(), "table_source": table.source,
             "fingerprint_id": table.fingerprint_id,
         }
+        if breakdown:
+            from bench.plots import subnet_stage_breakdown
+
+            doc["breakdown"] = str(subnet_stage_breakdown(sp, table, cfg, breakdown))
         if json_out:
             emit_json(doc)
         else:
