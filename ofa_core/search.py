@@ -34,14 +34,14 @@ class InfeasibleBudgetError(OFABenchError, ValueError):
 
 @dataclass(frozen=True)
 class SearchParams:
-    """Evolution hyperparameters (defaults: the paper's / official finder's, plus 4 restarts side by side)."""
+    """Evolution hyperparameters (defaults: the paper's / official finder's; `restarts` lanes side by side, best kept)."""
 
     population: int = 100
     generations: int = 500
     parent_ratio: float = 0.25
     mutation_ratio: float = 0.5
     mutate_prob: float = 0.1
-    restarts: int = 4
+    restarts: int = 1
     max_resample: int = 50  # rounds of redrawing children that break a budget
     oversample: int = 2  # candidates drawn per child in the first round (the first feasible one is kept)
     oversample_retry: int = 4  # ... and in later rounds, for the children still breaking their budget
@@ -274,8 +274,17 @@ class ScoreCache:
         h ^= h >> np.uint64(29)
         return h
 
-    def rows(self, g: np.ndarray) -> np.ndarray:
-        """Cache rows of gene rows `g`, scoring the metrics of configs not seen before."""
+    def metric_values(self, g: np.ndarray) -> np.ndarray:
+        """(N, n_metrics) values of gene rows, computed directly (no cache)."""
+        batch = self.genome.decode(g)
+        out = np.empty((len(g), len(self.metric_fns)), dtype=np.float64)
+        for j, fn in enumerate(self.metric_fns):
+            out[:, j] = np.asarray(fn(batch), dtype=np.float64).reshape(-1)
+        return out
+
+    def rows(self, g: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
+        """Cache rows of gene rows `g`; configs not seen before are stored with their metric values (`values`,
+        if the caller has them, else computed)."""
         masked = np.where(self.genome.active_cols(g), g, np.int8(-1))
         h = self._hash(masked)
         rows = self.index.find(h)
@@ -292,23 +301,21 @@ class ScoreCache:
             # rows whose genes differ from their key's representative (a collision): own rows, not indexed
             odd = miss[(masked[miss] != masked[rep[inv]]).any(axis=1)]
             fresh = np.concatenate([rep, odd])
-            start = self._add(masked[fresh], g[fresh])
+            start = self._add(masked[fresh], g[fresh], None if values is None else values[fresh])
             rows[miss] = start + inv
             rows[odd] = start + len(rep) + np.arange(len(odd))
             indexed = ~collided[first]
             self.index.add(new_keys[indexed], start + np.flatnonzero(indexed))
         return rows
 
-    def _add(self, masked: np.ndarray, g: np.ndarray) -> int:
-        """Store new configs, score their metrics, return the first new row."""
+    def _add(self, masked: np.ndarray, g: np.ndarray, values: np.ndarray | None) -> int:
+        """Store new configs with their metric values (computed if not given); return the first new row."""
         k = len(g)
         start = self._grow(k)
         canon = self.genome.canonical(g)
         self.masked[start:start + k] = masked
         self.genes[start:start + k] = canon
-        batch = self.genome.decode(canon)
-        for j, fn in enumerate(self.metric_fns):
-            self.values[start:start + k, j] = np.asarray(fn(batch), dtype=np.float64).reshape(-1)
+        self.values[start:start + k] = self.metric_values(canon) if values is None else values
         return start
 
     def accuracy(self, rows: np.ndarray) -> np.ndarray:
@@ -434,10 +441,12 @@ def _feasible(cache: ScoreCache, rows: np.ndarray, lanes: np.ndarray, lane_limit
 
 
 def _feasible_children(genome, cache, parents, pa, pb, is_mut, lane_of_child, lane_limits, params, rng):
-    """One child per (pa, pb) pair, redrawn while it breaks its lane's budget; `oversample` draws per round."""
+    """One child per (pa, pb) pair, redrawn while it breaks its lane's budget; `oversample` draws per round.
+    Budgets are checked by calling the metrics on the candidates directly (cheap table lookups); only the
+    children kept go through the cache, where their accuracy is looked up or computed."""
     n = len(pa)
     out_genes = np.empty((n, genome.n_cols), dtype=np.int8)
-    out_rows = np.empty(n, dtype=np.intp)
+    out_vals = np.empty((n, len(cache.metric_fns)), dtype=np.float64)
     todo = np.arange(n)
     for round_ in range(params.max_resample):
         if len(todo) == 0:
@@ -445,18 +454,18 @@ def _feasible_children(genome, cache, parents, pa, pb, is_mut, lane_of_child, la
         os_ = max(1, params.oversample if round_ == 0 else params.oversample_retry)
         rep = np.repeat(todo, os_)
         cand = genome.vary(parents[pa[rep]], parents[pb[rep]], is_mut[rep], params.mutate_prob, rng)
-        cand_rows = cache.rows(cand)
-        ok = _feasible(cache, cand_rows, lane_of_child[rep], lane_limits).reshape(-1, os_)
+        vals = cache.metric_values(cand)
+        ok = (vals <= lane_limits[lane_of_child[rep]]).all(axis=1).reshape(-1, os_)
         has = ok.any(axis=1)
         pick = np.argmax(ok, axis=1)[has] + np.flatnonzero(has) * os_
         done = todo[has]
         out_genes[done] = cand[pick]
-        out_rows[done] = cand_rows[pick]
+        out_vals[done] = vals[pick]
         todo = todo[~has]
     if len(todo):  # give up on these: keep the (feasible) first parent
         out_genes[todo] = parents[pa[todo]]
-        out_rows[todo] = cache.rows(parents[pa[todo]])
-    return out_genes, out_rows
+        out_vals[todo] = cache.values[cache.rows(out_genes[todo])]
+    return out_genes, cache.rows(out_genes, out_vals)
 
 
 def _initial_population(genome, cache, lane_limits, budgets, P, params, rng) -> np.ndarray:
@@ -473,7 +482,7 @@ def _initial_population(genome, cache, lane_limits, budgets, P, params, rng) -> 
             return out
         cand = genome.random(rng, len(todo) * os_)
         rep = np.repeat(todo, os_)
-        ok = _feasible(cache, cache.rows(cand), lane[rep], lane_limits).reshape(-1, os_)
+        ok = (cache.metric_values(cand) <= lane_limits[lane[rep]]).all(axis=1).reshape(-1, os_)
         has = ok.any(axis=1)
         out[todo[has]] = cand[np.argmax(ok, axis=1)[has] + np.flatnonzero(has) * os_]
         todo = todo[~has]

@@ -236,15 +236,25 @@ def test_no_predictor_for_w10_is_an_error():
 
 
 # ---- FPGA model vs CPU: kernel sizes of the chosen subnets ----------------------------------------------
+def _profile(device, path, settings):
+    from bench.profile import profile_device
+
+    rep = profile_device(device, W10, str(path), [160], settings)
+    assert rep.status == "done", rep.error
+    return rep.device
+
+
 @pytest.fixture(scope="module")
 def fpga_store(tmp_path_factory):
-    """A small table of the SIMULATED ZU9EG model: w1.0 at one resolution, profiled through the real path."""
-    from bench.profile import MeasureSettings, profile_device
+    """Small tables (w1.0 at one resolution, through the real profiling path) of the SIMULATED ZU9EG model
+    and of this host's CPU (onnxruntime, short measurements: only the ranking of kernel sizes matters)."""
+    from bench.profile import MeasureSettings
 
     path = tmp_path_factory.mktemp("fpga") / "store.sqlite"
-    rep = profile_device("fpga-zu9eg", W10, str(path), [160], MeasureSettings(rounds=1, reference=False))
-    assert rep.status == "done", rep.error
-    return str(path), rep.device
+    cpu = _profile("local-cpu", path, MeasureSettings(rounds=1, reference=False, warmup_s=0.02,
+                                                      min_duration_s=0.05, max_remeasure=0, precision=0.5))
+    fpga = _profile("fpga-zu9eg", path, MeasureSettings(rounds=1, reference=False))
+    return str(path), fpga, cpu
 
 
 def _share_of_3x3(cfg) -> float:
@@ -252,33 +262,34 @@ def _share_of_3x3(cfg) -> float:
     return sum(k == 3 for k in ks) / len(ks)
 
 
-def _kernel_shares(space, acc, lat) -> list[float]:
-    lo = smallest_achievable(space, lat, [160])[1]
-    hi = float(lat([space.largest(160)])[0])
-    budgets = [{"latency_ms": lo + q * (hi - lo)} for q in (0.1, 0.2, 0.3, 0.4, 0.5)]
-    rs = evolution_search_many(space, acc, {"latency_ms": lat}, budgets, np.random.default_rng(0),
+def _kernel_share(acc, lat) -> float:
+    """Mean share of 3x3 kernels in the subnets found for budgets spread over the lower half of the device's
+    latency range (4 independent searches per budget, side by side)."""
+    lo = smallest_achievable(W10, lat, [160])[1]
+    hi = float(lat([W10.largest(160)])[0])
+    budgets = [{"latency_ms": lo + q * (hi - lo)} for q in (0.1, 0.2, 0.3, 0.4, 0.5) for _ in range(4)]
+    rs = evolution_search_many(W10, acc, {"latency_ms": lat}, budgets, np.random.default_rng(0),
                                SearchParams(generations=150, restarts=1), [160])
-    return [_share_of_3x3(r.config) for r in rs]
+    return float(np.mean([_share_of_3x3(r.config) for r in rs]))
 
 
 def test_fpga_prefers_3x3_kernels_cpu_does_not(fpga_store, note10):
-    """OFA's observation (ZU9EG vs CPU): under the same relative budgets the FPGA's subnets are mostly 3x3.
-    The CPU side is the Note10 table; the official w1.2 predictor stands in for accuracy on both."""
+    """OFA's observation: the subnets specialised for an FPGA are mostly 3x3, those for a CPU are not. Checked
+    on our own tables (the ZU9EG model and this CPU); the official w1.2 predictor stands in for accuracy."""
     from bench.lut import load_device_table
     from bench.predictor import LatencyPredictor
 
-    acc, note10_lat = note10
-    store, device = fpga_store
-    fpga_lat = LatencyPredictor.from_table(load_device_table(device, W10, store), W10)
-    fpga = _kernel_shares(W10, acc, fpga_lat)
-    cpu = _kernel_shares(W12, acc, note10_lat)
-    assert np.mean(fpga) > 0.5, fpga  # mostly 3x3 on the FPGA
-    assert np.mean(cpu) < 0.5, cpu  # not on the CPU
-    assert np.mean(fpga) > np.mean(cpu) + 0.1
+    acc = note10[0]
+    store, fpga_device, cpu_device = fpga_store
+    fpga = _kernel_share(acc, LatencyPredictor.from_table(load_device_table(fpga_device, W10, store), W10))
+    cpu = _kernel_share(acc, LatencyPredictor.from_table(load_device_table(cpu_device, W10, store), W10))
+    assert fpga > 0.5, (fpga, cpu)  # mostly 3x3 on the FPGA
+    assert cpu < 0.5, (fpga, cpu)  # not on the CPU
+    assert fpga > cpu + 0.1
 
 
 def test_cli_search_export_and_confirm_on_fpga_model(fpga_store, note10, capsys, tmp_path):
-    store, device = fpga_store
+    store, device, _ = fpga_store
     pth = note10[0].metadata["source"]
     out = tmp_path / "best.onnx"
     rc, stdout, err = _cli(capsys, "search", "--device", "fpga-zu9eg", "--latency-ms", "0.9", "--predictor", pth,
