@@ -100,3 +100,32 @@ def test_nightly_unreachable_exits_nonzero(tmp_path, devices):
     assert r.returncode != 0 and "unreachable: gone-nightly" in r.stderr
     doc = json.loads(r.stdout)
     assert doc["unreachable"] == ["gone-nightly"] and doc["devices"][0]["status"] == "unreachable"
+
+
+@pytest.mark.postgres
+def test_nightly_with_postgres_enqueues_jobs():
+    try:
+        from tests._fixtures_pg import session_server
+    except ImportError:
+        from _fixtures_pg import session_server
+    from bench.nightly import NightlySettings, enqueue_nightly
+    from bench.store import open_store
+
+    server = session_server()
+    url = server.create_db()
+    try:
+        with open_store(url) as st:
+            fp_id = st.register_fingerprint("farm-dev", {"model": "x"})
+            run = st.start_run("farm-dev", fp_id, SPACE.name, "profile", {}, {})
+            watch = sentinels(SPACE, [12])
+            st.add_measurements(run, [{"resolution": 12, "key": e.key, "kind": "block", "latency_ms": 1.0, "n": 1,
+                                       "samples_ms": [1.0]} for e in watch])
+            st.finish_run(run, "done")
+        doc = enqueue_nightly(url, None, NightlySettings())
+        assert doc["mode"] == "farm" and doc["devices"][0]["queued"] == len(watch)
+        again = enqueue_nightly(url, ["farm-dev"], NightlySettings())
+        assert again["devices"][0]["queued"] == 0  # already queued: nothing doubled
+        with open_store(url) as st:
+            assert st.query("SELECT COUNT(*) AS n FROM jobs")[0]["n"] == len(watch)
+    finally:
+        server.drop_db(url)
