@@ -196,14 +196,16 @@ def read_yaml_dir(folder: Path) -> dict[tuple[int, str], EntryStats]:
 
 
 def write_yaml_dir(table: LatencyTable, folder: Path) -> list[Path]:
-    """Official files, one per resolution; `mean` is the sample mean, as its name says."""
+    """Official files, one per resolution. `mean` holds the table's value, the number the official code sums:
+    for an imported table its own mean (so a round trip is exact), for a measured one the drift-normalised
+    median (or the chosen statistic); `std` and `count` are the samples'."""
     import yaml
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     by_r: dict[int, dict[str, dict]] = {}
     for (r, key), st in table.entries.items():
-        by_r.setdefault(r, {})[key] = {"count": int(st.count), "mean": float(st.mean_ms), "std": float(st.std_ms)}
+        by_r.setdefault(r, {})[key] = {"count": int(st.count), "mean": float(st.value_ms), "std": float(st.std_ms)}
     paths = []
     for r in sorted(by_r):
         path = folder / f"{r}_lookup_table.yaml"
