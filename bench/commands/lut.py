@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
         fmt: str = typer.Option("yaml", "--format", help="yaml | parquet | csv"),
         space: str = SpaceOption,
         store: str = StoreOption,
+        statistic: str = typer.Option("median", "--statistic", help="median | p25 | p10 | min of the raw samples"),
         json_out: bool = JsonOption,
     ) -> None:
         """Write the device's table (latest good measurement per key)."""
@@ -29,7 +30,7 @@ def register(app: typer.Typer) -> None:
         if fmt not in ("yaml", "parquet", "csv"):
             raise LutError(f"unknown table format {fmt!r}; use yaml, parquet or csv")
         sp = SearchSpace.get(space)
-        table = load_device_table(device, sp, resolve_store(store))
+        table = load_device_table(device, sp, resolve_store(store), statistic=statistic)
         paths = export_table(table, fmt, out)
         doc = {"device": device, "space": sp.name, "format": fmt, "table_version": table.version,
                "entries": len(table.entries), "resolutions": table.resolutions, "files": [str(p) for p in paths]}

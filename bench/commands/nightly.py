@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         plots: str = typer.Option(None, "--plots", help="folder for drift-history PNGs of drifted entries"),
         json_out: bool = JsonOption,
     ) -> None:
-        """Re-measure sentinel and stale entries, detect drift, rebuild; exit 1 if unreachable or drifted."""
+        """Re-measure sentinel and stale entries, detect drift, rebuild; exit non-zero if unreachable or drifted."""
         from bench.nightly import NightlySettings, enqueue_nightly, nightly
 
         target = resolve_store(store)
