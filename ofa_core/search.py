@@ -376,45 +376,48 @@ def _evolve(space, accuracy_fn, metrics, budgets, rng, params, resolutions) -> l
     limits = np.array([[float(b.get(m, np.inf)) for m in names] for b in budgets], dtype=np.float64)
     lane_limits = np.repeat(limits, R, axis=0)  # (L, n_metrics)
 
-    genes = _initial_population(genome, cache, lane_limits, budgets, P, params, rng)  # (L*P, C)
-    rows = cache.rows(genes)
-    acc = cache.accuracy(rows).reshape(L, P)
-    genes = genes.reshape(L, P, -1)
-    rows = rows.reshape(L, P)
+    # Population buffers per lane: K parent slots then P child slots; the first population sits in the
+    # child slots, the parent slots start empty (accuracy -inf, distinct negative rows).
+    Q = K + P
+    C = genome.n_cols
+    pop_genes = np.zeros((L, Q, C), dtype=np.int8)
+    pop_rows = np.broadcast_to(-1 - np.arange(Q), (L, Q)).copy()
+    pop_acc = np.full((L, Q), -np.inf)
+    first = _initial_population(genome, cache, lane_limits, budgets, P, params, rng)  # (L*P, C)
+    first_rows = cache.rows(first)
+    pop_genes[:, K:] = first.reshape(L, P, C)
+    pop_rows[:, K:] = first_rows.reshape(L, P)
+    pop_acc[:, K:] = cache.accuracy(first_rows).reshape(L, P)
+    flat_genes, flat_rows, flat_acc = pop_genes.reshape(L * Q, C), pop_rows.reshape(-1), pop_acc.reshape(-1)
 
-    n_mut = params.n_mutations
     is_mut = np.zeros((L, P), dtype=bool)
-    is_mut[:, :n_mut] = True
+    is_mut[:, :params.n_mutations] = True
     is_mut = is_mut.ravel()
     lane_of_child = np.repeat(np.arange(L), P)
     lane_base = (np.arange(L) * K)[:, None]
+    lane_off = (np.arange(L) * Q)[:, None]
     history = np.empty((L, params.generations))
-    lane_ix = np.arange(L)[:, None]
     for gen in range(params.generations):
-        key = acc
-        if params.unique_parents:  # copies of a config beyond its first rank last
-            order = np.argsort(rows, axis=1, kind="stable")
-            srt = np.take_along_axis(rows, order, axis=1)
-            dup = np.zeros(rows.shape, dtype=bool)
-            dup[:, 1:] = srt[:, 1:] == srt[:, :-1]
-            key = acc.copy()
-            key[lane_ix, order] = np.where(dup, -np.inf, acc[lane_ix, order])
-        top = np.argpartition(-key, K - 1, axis=1)[:, :K] if K < acc.shape[1] else np.broadcast_to(
-            np.arange(acc.shape[1]), acc.shape)
-        par_genes = np.take_along_axis(genes, top[:, :, None], axis=1)  # (L, K, C)
-        par_rows = np.take_along_axis(rows, top, axis=1)
-        par_acc = np.take_along_axis(acc, top, axis=1)
-        history[:, gen] = par_acc.max(axis=1)
-        flat_par = par_genes.reshape(L * K, -1)
+        key = pop_acc
+        if params.unique_parents:  # copies of a config rank after every distinct config
+            order = np.argsort(pop_rows, axis=1, kind="stable") + lane_off
+            srt = flat_rows[order]
+            key = pop_acc.copy()
+            key.reshape(-1)[order[:, 1:][srt[:, 1:] == srt[:, :-1]]] = -np.inf
+        top = (np.argpartition(-key, K - 1, axis=1)[:, :K] + lane_off).ravel()
+        par_genes, par_rows, par_acc = flat_genes[top], flat_rows[top], flat_acc[top]
+        history[:, gen] = par_acc.reshape(L, K).max(axis=1)
         pa = (lane_base + rng.integers(0, K, size=(L, P))).ravel()
-        pb = (lane_base + rng.integers(0, K, size=(L, P))).ravel()
-        pb = np.where(is_mut, pa, pb)
-        child_genes, child_rows = _feasible_children(genome, cache, flat_par, pa, pb, is_mut, lane_of_child,
+        pb = np.where(is_mut, pa, (lane_base + rng.integers(0, K, size=(L, P))).ravel())
+        child_genes, child_rows = _feasible_children(genome, cache, par_genes, pa, pb, is_mut, lane_of_child,
                                                      lane_limits, params, rng)
-        child_acc = cache.accuracy(child_rows).reshape(L, P)
-        genes = np.concatenate([par_genes, child_genes.reshape(L, P, -1)], axis=1)
-        rows = np.concatenate([par_rows, child_rows.reshape(L, P)], axis=1)
-        acc = np.concatenate([par_acc, child_acc], axis=1)
+        pop_genes[:, :K] = par_genes.reshape(L, K, C)
+        pop_rows[:, :K] = par_rows.reshape(L, K)
+        pop_acc[:, :K] = par_acc.reshape(L, K)
+        pop_genes[:, K:] = child_genes.reshape(L, P, C)
+        pop_rows[:, K:] = child_rows.reshape(L, P)
+        pop_acc[:, K:] = cache.accuracy(child_rows).reshape(L, P)
+    acc, rows = pop_acc, pop_rows
 
     best = np.argmax(acc, axis=1)
     lane_best_acc = acc[np.arange(L), best]

@@ -195,7 +195,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         population: int = typer.Option(100, "--population"),
         generations: int = typer.Option(500, "--generations"),
-        restarts: Optional[int] = typer.Option(None, "--restarts", help="searches side by side, best kept (default 4)"),
+        restarts: Optional[int] = typer.Option(None, "--restarts", help="independent searches side by side, best kept (default 1)"),
         export: Optional[Path] = typer.Option(None, "--export", help="write the subnet as ONNX here"),
         confirm: bool = typer.Option(False, "--confirm", help="measure the subnet on the device and compare"),
         store: str = StoreOption,
