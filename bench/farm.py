@@ -149,6 +149,9 @@ class AgentSession:
 
         self.profile = get_device(device)
         self.rounds = rounds
+        from bench.export import exporter_versions
+
+        exporter_versions(self.profile.model_format)  # import the exporters now, not during the first job
         self._agent = connect(self.profile)
         self._entries: dict[tuple[str, int], dict] = {}
 
@@ -242,6 +245,7 @@ class Worker:
         self.session_factory = session_factory
         self.name = name or worker_name(os.getpid())
         self.stop_event = threading.Event()
+        self._startup = threading.Lock()  # devices connect one at a time (heavy imports are not thread-friendly)
         self._log = log
         self._label = label
 
@@ -298,8 +302,10 @@ class Worker:
         runs: dict[str, int] = {}
         status = "done"
         try:
-            session = self.session_factory(device)
-            rep.fingerprint_id = store.register_fingerprint(device, session.fingerprint())
+            with self._startup:
+                session = self.session_factory(device)
+                fingerprint = session.fingerprint()
+            rep.fingerprint_id = store.register_fingerprint(device, fingerprint)
             failures = 0
             while not self.stop_event.is_set():
                 if s.max_jobs is not None and rep.done >= s.max_jobs:

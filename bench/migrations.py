@@ -1,7 +1,7 @@
 """The store's schema as an explicit, ordered list of migrations, shared by the SQLite and PostgreSQL backends.
 
 Each migration is plain SQL with a few type placeholders (`{id}`, `{float}`, ...) that each backend fills in,
-so one list serves both databases. A store records every migration it has applied in `schema_version`; its
+so one list serves both databases; where the dialects differ (triggers), a statement is a per-backend pair. A store records every migration it has applied in `schema_version`; its
 version is the highest one. Never edit a released migration: append a new one.
 """
 from __future__ import annotations
@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Migration:
+    """One schema step. A statement is SQL for both backends, or a `{"sqlite": ..., "postgresql": ...}` pair."""
+
     version: int
     name: str
-    statements: tuple[str, ...]
+    statements: tuple[str | dict[str, str], ...]
 
 
 #: Backend type names for the placeholders used below.
@@ -124,14 +126,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             status TEXT NOT NULL
         )""",
     )),
+    Migration(3, "measurements are append-only (updates and deletes refused)", (
+        {"sqlite": "CREATE TRIGGER measurements_no_update BEFORE UPDATE ON measurements "
+                   "BEGIN SELECT RAISE(ABORT, 'measurements are append-only'); END",
+         "postgresql": "CREATE FUNCTION ofa_bench_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+                       "$body$ BEGIN RAISE EXCEPTION 'measurements are append-only'; END $body$"},
+        {"sqlite": "CREATE TRIGGER measurements_no_delete BEFORE DELETE ON measurements "
+                   "BEGIN SELECT RAISE(ABORT, 'measurements are append-only'); END",
+         "postgresql": "CREATE TRIGGER measurements_append_only BEFORE UPDATE OR DELETE ON measurements "
+                       "FOR EACH ROW EXECUTE FUNCTION ofa_bench_append_only()"},
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
 
 
-def render(sql: str, types: dict[str, str]) -> str:
-    """Fill a migration's type placeholders with one backend's type names."""
-    return sql.format(**types)
+def render(statement: str | dict[str, str], types: dict[str, str], backend: str) -> str:
+    """One backend's SQL for a migration statement, type placeholders filled in."""
+    if isinstance(statement, dict):
+        return statement[backend]
+    return statement.format(**types)
 
 
 def check_order() -> None:

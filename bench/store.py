@@ -236,7 +236,7 @@ class Store:
         applied: list[int] = []
         with self.transaction(write=True):
             be.lock_schema(self._conn)
-            self.execute(render(VERSION_TABLE, be.types))
+            self.execute(render(VERSION_TABLE, be.types, be.name))
             version = self._read_version()  # again, under the lock: another process may have migrated
             if version > LATEST_VERSION:
                 raise StoreError(f"store {self.target} has schema version {version}, newer than this ofa-bench")
@@ -244,7 +244,7 @@ class Store:
                 if m.version <= version:
                     continue
                 for statement in m.statements:
-                    self.execute(render(statement, be.types))
+                    self.execute(render(statement, be.types, be.name))
                 self.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
                              (m.version, m.name, time.time()))
                 applied.append(m.version)

@@ -117,7 +117,10 @@ def _copy_jobs(src: Store, dst: Store, rep: dict) -> None:
         if mine is None:
             # an entry already active for the device in the target under another job is skipped (no duplicate)
             n = dst.execute(_insert_sql("jobs", JOB_COLUMNS, skip_conflicts=True), [r[c] for c in JOB_COLUMNS])
-            rep["copied" if n == 1 else "present"] += 1
+            if n == 1:
+                rep["copied"] += 1
+            else:
+                rep["skipped_active_duplicate"] = rep.get("skipped_active_duplicate", 0) + 1
             continue
         rep["present"] += 1
         # only finished states travel onto an existing job: they leave the active-entry indexes, so never clash

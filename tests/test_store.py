@@ -142,6 +142,17 @@ def test_measurements_are_append_only_in_order(store):
     assert [h["latency_ms"] for h in store.history(fp, "s", key="k")] == [1.0, 2.0, 3.0, 4.0, 5.0]
 
 
+def test_measurements_refuse_update_and_delete(store):
+    fp = store.register_fingerprint("dev", {"cpu": "x"})
+    run = store.start_run("dev", fp, "s", "profile", {}, {})
+    store.add_measurements(run, [record("k", 1.0)])
+    for sql in ("UPDATE measurements SET latency_ms = 2.0", "DELETE FROM measurements"):
+        with pytest.raises(StoreError, match="append-only"):
+            with store.transaction():
+                store.execute(sql)
+    assert [h["latency_ms"] for h in store.history(fp, "s")] == [1.0]
+
+
 def _bump_version(store: Store, version: int) -> None:
     with store.transaction():
         store.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
@@ -180,9 +191,9 @@ def test_old_store_is_migrated(store_target):
     backend.prepare(conn)
     old = Store(backend, conn)
     with old.transaction():
-        old.execute(render(VERSION_TABLE, backend.types))
+        old.execute(render(VERSION_TABLE, backend.types, backend.name))
         for statement in MIGRATIONS[0].statements:
-            old.execute(render(statement, backend.types))
+            old.execute(render(statement, backend.types, backend.name))
         old.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (1, 'v1', 0)")
     old.version = 1
     fp = old.register_fingerprint("dev", {"cpu": "x"})

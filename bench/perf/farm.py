@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,7 +42,11 @@ def _wait_for(predicate, timeout_s: float, what: str, procs=()) -> None:
             if p.poll() is not None:
                 raise RuntimeError(f"{what}: a process exited early: {p.stderr.read()[-2000:]}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
+            tails = []
+            for p in procs:
+                p.kill()
+                tails.append(" ".join(p.communicate()[1][-1500:].split()))
+            raise RuntimeError(f"timed out waiting for {what}: {' | '.join(tails)}")
         time.sleep(0.05)
 
 
@@ -151,6 +156,7 @@ def loopback_table(server, n_devices: int, space_name: str, resolution: int, min
                 _wait_for(lambda: store.query("SELECT COUNT(*) AS n FROM jobs WHERE status IN ('done', 'failed')"
                                               )[0]["n"] == len(table), 3600, "the table", [worker])
                 stats = store.query("SELECT COUNT(*) AS n, MAX(updated_at) AS t FROM jobs WHERE status = 'done'")[0]
+                failed = store.query("SELECT COUNT(*) AS n, MAX(last_error) AS e FROM jobs WHERE status = 'failed'")[0]
                 noisy = store.query("SELECT COUNT(*) AS n FROM measurements WHERE noisy = 1")[0]["n"]
                 wall = float(stats["t"]) - t0
             finally:
@@ -168,7 +174,7 @@ def loopback_table(server, n_devices: int, space_name: str, resolution: int, min
             except subprocess.TimeoutExpired:
                 p.kill()
     return {"devices": n_devices, "space": space.name, "resolution": resolution, "entries": len(table),
-            "done": int(stats["n"]), "noisy": int(noisy), "wall_s": round(wall, 2),
+            "done": int(stats["n"]), "failed": int(failed["n"]), "last_error": failed["e"], "noisy": int(noisy), "wall_s": round(wall, 2),
             "s_per_entry": round(wall / len(table), 3)}
 
 
@@ -181,19 +187,23 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--adb-space", default="ofa-mbv3-fmnist")
     parser.add_argument("--adb-resolution", type=int, default=28)
     parser.add_argument("--adb-min-duration-s", type=float, default=0.2, help="per-entry measuring time")
+    parser.add_argument("--skip-queue", action="store_true", help="skip the queue-throughput part")
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop the server and the processes
 
     from bench.store_pgserver import start_local_server
 
     doc: dict = {"host_cpus": os.cpu_count(), "load_avg_1m_start": round(os.getloadavg()[0], 2)}
     with start_local_server(fast=args.fast_pg) as server, tempfile.TemporaryDirectory(prefix="ofa-farm-bench-") as tmp:
         doc["postgres"] = {"durable": not args.fast_pg}
-        q = queue_throughput(server, args.workers, args.jobs_per_worker)
+        q = None if args.skip_queue else queue_throughput(server, args.workers, args.jobs_per_worker)
         doc["queue"] = q
-        print(f"queue: {q['workers']} workers, {q['jobs']} jobs (null measurer, PostgreSQL"
-              f"{'' if not args.fast_pg else ', fsync off'}): {q['jobs_per_s']} jobs/s "
-              f"({q['wall_s']} s; {q['done']} done, {q['distinct_entries']} distinct measurements)", file=sys.stderr)
+        if q:
+            print(f"queue: {q['workers']} workers, {q['jobs']} jobs (null measurer, PostgreSQL"
+                  f"{'' if not args.fast_pg else ', fsync off'}): {q['jobs_per_s']} jobs/s "
+                  f"({q['wall_s']} s; {q['done']} done, {q['distinct_entries']} distinct measurements)",
+                  file=sys.stderr)
         counts = [int(c) for c in args.adb_devices.split(",") if c.strip()]
         doc["loopback_adb"] = []
         for n in counts:
