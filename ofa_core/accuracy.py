@@ -82,6 +82,19 @@ class AccuracyEncoding:
         out[np.arange(n), self.n_slots * (nk + ne) + self.resolution_bins(b.r)] = 1.0
         return out
 
+    def encode_indices(self, k_idx: np.ndarray, e_idx: np.ndarray, active: np.ndarray,
+                       r_bin: np.ndarray) -> np.ndarray:
+        """The same features from choice indices (into `ks_list`, `expand_list`, `resolution_grid`): the fast
+        path of a search that already holds configs as indices."""
+        n, nk, ne, S = len(k_idx), len(self.ks_list), len(self.expand_list), self.n_slots
+        out = np.zeros((n, self.n_features), dtype=np.float32)
+        rows = np.arange(n)[:, None]
+        slots = np.arange(S)[None, :]
+        out[rows, slots * nk + k_idx] = active
+        out[rows, S * nk + slots * ne + e_idx] = active
+        out[np.arange(n), S * (nk + ne) + r_bin] = 1.0
+        return out
+
 
 def _choice_index(values: np.ndarray, choices: tuple[int, ...], what: str, active: np.ndarray) -> np.ndarray:
     lookup = np.asarray(choices)

@@ -2,15 +2,19 @@
 
 Predictors are passed in as plain callables `f(batch: ConfigBatch) -> np.ndarray` (an accuracy predictor, a
 latency predictor, `space.macs`), as the official `EvolutionFinder` takes them. Unlike it, every population is
-scored in one vectorised call, configs already scored are answered from a cache, several searches (restarts
-and budgets) evolve side by side in the same arrays ("lanes"), and a budget no subnet meets raises
+scored in one vectorised call, accuracies of configs already scored come from a cache, several searches
+(restarts and budgets) evolve side by side in the same arrays ("lanes"), and a budget no subnet meets raises
 `InfeasibleBudgetError` instead of resampling forever.
 
 A config is held as a row of choice indices ("genes", int8): kernel per slot, expand per slot, depth per stage,
 resolution. Evolution follows the official tutorial finder: keep the best `parent_ratio` of the population,
 make `mutation_ratio` of the children by mutation (each slot's kernel+expand, each depth and the resolution
 resampled with `mutate_prob`) and the rest by uniform crossover of two parents; a child that breaks a budget
-is redrawn from the same parents (at most `max_resample` rounds, then the first parent is kept).
+is redrawn from the same parents (at most `max_resample` rounds, then the first parent is kept). One
+deliberate change: parents are picked among distinct configs (`unique_parents`); the official loop lets
+copies of one config fill the parent pool, which makes single runs stall and vary a lot between seeds.
+Budgets are checked by calling the metric predictors on every candidate (table lookups, cheap); the costly
+accuracy predictor only sees the children kept, once per distinct config.
 """
 from __future__ import annotations
 
@@ -43,8 +47,8 @@ class SearchParams:
     mutate_prob: float = 0.1
     restarts: int = 1
     max_resample: int = 50  # rounds of redrawing children that break a budget
-    oversample: int = 2  # candidates drawn per child in the first round (the first feasible one is kept)
-    oversample_retry: int = 4  # ... and in later rounds, for the children still breaking their budget
+    oversample: int = 3  # candidates drawn per child in the first round (the first feasible one is kept)
+    oversample_retry: int = 8  # ... and in later rounds, for the children still breaking their budget
     unique_parents: bool = True  # pick parents among distinct configs (the official finder lets copies crowd in)
 
     def __post_init__(self) -> None:
@@ -263,6 +267,7 @@ class ScoreCache:
         self.acc = np.full(cap, np.nan)
         self.n = 0
         self.n_acc = 0
+        self._fast = _index_path(genome, accuracy_fn)
 
     def _hash(self, masked: np.ndarray) -> np.ndarray:
         buf = np.zeros((len(masked), self.width), dtype=np.int8)
@@ -323,8 +328,11 @@ class ScoreCache:
         todo = np.isnan(acc)
         if todo.any():
             need = np.unique(rows[todo])
-            self.acc[need] = np.asarray(self.accuracy_fn(self.genome.decode(self.genes[need])),
-                                        dtype=np.float64).reshape(-1)
+            if self._fast is not None:
+                self.acc[need] = self._fast(self.genes[need])
+            else:
+                self.acc[need] = np.asarray(self.accuracy_fn(self.genome.decode(self.genes[need])),
+                                            dtype=np.float64).reshape(-1)
             self.n_acc += len(need)
             acc = self.acc[rows]
         return acc
@@ -341,6 +349,31 @@ class ScoreCache:
             self.acc = acc
         self.n = start + k
         return start
+
+
+def _index_path(genome: Genome, accuracy_fn):
+    """For an accuracy predictor that can take choice indices (ours), a function genes -> accuracies that skips
+    decoding to values and re-encoding; None for any other callable or a mismatch of choices."""
+    enc = getattr(accuracy_fn, "encoding", None)
+    if enc is None or not hasattr(accuracy_fn, "forward_features") or not hasattr(enc, "encode_indices"):
+        return None
+    try:
+        k_map = np.array([list(enc.ks_list).index(v) for v in genome.ks_vals])
+        e_map = np.array([list(enc.expand_list).index(v) for v in genome.e_vals])
+        r_bin = enc.resolution_bins(genome.r_vals)
+    except (ValueError, OFABenchError):
+        return None
+    if (enc.n_stages, enc.max_depth) != (genome.T, genome.M):
+        return None
+    S, T = genome.S, genome.T
+
+    def predict(g: np.ndarray) -> np.ndarray:
+        gi = g.astype(np.intp)
+        x = enc.encode_indices(k_map[gi[:, :S]], e_map[gi[:, S:2 * S]], genome.active_cols(g)[:, :S],
+                               r_bin[gi[:, -1]])
+        return accuracy_fn.forward_features(x)
+
+    return predict
 
 
 # ---- evolution ----------------------------------------------------------------------------------------

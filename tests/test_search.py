@@ -310,3 +310,13 @@ def test_cli_search_export_and_confirm_on_fpga_model(fpga_store, note10, capsys,
     finally:
         st.close()
     assert [r["key"] for r in rows] == [f"subnet:{doc['config_string']}"]
+
+
+def test_index_fast_path_equals_the_predictor(note10):
+    acc, lat = note10
+    g = Genome(W12, [160, 172, 224])
+    genes = g.random(np.random.default_rng(3), 300)
+    cache = ScoreCache(g, acc, {"latency_ms": lat})
+    assert cache._fast is not None
+    rows = cache.rows(genes)
+    np.testing.assert_allclose(cache.accuracy(rows), acc(g.decode(genes)), atol=1e-6)
