@@ -109,8 +109,9 @@ def _synthetic(space, rng, n):
 def test_fit_save_load_roundtrip(tmp_path):
     space = SearchSpace.get("ofa-mbv3-fmnist")
     rng = np.random.default_rng(0)
-    train, y = _synthetic(space, rng, 1500)
-    pred = AccuracyPredictor.fit(train, y, space, rng=np.random.default_rng(1), hidden=64, epochs=60)
+    train, y = _synthetic(space, rng, 1000)
+    pred = AccuracyPredictor.fit(train, y, space, rng=np.random.default_rng(1), hidden=64, epochs=30,
+                                 batch_size=64)
     test, y_test = _synthetic(space, np.random.default_rng(2), 400)
     rmse = float(np.sqrt(np.mean((pred(test) - y_test) ** 2)))
     assert rmse < 0.25 * float(np.std(y_test))  # learns the function, not just its mean
