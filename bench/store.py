@@ -175,10 +175,7 @@ class Store:
         """Rows of a statement as dicts (inside or outside a transaction). SQL uses `?` placeholders."""
         try:
             cur = self._backend.execute(self._conn, sql, tuple(params))
-            if cur.description is None:
-                return []
-            cols = [d[0] for d in cur.description]
-            return [dict(zip(cols, row)) for row in cur.fetchall()]
+            return self._backend.fetch_dicts(cur)
         except self._backend.driver_errors() as exc:
             if self._in_tx:
                 raise
@@ -206,8 +203,8 @@ class Store:
             if be.has_any_table(self._conn):
                 raise StoreError(f"{self.target} holds tables but no schema_version: not an ofa-bench store")
             return 0
-        row = be.execute(self._conn, "SELECT MAX(version) FROM schema_version").fetchone()
-        return int(row[0] or 0)
+        rows = self._backend.fetch_dicts(be.execute(self._conn, "SELECT MAX(version) AS v FROM schema_version"))
+        return int(rows[0]["v"] or 0)
 
     def _check_and_migrate(self, migrate: bool = True) -> None:
         be = self._backend

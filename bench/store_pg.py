@@ -47,9 +47,12 @@ class PostgresBackend:
         import psycopg
 
         try:
-            return psycopg.connect(self.url, autocommit=True,
-                                   connect_timeout=max(1, int(round(self.connect_timeout_s))),
-                                   application_name="ofa-bench")
+            from psycopg.rows import dict_row
+
+            extra = {"application_name": "ofa-bench", "row_factory": dict_row}
+            if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(self.url):  # the URL's own wins
+                extra["connect_timeout"] = max(1, int(round(self.connect_timeout_s)))
+            return psycopg.connect(self.url, autocommit=True, **extra)
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to store {self.describe()}: {one_line(exc)}") from None
         except Exception as exc:  # malformed URL (ProgrammingError is a psycopg.Error; be safe for the rest)
@@ -76,6 +79,15 @@ class PostgresBackend:
 
     def execute(self, conn, sql: str, params=()):
         return conn.execute(self.sql(sql), params)
+
+    def fetch_dicts(self, cur) -> list[dict]:
+        """Rows as dicts (the connection's row factory builds them), or [] for a statement without rows."""
+        from psycopg import pq
+
+        res = cur.pgresult
+        if res is None or res.status != pq.ExecStatus.TUPLES_OK:
+            return []
+        return cur.fetchall()
 
     def executemany(self, conn, sql: str, rows) -> None:
         with conn.cursor() as cur:

@@ -80,6 +80,12 @@ class SqliteBackend:
     def execute(self, conn: sqlite3.Connection, sql: str, params=()):
         return conn.execute(sql, params)
 
+    def fetch_dicts(self, cur) -> list[dict]:
+        if cur.description is None:
+            return []
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+
     def executemany(self, conn: sqlite3.Connection, sql: str, rows) -> None:
         conn.executemany(sql, rows)
 

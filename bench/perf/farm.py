@@ -50,6 +50,38 @@ def _wait_for(predicate, timeout_s: float, what: str, procs=()) -> None:
         time.sleep(0.05)
 
 
+def _stat_cpu_s(pid: int, with_reaped_children: bool = False) -> float:
+    """CPU seconds of a live process from /proc (plus its exited, reaped children if asked); 0 if gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if with_reaped_children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _server_cpu_s(postmaster: int) -> float:
+    """The PostgreSQL server's CPU so far: the postmaster, its live children, and the exited ones."""
+    total = _stat_cpu_s(postmaster, with_reaped_children=True)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:  # ppid
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _children_cpu_s() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def queue_throughput(server, workers: int, jobs_per_worker: int) -> dict:
     """Jobs claimed and completed per second with `workers` null-measurer worker processes."""
     from bench.jobs import enqueue
@@ -64,6 +96,10 @@ def queue_throughput(server, workers: int, jobs_per_worker: int) -> dict:
             _wait_for(lambda: store.query("SELECT COUNT(*) AS n FROM fingerprints")[0]["n"] == workers, 120,
                       "workers to start", procs)
             time.sleep(0.3)
+            postmaster = int((server.datadir / "postmaster.pid").read_text().split()[0])
+            children0 = _children_cpu_s()
+            workers0 = sum(_stat_cpu_s(p.pid) for p in procs)  # start-up and idle polling: not per-job cost
+            server0 = _server_cpu_s(postmaster)
             with store.transaction():
                 for d in devices:
                     enqueue(store, d, "ofa-mbv3-w1.0", [(224, f"bench-{i:05d}") for i in range(jobs_per_worker)],
@@ -77,12 +113,19 @@ def queue_throughput(server, workers: int, jobs_per_worker: int) -> dict:
         for p, (out, err) in zip(procs, outs):
             if p.returncode != 0:
                 raise RuntimeError(f"worker failed: {err[-2000:]}")
+        time.sleep(0.5)  # let the server reap the workers' backends
+        client_cpu = _children_cpu_s() - children0 - workers0
+        server_cpu = _server_cpu_s(postmaster) - server0
         total = workers * jobs_per_worker
         done = store.query("SELECT COUNT(*) AS n, MAX(updated_at) AS t FROM jobs WHERE status = 'done'")[0]
         n_meas = store.query("SELECT COUNT(*) AS n, COUNT(DISTINCT device || key) AS u FROM measurements")[0]
         wall = float(done["t"]) - t0
     return {"workers": workers, "jobs": total, "done": int(done["n"]), "measurements": int(n_meas["n"]),
-            "distinct_entries": int(n_meas["u"]), "wall_s": round(wall, 3), "jobs_per_s": round(total / wall, 1)}
+            "distinct_entries": int(n_meas["u"]), "wall_s": round(wall, 3), "jobs_per_s": round(total / wall, 1),
+            "client_cpu_ms_per_job": round(client_cpu / total * 1e3, 3),
+            "server_cpu_ms_per_job": round(server_cpu / total * 1e3, 3),
+            # what the CPU cost alone allows on this host's cores if nothing else ran
+            "cpu_bound_jobs_per_s": round((os.cpu_count() or 1) / ((client_cpu + server_cpu) / total), 1)}
 
 
 LOOPBACK_PROFILE = """name = "{name}"
@@ -202,8 +245,9 @@ def main(argv: list[str]) -> int:
         if q:
             print(f"queue: {q['workers']} workers, {q['jobs']} jobs (null measurer, PostgreSQL"
                   f"{'' if not args.fast_pg else ', fsync off'}): {q['jobs_per_s']} jobs/s "
-                  f"({q['wall_s']} s; {q['done']} done, {q['distinct_entries']} distinct measurements)",
-                  file=sys.stderr)
+                  f"({q['wall_s']} s; {q['done']} done, {q['distinct_entries']} distinct measurements); CPU per job "
+                  f"{q['client_cpu_ms_per_job']} ms workers + {q['server_cpu_ms_per_job']} ms server "
+                  f"(= {q['cpu_bound_jobs_per_s']} jobs/s on {os.cpu_count()} idle cores)", file=sys.stderr)
         counts = [int(c) for c in args.adb_devices.split(",") if c.strip()]
         doc["loopback_adb"] = []
         for n in counts:
