@@ -150,7 +150,8 @@ class Trainer:
     """Runs the phases of a `TrainConfig` on a supernet, checkpointing to `ckpt_path` after every epoch."""
 
     def __init__(self, cfg: TrainConfig, ckpt_path: str | Path, data: FashionMNIST | None = None,
-                 dist: DistInfo | None = None, progress: bool = True, log: Callable[[str], None] | None = None):
+                 dist: DistInfo | None = None, progress: bool = True, log: Callable[[str], None] | None = None,
+                 monitor: dict[str, SubnetConfig] | None = None):
         from ofa_core.supernet import OFAMobileNetV3
 
         self.cfg = cfg
@@ -164,9 +165,15 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.net = OFAMobileNetV3(self.space).to(memory_format=torch.channels_last)
         self.teacher: torch.nn.Module | None = None
+        self.monitor = monitor or {"largest": self.space.largest(), "smallest": self.space.smallest()}
         self.pos = Position()
         self.history: list[dict] = []
         self._opt_state: dict[str, torch.Tensor] = {}
+
+    @property
+    def rank_batch(self) -> int:
+        """`batch_size` is the global batch: each rank takes its share of it."""
+        return max(1, self.cfg.batch_size // self.dist.world)
 
     # ---- checkpoints ---------------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -235,7 +242,7 @@ class Trainer:
     def _run_phase(self, phase: Phase, sampler: Sampler, res: tuple[int, ...]) -> None:
         cfg, rank, world = self.cfg, self.dist.rank, self.dist.world
         per_rank = math.ceil(len(self.train_split) / world)
-        steps_per_epoch = max(1, math.ceil(per_rank / cfg.batch_size))
+        steps_per_epoch = max(1, math.ceil(per_rank / self.rank_batch))
         whole = int(math.floor(phase.epochs))
         frac = phase.epochs - whole
         epochs = whole + (1 if frac > 1e-9 else 0)
@@ -268,6 +275,7 @@ class Trainer:
         order_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + pi * 1009 + epoch)
         aug_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + pi * 1009 + epoch + 7919 * (self.dist.rank + 1))
         rng = np.random.default_rng([cfg.seed, pi, epoch])  # same on every rank: same resolution and subnets
+        torch.manual_seed(cfg.seed * 1_000_003 + pi * 1009 + epoch + 104_729 * self.dist.rank)  # dropout: resumable
         self.net.train()
         t0 = time.perf_counter()
         seen, loss_sum, kd_sum, correct = 0, 0.0, 0.0, 0
@@ -277,7 +285,7 @@ class Trainer:
 
             bar = tqdm(total=n_steps, desc=f"{phase.name} epoch {epoch + 1}/{math.ceil(phase.epochs)}",
                        file=sys.stderr, leave=False, dynamic_ncols=True)
-        batches = iterate(self.train_split, cfg.batch_size, order_gen, shard=(self.dist.rank, self.dist.world))
+        batches = iterate(self.train_split, self.rank_batch, order_gen, shard=(self.dist.rank, self.dist.world))
         for i, (images, labels) in enumerate(batches):
             if i >= n_steps:
                 break
@@ -324,7 +332,7 @@ class Trainer:
 
         out = {}
         val = self.data.val.head(self.cfg.monitor_images)
-        for name, sub in (("largest", self.space.largest()), ("smallest", self.space.smallest())):
+        for name, sub in self.monitor.items():
             out[f"val_top1_{name}"] = round(evaluate_subnet(
                 self.net, sub, val, self.train_split, recal_images=min(self.cfg.bn_recal_images, 1000),
                 seed=self.cfg.seed), 4)

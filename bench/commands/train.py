@@ -49,6 +49,7 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("test", "--split", help="val | test"),
         recal_images: int = typer.Option(2000, "--recal-images", help="training images for BN recalibration"),
         seed: int = typer.Option(0, "--seed", help="seed of the validation split and recalibration sample"),
+        limit: int = typer.Option(0, "--limit", help="score only the first N images of the split (quick checks)"),
         json_out: bool = JsonOption,
     ) -> None:
         """Top-1 of one subnet of a trained supernet, after recalibrating its BN statistics."""
@@ -67,8 +68,9 @@ def register(app: typer.Typer) -> None:
         net = load_supernet(sp, checkpoint)
         data = load_fmnist(seed=seed)
         t0 = time.perf_counter()
-        acc = evaluate_subnet(net, cfg, data.split(split), data.train, recal_images=recal_images, seed=seed)
-        doc = {"space": sp.name, "config": cfg.to_string(), "split": split, "images": len(data.split(split)),
+        scored = data.split(split).head(limit) if limit > 0 else data.split(split)
+        acc = evaluate_subnet(net, cfg, scored, data.train, recal_images=recal_images, seed=seed)
+        doc = {"space": sp.name, "config": cfg.to_string(), "split": split, "images": len(scored),
                "top1": acc, "macs": int(sp.macs(cfg)), "params": int(sp.params(cfg)),
                "checkpoint": checkpoint or "shipped", "seconds": round(time.perf_counter() - t0, 2)}
         if json_out:
