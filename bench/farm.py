@@ -9,15 +9,14 @@ injectable factory: `AgentSession` exports the entry and measures it through `ag
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from bench.jobs import (EnqueueResult, Job, LostJob, active_count, claim, complete, fail, register_worker, renew,
+from bench.farm_sessions import AgentSession, DeviceSession, NullSession, SessionFactory
+from bench.jobs import (EnqueueResult, LostJob, active_count, claim, complete, fail, register_worker, renew,
                         stop_worker, worker_name)
 from bench.jobs import enqueue as _enqueue
 from bench.store import Store, StoreError, open_store
@@ -89,103 +88,6 @@ def submit(store: Store, devices: Sequence[str], space_name: str, resolutions: S
                                       "queued": res.queued, "already_queued": res.already_active})
     report["queued"] = sum(d["queued"] for d in report["devices"])
     return report
-
-
-# -------------------------------------------------------------------- measuring one job
-class DeviceSession(Protocol):
-    """What a worker needs from one device: its fingerprint, and a measurement record for a job."""
-
-    def fingerprint(self) -> dict: ...
-
-    def measure_job(self, job: Job) -> dict: ...
-
-    def close(self) -> None: ...
-
-
-class NullSession:
-    """Simulated device: times an empty Python call in-process, so a job costs only the queue's own overhead.
-
-    It measures for at least `min_duration_s` (like a runner's minimum duration) and says it is simulated in
-    its fingerprint and in every record's environment."""
-
-    def __init__(self, device: str, min_duration_s: float = 0.0, min_runs: int = 5):
-        self.device = device
-        self.min_duration_s = min_duration_s
-        self.min_runs = min_runs
-
-    def fingerprint(self) -> dict:
-        return {"device": self.device, "runtime": "null-inprocess", "host": socket.gethostname(), "simulated": True}
-
-    def measure_job(self, job: Job) -> dict:
-        samples: list[float] = []
-        start = time.perf_counter()
-        while len(samples) < self.min_runs or time.perf_counter() - start < self.min_duration_s:
-            t0 = time.perf_counter()
-            _nothing()
-            samples.append((time.perf_counter() - t0) * 1e3)
-        samples.sort()
-        n = len(samples)
-        mean = sum(samples) / n
-        std = (sum((s - mean) ** 2 for s in samples) / n) ** 0.5
-        return {"latency_ms": samples[n // 2], "mean_ms": mean, "std_ms": std, "p10_ms": samples[n // 10],
-                "p90_ms": samples[(9 * n) // 10], "cv": std / mean if mean > 0 else None, "n": n,
-                "samples_ms": samples if n <= 1000 else samples[:: max(1, n // 1000)], "noisy": False,
-                "env": {"measurer": "null-inprocess", "simulated": True}}
-
-    def close(self) -> None:
-        pass
-
-
-def _nothing() -> None:
-    return None
-
-
-class AgentSession:
-    """A real device: the entry's model is exported (cached) and measured with `agents.connect(profile)`."""
-
-    def __init__(self, device: str, rounds: int = 1):
-        from agents import connect
-        from devices import get_device
-
-        self.profile = get_device(device)
-        self.rounds = rounds
-        from bench.export import exporter_versions
-
-        exporter_versions(self.profile.model_format)  # import the exporters now, not during the first job
-        self._agent = connect(self.profile)
-        self._entries: dict[tuple[str, int], dict] = {}
-
-    def fingerprint(self) -> dict:
-        return self._agent.fingerprint()
-
-    def _entry(self, space_name: str, resolution: int, key: str):
-        from bench.candidates import candidates
-        from ofa_core.space import SearchSpace
-
-        table = self._entries.get((space_name, resolution))
-        if table is None:
-            space = SearchSpace.get(space_name)
-            table = {e.key: e for e in candidates(space, [resolution])}
-            self._entries[(space_name, resolution)] = table
-        try:
-            return table[key]
-        except KeyError:
-            raise FarmError(f"{space_name} has no table entry {key!r} at resolution {resolution}") from None
-
-    def measure_job(self, job: Job) -> dict:
-        from bench.export import export_entry
-        from ofa_core.space import SearchSpace
-
-        entry = self._entry(job.space, job.resolution, job.key)
-        path = export_entry(SearchSpace.get(job.space), entry, fmt=self.profile.model_format)
-        (m,) = self._agent.measure([path], rounds=self.rounds)
-        return m.to_record()
-
-    def close(self) -> None:
-        self._agent.close()
-
-
-SessionFactory = Callable[[str], DeviceSession]
 
 
 # -------------------------------------------------------------------- the worker

@@ -9,7 +9,6 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
-import math
 import os
 import socket
 import time
@@ -17,21 +16,17 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from bench.migrations import LATEST_VERSION, MIGRATIONS, VERSION_TABLE, render
 from bench.store_errors import StoreError, one_line
+from bench.store_rows import (MEASUREMENT_COLUMNS, decode_measurement, decode_run, measurement_row,  # noqa: F401
+                              to_json)
 from bench.store_pg import PostgresBackend, is_postgres_url
 from bench.store_sqlite import SqliteBackend
 
 __all__ = ["open_store", "Store", "StoreError", "StoreConflict", "fingerprint_id", "measurement_row", "RUN_STATUSES"]
 
 RUN_STATUSES = ("running", "done", "interrupted", "failed")
-MEASUREMENT_KINDS = ("block", "subnet", "reference")
-_STAT_FIELDS = ("mean_ms", "std_ms", "p10_ms", "p90_ms", "cv")
-MEASUREMENT_COLUMNS = ("uuid", "run_id", "fingerprint_id", "device", "space", "kind", "resolution", "key",
-                       "latency_ms", "mean_ms", "std_ms", "p10_ms", "p90_ms", "cv", "n", "samples_ms", "noisy",
-                       "env", "normalised_ms", "measured_at")
 
 
 class StoreConflict(StoreError):
@@ -42,10 +37,6 @@ def fingerprint_id(fingerprint: dict) -> str:
     """Stable short hash of a fingerprint dict (key order does not matter); same as `devices.fingerprint_id`."""
     text = json.dumps(fingerprint, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def _user() -> str:
@@ -264,7 +255,7 @@ class Store:
             self.execute("INSERT INTO fingerprints (id, device, fingerprint, created_at, last_seen_at) "
                          "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device, id) DO UPDATE SET "
                          "last_seen_at = excluded.last_seen_at",
-                         (fp_id, device_name, _json(fingerprint), now, now))
+                         (fp_id, device_name, to_json(fingerprint), now, now))
         return fp_id
 
     def fingerprints(self, device_name: str | None = None) -> list[dict]:
@@ -299,8 +290,8 @@ class Store:
             rows = self.query(
                 "INSERT INTO runs (uuid, device, fingerprint_id, space, kind, settings, metadata, status, "
                 "user_name, host, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?) RETURNING id",
-                (str(uuid.uuid4()), device_name, fp_id, space, kind, _json(settings or {}),
-                 _json(metadata or {}), _user(), socket.gethostname(), time.time()))
+                (str(uuid.uuid4()), device_name, fp_id, space, kind, to_json(settings or {}),
+                 to_json(metadata or {}), _user(), socket.gethostname(), time.time()))
         return int(rows[0]["id"])
 
     def finish_run(self, run_id: int, status: str) -> None:
@@ -313,13 +304,13 @@ class Store:
 
     def run(self, run_id: int) -> dict | None:
         rows = self.query("SELECT * FROM runs WHERE id = ?", (int(run_id),))
-        return _decode_run(rows[0]) if rows else None
+        return decode_run(rows[0]) if rows else None
 
     def runs(self, device_name: str | None = None) -> list[dict]:
         sql, params = "SELECT * FROM runs", ()
         if device_name is not None:
             sql, params = sql + " WHERE device = ?", (device_name,)
-        return [_decode_run(r) for r in self.query(sql + " ORDER BY id", params)]
+        return [decode_run(r) for r in self.query(sql + " ORDER BY id", params)]
 
     # ---------------------------------------------------------------- measurements
     def add_measurements(self, run_id: int, records: list[dict]) -> list[int]:
@@ -361,7 +352,7 @@ class Store:
             f"ORDER BY measured_at DESC, id DESC) AS rank_ FROM measurements WHERE fingerprint_id = ? "
             f"AND space = ? AND kind = ? AND noisy = 0) latest WHERE rank_ = 1 ORDER BY resolution, key",
             (fp_id, space, kind))
-        return [_decode_measurement(r) for r in rows]
+        return [decode_measurement(r) for r in rows]
 
     def history(self, fp_id: str, space: str, key: str | None = None, resolution: int | None = None,
                 kind: str = "block") -> list[dict]:
@@ -376,12 +367,12 @@ class Store:
             sql += " AND resolution = ?"
             params.append(int(resolution))
         rows = self.query(sql + " ORDER BY measured_at, id", params)
-        return [_decode_measurement(r) for r in rows]
+        return [decode_measurement(r) for r in rows]
 
     def measurements_of_run(self, run_id: int) -> list[dict]:
         rows = self.query(f"SELECT id, {', '.join(MEASUREMENT_COLUMNS)} FROM measurements WHERE run_id = ? "
                           "ORDER BY id", (int(run_id),))
-        return [_decode_measurement(r) for r in rows]
+        return [decode_measurement(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
         """Row count of each table (for `store migrate`/`store copy` reports)."""
@@ -389,68 +380,3 @@ class Store:
         for table in ("fingerprints", "runs", "measurements", "jobs", "workers"):
             out[table] = int(self.query(f"SELECT COUNT(*) AS n FROM {table}")[0]["n"])
         return out
-
-
-# -------------------------------------------------------------------- row conversion
-def _number(rec: dict, field: str, index: int, required: bool) -> float | None:
-    value = rec.get(field)
-    if value is None:
-        if required:
-            raise StoreError(f"measurement {index} has no {field}")
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise StoreError(f"measurement {index}: {field} is not a number ({value!r})") from None
-    if math.isnan(out) and required:
-        raise StoreError(f"measurement {index}: {field} is NaN")
-    return out
-
-
-def measurement_row(run_id: int, run: dict, rec: dict, index: int) -> tuple:
-    if not isinstance(rec, dict):
-        raise StoreError(f"measurement {index} is not a dict")
-    try:
-        resolution = int(rec["resolution"])
-    except (KeyError, TypeError, ValueError):
-        raise StoreError(f"measurement {index} has no integer resolution") from None
-    key = rec.get("key")
-    if not isinstance(key, str) or not key:
-        raise StoreError(f"measurement {index} has no key")
-    kind = rec.get("kind", "block")
-    if kind not in MEASUREMENT_KINDS:
-        raise StoreError(f"measurement {index}: kind must be one of {', '.join(MEASUREMENT_KINDS)}, got {kind!r}")
-    latency = _number(rec, "latency_ms", index, True)
-    samples = rec.get("samples_ms", [])
-    try:
-        samples = [float(s) for s in samples]
-    except (TypeError, ValueError):
-        raise StoreError(f"measurement {index}: samples_ms must be a list of numbers") from None
-    stats = [_number(rec, f, index, False) for f in _STAT_FIELDS]
-    n = rec.get("n", len(samples))
-    env = rec.get("env") or {}
-    if not isinstance(env, dict):
-        raise StoreError(f"measurement {index}: env must be a dict")
-    measured_at = _number(rec, "measured_at", index, False) or time.time()
-    return (str(rec.get("uuid") or uuid.uuid4()), int(run_id), run["fingerprint_id"], run["device"],
-            run["space"], kind, resolution, key, latency, *stats, int(n), _json(samples),
-            int(bool(rec.get("noisy", False))), _json(env), _number(rec, "normalised_ms", index, False),
-            measured_at)
-
-
-def _decode_measurement(row: dict) -> dict:
-    row["samples_ms"] = json.loads(row["samples_ms"])
-    row["env"] = json.loads(row["env"])
-    row["noisy"] = bool(row["noisy"])
-    row["resolution"] = int(row["resolution"])
-    row["n"] = int(row["n"])
-    row["id"] = int(row["id"])
-    row["run_id"] = int(row["run_id"])
-    return row
-
-
-def _decode_run(row: dict) -> dict:
-    row["settings"] = json.loads(row["settings"])
-    row["metadata"] = json.loads(row["metadata"])
-    row["id"] = int(row["id"])
-    return row

@@ -1,0 +1,114 @@
+"""How a farm worker measures one job on one device: the `DeviceSession` protocol and its two implementations.
+
+`AgentSession` exports the entry's model (cached) and measures it with `agents.connect(profile)`;
+`NullSession` times an empty call in-process: a simulated device for testing the queue and its throughput.
+"""
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from bench.jobs import Job
+from ofa_core.errors import OFABenchError
+
+
+class UnknownEntryError(OFABenchError):
+    """A job names a table entry its space does not have (the space changed since it was queued)."""
+
+
+class DeviceSession(Protocol):
+    """What a worker needs from one device: its fingerprint, and a measurement record for a job."""
+
+    def fingerprint(self) -> dict: ...
+
+    def measure_job(self, job: Job) -> dict: ...
+
+    def close(self) -> None: ...
+
+
+class NullSession:
+    """Simulated device: times an empty Python call in-process, so a job costs only the queue's own overhead.
+
+    It measures for at least `min_duration_s` (like a runner's minimum duration) and says it is simulated in
+    its fingerprint and in every record's environment."""
+
+    def __init__(self, device: str, min_duration_s: float = 0.0, min_runs: int = 5):
+        self.device = device
+        self.min_duration_s = min_duration_s
+        self.min_runs = min_runs
+
+    def fingerprint(self) -> dict:
+        return {"device": self.device, "runtime": "null-inprocess", "host": socket.gethostname(), "simulated": True}
+
+    def measure_job(self, job: Job) -> dict:
+        samples: list[float] = []
+        start = time.perf_counter()
+        while len(samples) < self.min_runs or time.perf_counter() - start < self.min_duration_s:
+            t0 = time.perf_counter()
+            _nothing()
+            samples.append((time.perf_counter() - t0) * 1e3)
+        samples.sort()
+        n = len(samples)
+        mean = sum(samples) / n
+        std = (sum((s - mean) ** 2 for s in samples) / n) ** 0.5
+        return {"latency_ms": samples[n // 2], "mean_ms": mean, "std_ms": std, "p10_ms": samples[n // 10],
+                "p90_ms": samples[(9 * n) // 10], "cv": std / mean if mean > 0 else None, "n": n,
+                "samples_ms": samples if n <= 1000 else samples[:: max(1, n // 1000)], "noisy": False,
+                "env": {"measurer": "null-inprocess", "simulated": True}}
+
+    def close(self) -> None:
+        pass
+
+
+def _nothing() -> None:
+    return None
+
+
+class AgentSession:
+    """A real device: the entry's model is exported (cached) and measured with `agents.connect(profile)`."""
+
+    def __init__(self, device: str, rounds: int = 1):
+        from agents import connect
+        from devices import get_device
+
+        self.profile = get_device(device)
+        self.rounds = rounds
+        from bench.export import exporter_versions
+
+        exporter_versions(self.profile.model_format)  # import the exporters now, not during the first job
+        self._agent = connect(self.profile)
+        self._entries: dict[tuple[str, int], dict] = {}
+
+    def fingerprint(self) -> dict:
+        return self._agent.fingerprint()
+
+    def _entry(self, space_name: str, resolution: int, key: str):
+        from bench.candidates import candidates
+        from ofa_core.space import SearchSpace
+
+        table = self._entries.get((space_name, resolution))
+        if table is None:
+            space = SearchSpace.get(space_name)
+            table = {e.key: e for e in candidates(space, [resolution])}
+            self._entries[(space_name, resolution)] = table
+        try:
+            return table[key]
+        except KeyError:
+            raise UnknownEntryError(f"{space_name} has no table entry {key!r} at resolution {resolution}") from None
+
+    def measure_job(self, job: Job) -> dict:
+        from bench.export import export_entry
+        from ofa_core.space import SearchSpace
+
+        entry = self._entry(job.space, job.resolution, job.key)
+        path = export_entry(SearchSpace.get(job.space), entry, fmt=self.profile.model_format)
+        (m,) = self._agent.measure([path], rounds=self.rounds)
+        return m.to_record()
+
+    def close(self) -> None:
+        self._agent.close()
+
+
+SessionFactory = Callable[[str], DeviceSession]
