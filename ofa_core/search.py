@@ -210,74 +210,28 @@ def _index_of(values: np.ndarray, choices: np.ndarray, what: str) -> np.ndarray:
 
 # ---- scores, cached -----------------------------------------------------------------------------------
 
-class _SortedIndex:
-    """uint64 key -> row, as sorted arrays: a large main part and a small recent part merged into it now and
-    then, so that inserting stays cheap while the cache grows."""
-
-    def __init__(self, merge_at: int = 4096):
-        self.parts = [(np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.intp)),
-                      (np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.intp))]
-        self.merge_at = merge_at
-
-    def find(self, h: np.ndarray) -> np.ndarray:
-        out = np.full(len(h), -1, dtype=np.intp)
-        for keys, rows in self.parts:
-            if len(keys):
-                pos = np.minimum(np.searchsorted(keys, h), len(keys) - 1)
-                hit = keys[pos] == h
-                out[hit] = rows[pos[hit]]
-        return out
-
-    def add(self, h: np.ndarray, rows: np.ndarray) -> None:
-        """Add keys not present yet (`h` sorted and unique)."""
-        keys, vals = self.parts[1]
-        at = np.searchsorted(keys, h)
-        keys, vals = np.insert(keys, at, h), np.insert(vals, at, rows)
-        if len(keys) >= self.merge_at:
-            mk, mv = self.parts[0]
-            at = np.searchsorted(mk, keys)
-            self.parts[0] = (np.insert(mk, at, keys), np.insert(mv, at, vals))
-            keys, vals = keys[:0], vals[:0]
-        self.parts[1] = (keys, vals)
-
-
 class ScoreCache:
-    """Metric values and accuracies of every config seen in one search call, keyed by its genes.
+    """Metric values and accuracies of every config kept in one search call, keyed by its genes.
 
-    Lookups are vectorised: a 64-bit hash of the genes that matter (skipped slots masked), a sorted key array
-    and `searchsorted`; a hit is confirmed by comparing the stored genes, so a hash collision only costs a
-    recomputation, never a wrong score. Metrics are computed for every new config; accuracy only when asked
-    (children breaking a budget never reach the accuracy predictor)."""
-
-    _MIX = np.uint64(0x9E3779B97F4A7C15)
+    The key of a config is the bytes of its genes with the genes that do not matter (kernel and expand of
+    slots skipped by depth) masked, so configs that differ only there are one entry. Lookups are one dict
+    access per row: the search asks only for the children it keeps (a few hundred per generation).
+    Accuracy is computed only when asked, once per distinct config."""
 
     def __init__(self, genome: Genome, accuracy_fn: Predictor, metrics: Mapping[str, Predictor]):
         self.genome = genome
         self.accuracy_fn = accuracy_fn
         self.metric_names = tuple(metrics)
         self.metric_fns = tuple(metrics.values())
-        self.width = -(-genome.n_cols // 8) * 8
-        # fixed odd multipliers (a hash, not randomness: results never depend on them)
-        self.mult = (np.arange(1, self.width // 8 + 1, dtype=np.uint64) * np.uint64(0xBF58476D1CE4E5B9)) | np.uint64(1)
-        self.index = _SortedIndex()
+        self.index: dict[bytes, int] = {}
+        self._key = np.dtype((np.void, genome.n_cols))
         cap = 4096
-        self.masked = np.zeros((cap, genome.n_cols), dtype=np.int8)
         self.genes = np.zeros((cap, genome.n_cols), dtype=np.int8)
         self.values = np.zeros((cap, len(self.metric_fns)), dtype=np.float64)
         self.acc = np.full(cap, np.nan)
         self.n = 0
         self.n_acc = 0
         self._fast = _index_path(genome, accuracy_fn)
-
-    def _hash(self, masked: np.ndarray) -> np.ndarray:
-        buf = np.zeros((len(masked), self.width), dtype=np.int8)
-        buf[:, :masked.shape[1]] = masked
-        words = buf.view(np.uint64)
-        h = (words * self.mult).sum(axis=1, dtype=np.uint64)
-        h ^= h >> np.uint64(31)
-        h *= self._MIX
-        h ^= h >> np.uint64(29)
-        return h
 
     def metric_values(self, g: np.ndarray) -> np.ndarray:
         """(N, n_metrics) values of gene rows, computed directly (no cache)."""
@@ -290,35 +244,26 @@ class ScoreCache:
     def rows(self, g: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
         """Cache rows of gene rows `g`; configs not seen before are stored with their metric values (`values`,
         if the caller has them, else computed)."""
-        masked = np.where(self.genome.active_cols(g), g, np.int8(-1))
-        h = self._hash(masked)
-        rows = self.index.find(h)
-        hit = np.flatnonzero(rows >= 0)
-        if len(hit):
-            bad = hit[(self.masked[rows[hit]] != masked[hit]).any(axis=1)]
-            rows[bad] = -2  # a hash collision: score it again, outside the index
-        miss = np.flatnonzero(rows < 0)
-        if len(miss):
-            collided = rows[miss] == -2
-            hm = h[miss]
-            new_keys, first, inv = np.unique(hm, return_index=True, return_inverse=True)
-            rep = miss[first]  # one representative per new key
-            # rows whose genes differ from their key's representative (a collision): own rows, not indexed
-            odd = miss[(masked[miss] != masked[rep[inv]]).any(axis=1)]
-            fresh = np.concatenate([rep, odd])
-            start = self._add(masked[fresh], g[fresh], None if values is None else values[fresh])
-            rows[miss] = start + inv
-            rows[odd] = start + len(rep) + np.arange(len(odd))
-            indexed = ~collided[first]
-            self.index.add(new_keys[indexed], start + np.flatnonzero(indexed))
-        return rows
+        masked = np.ascontiguousarray(np.where(self.genome.active_cols(g), g, np.int8(-1)))
+        keys = masked.view(self._key).ravel().tolist()
+        get = self.index.get
+        rows = [get(k, -1) for k in keys]
+        if -1 in rows:
+            new: dict[bytes, int] = {}
+            for i, r in enumerate(rows):
+                if r < 0:
+                    new.setdefault(keys[i], i)
+            first = np.fromiter(new.values(), dtype=np.intp, count=len(new))
+            start = self._add(g[first], None if values is None else values[first])
+            self.index.update(zip(new.keys(), range(start, start + len(first))))
+            rows = [get(k) for k in keys]
+        return np.asarray(rows, dtype=np.intp)
 
-    def _add(self, masked: np.ndarray, g: np.ndarray, values: np.ndarray | None) -> int:
+    def _add(self, g: np.ndarray, values: np.ndarray | None) -> int:
         """Store new configs with their metric values (computed if not given); return the first new row."""
         k = len(g)
         start = self._grow(k)
         canon = self.genome.canonical(g)
-        self.masked[start:start + k] = masked
         self.genes[start:start + k] = canon
         self.values[start:start + k] = self.metric_values(canon) if values is None else values
         return start
@@ -342,7 +287,6 @@ class ScoreCache:
         if start + k > len(self.acc):
             cap = max(2 * len(self.acc), start + k)
             self.genes = np.resize(self.genes, (cap, self.genes.shape[1]))
-            self.masked = np.resize(self.masked, (cap, self.masked.shape[1]))
             self.values = np.resize(self.values, (cap, self.values.shape[1]))
             acc = np.full(cap, np.nan)
             acc[:start] = self.acc[:start]

@@ -139,7 +139,7 @@ def test_genome_roundtrip_and_variation():
     np.testing.assert_array_equal(same, genes)
 
 
-def test_cache_is_exact_even_when_every_hash_collides(monkeypatch):
+def test_cache_is_exact():
     g = Genome(W10)
     rng = np.random.default_rng(1)
     genes = g.random(rng, 200)
@@ -153,18 +153,18 @@ def test_cache_is_exact_even_when_every_hash_collides(monkeypatch):
     cache = ScoreCache(g, linear_accuracy, {"latency_ms": lat})
     rows = cache.rows(genes)
     assert (rows[200:] == rows[:50]).all() and sum(calls) == len(np.unique(rows))
-    direct = LAT(g.decode(genes))
-    np.testing.assert_allclose(cache.values[rows, 0], direct)
-    # configs that differ only in skipped slots are one config
+    np.testing.assert_allclose(cache.values[rows, 0], LAT(g.decode(genes)))
+    np.testing.assert_allclose(cache.accuracy(rows), linear_accuracy(g.decode(genes)))
+    assert cache.n_acc == len(np.unique(rows))
+    # configs that differ only in a slot skipped by depth are one config
     twin = genes[:1].copy()
-    twin[0, 3] = (twin[0, 3] + 1) % 3 if g.d_vals[twin[0, 2 * g.S]] < 4 else twin[0, 3]
-    assert cache.rows(twin)[0] == rows[0]
-
-    monkeypatch.setattr(ScoreCache, "_hash", lambda self, m: np.zeros(len(m), dtype=np.uint64))
-    bad = ScoreCache(g, linear_accuracy, {"latency_ms": LAT})
-    rows2 = bad.rows(genes)
-    np.testing.assert_allclose(bad.values[rows2, 0], direct)
-    np.testing.assert_allclose(bad.accuracy(rows2), linear_accuracy(g.decode(genes)))
+    twin[0, 2 * g.S] = 0  # stage 1 at depth 2: slots 2 and 3 are skipped
+    twin2 = twin.copy()
+    twin2[0, 3] = (twin2[0, 3] + 1) % 3
+    twin2[0, g.S + 2] = (twin2[0, g.S + 2] + 1) % 3
+    a, b = cache.rows(np.concatenate([twin, twin2]))
+    assert a == b
+    np.testing.assert_array_equal(cache.genes[a], g.canonical(twin)[0])
 
 
 # ---- the real Note10 tables and the official predictor --------------------------------------------------
