@@ -117,11 +117,20 @@ def run_demo(out_dir: str | Path, store: str | None = None, settings: DemoSettin
         doc["searches"].append(s)
         log(f"   budget {b:g} ms: {s['config_string']}  predicted {100 * s['predicted_accuracy']:.2f}% "
             f"{s['predicted_latency_ms']:.3f} ms; measured {s['confirm']['measured_latency_ms']:.3f} ms")
+    doc["extremes"] = []
+    for name, cfg in (("smallest", space.smallest(min(res))), ("largest", space.largest(max(res)))):
+        e = {"name": name, "space": SPACE, "config": cfg.to_ofa_dict(), "config_string": cfg.to_string(),
+             "predicted_latency_ms": float(latency([cfg])[0]), "macs": int(space.macs(cfg))}
+        e["export"] = export_subnet_onnx(SPACE, e["config"], out / f"{name}.onnx")
+        e["confirm"] = confirm_on_device(DEVICE, Path(e["export"]["path"]), e, store)
+        doc["extremes"].append(e)
+    small, large = (e["confirm"]["measured_latency_ms"] for e in doc["extremes"])
+    doc["latency_ratio_largest_to_smallest"] = large / small
     doc["steps_s"]["search"] = round(time.perf_counter() - t, 1)
 
     if settings.score_accuracy:
         t = _step(log, "scoring the chosen subnets on the Fashion-MNIST test set (BN recalibrated)")
-        _score_chosen(space, doc["searches"])
+        _score_chosen(space, doc["searches"] + doc["extremes"])
         doc["steps_s"]["accuracy"] = round(time.perf_counter() - t, 1)
 
     t = _step(log, "drawing the Pareto front")
@@ -193,7 +202,14 @@ def render_report(doc: dict) -> str:
         lines.append(f"| {s['budget']['latency_ms']:g} | `{cfg}` | {100 * s['predicted_accuracy']:.2f}% | "
                      f"{top1} | {s['predicted_latency_ms']:.3f} | {s['confirm']['measured_latency_ms']:.3f} | "
                      f"{s['macs'] / 1e6:.2f}M |")
+    lines += ["", "| extreme | subnet | test top-1 | measured (ms) | MACs |", "|---|---|---|---|---|"]
+    for e in doc["extremes"]:
+        top1 = f"{100 * e['test_top1']:.2f}%" if "test_top1" in e else "–"
+        cfg = e["config_string"].replace("|", "\\|")
+        lines.append(f"| {e['name']} | `{cfg}` | {top1} | {e['confirm']['measured_latency_ms']:.3f} | "
+                     f"{e['macs'] / 1e6:.2f}M |")
     lines += [
+        "", f"The largest subnet takes {doc['latency_ratio_largest_to_smallest']:.1f}x the smallest's latency.",
         "", "Each chosen subnet was extracted from the supernet, exported to ONNX (`subnet-*.onnx` here) and timed "
         "on the device.", "",
         "## Pareto front", "",
