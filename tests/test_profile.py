@@ -82,6 +82,14 @@ def test_profile_then_resume_is_free(tmp_path, null_device):
     doc = json.loads(r.stdout)
     assert doc["entries_measured"] == 0 and doc["entries_reused"] == len(FULL)
     assert len(block_rows(store)) == len(FULL)
+    # the profiled table feeds the predictor
+    from bench.lut import load_device_table
+    from bench.predictor import LatencyPredictor
+
+    table = load_device_table("null-test", SPACE, str(store))
+    assert set(table.entries) == FULL and table.nominal_ms is not None
+    pred = LatencyPredictor.from_table(table, SPACE)
+    assert pred.resolutions == [RES] and pred(SPACE.largest(RES))[0] > 0
 
 
 def test_resume_after_sigkill(tmp_path, null_device):
@@ -139,19 +147,6 @@ def test_several_devices_in_parallel(tmp_path, null_device):
     con = sqlite3.connect(store)
     per_device = dict(con.execute("SELECT device, COUNT(*) FROM measurements WHERE kind = 'block' GROUP BY device"))
     assert per_device == {"null-test": len(FULL), "null-test-2": len(FULL)}
-
-
-def test_table_from_profile_predicts(tmp_path, null_device):
-    from bench.lut import load_device_table
-    from bench.predictor import LatencyPredictor
-
-    store = tmp_path / "s.sqlite"
-    subprocess.run(profile_cmd(store), cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
-    table = load_device_table("null-test", SPACE, str(store))
-    assert set(table.entries) == FULL and table.nominal_ms is not None
-    pred = LatencyPredictor.from_table(table, SPACE)
-    assert pred.resolutions == [RES]
-    assert pred(SPACE.largest(RES))[0] > pred(SPACE.smallest(RES))[0] * 0 >= 0
 
 
 @pytest.mark.parametrize("args,needle", [
