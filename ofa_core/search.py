@@ -38,7 +38,8 @@ class InfeasibleBudgetError(OFABenchError, ValueError):
 
 @dataclass(frozen=True)
 class SearchParams:
-    """Evolution hyperparameters (defaults: the paper's / official finder's; `restarts` lanes side by side, best kept)."""
+    """Evolution hyperparameters: the paper's / official finder's defaults; `restarts` independent searches
+    evolve side by side and the best is kept."""
 
     population: int = 100
     generations: int = 500
