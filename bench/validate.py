@@ -198,7 +198,9 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
            **accuracy_metrics(calibrated, measured),
            "table_sum": accuracy_metrics(sums, measured),
            "drift_normalised": bool(settings.reference), "statistic": settings.statistic,
-           "calibration": plain.fit_calibration(table).to_dict() if table.subnets else None,
+           # what `predict` and `search` use from now on: fitted on every subnet measured here
+           "calibration": Calibration.fit([c.r for c in cfgs], sums, measured,
+                                          n_blocks=[sum(c.d) for c in cfgs]).to_dict(),
            "loadavg_1min": _mean_load(first),
            "raw_vs_normalised_pct": float(100 * np.mean(np.abs(raw / measured - 1))),
            "duration_s": round(time.monotonic() - start, 1),
