@@ -269,7 +269,10 @@ def remeasure_entries(profile, sp: SearchSpace, store, fp_id: str, entries: list
 def nightly(devices: Sequence[str] | None, store_target: str, settings: NightlySettings = NightlySettings()) -> dict:
     """Every named device (default: every device the store has profiled); a summary with an exit status."""
     from bench.store import open_store
+    from devices import get_device
 
+    for d in devices or ():
+        get_device(d)  # an unknown name is the user's error: one line, before the store is opened
     if not devices:
         with open_store(store_target) as store:
             devices = sorted({r["device"] for r in store.runs() if r["kind"] in ("profile", "nightly")})

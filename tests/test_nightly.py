@@ -129,3 +129,9 @@ def test_nightly_with_postgres_enqueues_jobs():
             assert st.query("SELECT COUNT(*) AS n FROM jobs")[0]["n"] == len(watch)
     finally:
         server.drop_db(url)
+
+
+def test_nightly_unknown_device_writes_nothing(tmp_path):
+    r = cli("nightly", "no-such-device", "--store", tmp_path / "s.sqlite")
+    assert r.returncode != 0 and "unknown device" in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "s.sqlite").exists()
