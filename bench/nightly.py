@@ -191,10 +191,11 @@ def enqueue_nightly(store_target: str, devices: Sequence[str] | None, settings: 
     """With a PostgreSQL store (a farm), queue the sentinel and stale entries as jobs for the hosts' workers
     instead of measuring here, and report drift over what the workers measured so far. None for SQLite."""
     from bench.store import open_store
+    from bench.store_pg import is_postgres_url
 
+    if not is_postgres_url(str(store_target)):
+        return None
     with open_store(store_target) as store:
-        if store.backend != "postgresql":
-            return None
         from bench.farm import enqueue
 
         if not devices:

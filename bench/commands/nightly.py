@@ -25,6 +25,10 @@ def register(app: typer.Typer) -> None:
         """Re-measure sentinel and stale entries, detect drift, rebuild; exit non-zero if unreachable or drifted."""
         from bench.nightly import NightlySettings, enqueue_nightly, nightly
 
+        from devices import get_device
+
+        for d in devices or ():
+            get_device(d)  # unknown names: one line, before any store is opened
         target = resolve_store(store)
         settings = NightlySettings(stale_days=stale_days, threshold=threshold, rebuild=not no_rebuild,
                                    spaces=tuple(space or ()))
