@@ -122,8 +122,11 @@ def _worker_eval(cfg_text: str) -> float:
 
 def evaluate_parallel(ckpt: str | Path | None, space: SearchSpace, cfgs: Sequence[SubnetConfig],
                       split_name: str = "val", val_size: int = 10_000, seed: int = 0, recal_images: int = 2000,
-                      workers: int = 2, backend: str = "onnxruntime", progress: bool = True) -> np.ndarray:
-    """Top-1 of many subnets by `workers` processes (one thread each), each loading the weights at `ckpt`."""
+                      workers: int = 2, backend: str = "onnxruntime", progress: bool = True,
+                      on_result=None) -> np.ndarray:
+    """Top-1 of many subnets by `workers` processes (one thread each), each loading the weights at `ckpt`.
+
+    `on_result(i, top1)` is called as each result arrives, in order (to save partial results)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
@@ -131,13 +134,18 @@ def evaluate_parallel(ckpt: str | Path | None, space: SearchSpace, cfgs: Sequenc
 
     texts = [c.to_string() for c in cfgs]
     args = (None if ckpt is None else str(ckpt), space.name, split_name, val_size, seed, recal_images, backend)
+    def collect(it) -> np.ndarray:
+        out = []
+        for i, acc in enumerate(tqdm(it, total=len(texts), desc="evaluating subnets", file=sys.stderr,
+                                     disable=not progress, dynamic_ncols=True)):
+            out.append(acc)
+            if on_result is not None:
+                on_result(i, acc)
+        return np.array(out, dtype=np.float64)
+
     if workers <= 1:
         _worker_init(*args)
-        it = map(_worker_eval, texts)
-        return np.array(list(tqdm(it, total=len(texts), desc="evaluating subnets", file=sys.stderr,
-                                  disable=not progress, dynamic_ncols=True)))
+        return collect(map(_worker_eval, texts))
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                              initargs=args) as pool:
-        it = pool.map(_worker_eval, texts, chunksize=1)
-        return np.array(list(tqdm(it, total=len(texts), desc="evaluating subnets", file=sys.stderr,
-                                  disable=not progress, dynamic_ncols=True)))
+        return collect(pool.map(_worker_eval, texts, chunksize=1))

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recal-images", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=300, help="predictor training epochs")
     ap.add_argument("--data", default=None, help="JSON of (config, accuracy) pairs: reused if it exists, else written")
+    ap.add_argument("--no-eval", action="store_true", help="fit on the pairs already in --data, score nothing new")
     ap.add_argument("--out", required=True, help="predictor file (.safetensors; a .json is written beside it)")
     args = ap.parse_args(argv)
 
@@ -70,23 +71,33 @@ def main(argv: list[str] | None = None) -> int:
 
     space = SearchSpace.get(args.space)
     data_path = Path(args.data) if args.data else None
-    if data_path is not None and data_path.is_file():
+    cfgs = distinct_sample(space, np.random.default_rng(args.seed), args.n)
+    doc = {"space": space.name, "split": "val (10,000 training images held out, seed %d)" % args.seed,
+           "recal_images": args.recal_images, "seconds": 0.0, "configs": [], "val_top1": []}
+    if data_path is not None and data_path.is_file():  # resume: keep what was scored, score the rest
         doc = json.loads(data_path.read_text())
-        cfgs = [space.parse_config(c) for c in doc["configs"]]
-        accs = np.asarray(doc["val_top1"], dtype=np.float64)
-    else:
-        cfgs = distinct_sample(space, np.random.default_rng(args.seed), args.n)
-        t0 = time.perf_counter()
-        accs = evaluate_parallel(args.checkpoint, space, cfgs, "val", seed=args.seed,
-                                 recal_images=args.recal_images, workers=args.workers)
-        doc = {"space": space.name, "split": "val (10,000 training images held out, seed %d)" % args.seed,
-               "recal_images": args.recal_images, "seconds": round(time.perf_counter() - t0, 1),
-               "configs": [c.to_string() for c in cfgs], "val_top1": [float(a) for a in accs]}
-        if data_path is not None:
-            data_path.parent.mkdir(parents=True, exist_ok=True)
-            data_path.write_text(json.dumps(doc, indent=1) + "\n")
+        done = [space.parse_config(c) for c in doc["configs"]]
+        if done != cfgs[:len(done)]:
+            cfgs = done + [c for c in cfgs if c not in set(done)][:max(0, args.n - len(done))]
+    todo = cfgs[len(doc["configs"]):]
+    if todo and not args.no_eval:
+        t0, before = time.perf_counter(), doc["seconds"]
+
+        def keep(i: int, acc: float) -> None:
+            doc["configs"].append(todo[i].to_string())
+            doc["val_top1"].append(float(acc))
+            doc["seconds"] = round(before + time.perf_counter() - t0, 1)
+            if data_path is not None and (i % 10 == 9 or i == len(todo) - 1):
+                data_path.parent.mkdir(parents=True, exist_ok=True)
+                data_path.write_text(json.dumps(doc, indent=1) + "\n")
+
+        evaluate_parallel(args.checkpoint, space, todo, "val", seed=args.seed, recal_images=args.recal_images,
+                          workers=args.workers, on_result=keep)
+    cfgs = [space.parse_config(c) for c in doc["configs"]]
+    accs = np.asarray(doc["val_top1"], dtype=np.float64)
     pred, metrics, _ = fit_and_judge(space, cfgs, accs, args.holdout, seed=args.seed, epochs=args.epochs)
     pred.metadata["data"] = {"n_subnets": len(cfgs), "n_holdout": args.holdout, "seed": args.seed,
+                             "recal_images": doc["recal_images"], "eval_seconds": doc["seconds"],
                              "command": "python -m ofa_core.predictor_data " + " ".join(argv or sys.argv[1:])}
     pred.save(args.out)
     print(json.dumps({"predictor": args.out, "holdout": metrics, "fit": pred.metadata.get("fit")}, indent=1))

@@ -18,12 +18,21 @@ REPO = Path(__file__).resolve().parents[1]
 SPACE = "ofa-mbv3-fmnist"
 
 
-def tiny_toml(phases=PHASES, epochs=1, kd_ratio=1.0, extra=""):
+def tiny_toml(phases=PHASES, epochs=1, kd_ratio=1.0, extra="", images=64):
     per_step = {"depth-1": 2, "depth-2": 2, "expand-1": 2, "expand-2": 2}
     body = "".join(f'[[phases]]\nname = "{p}"\nepochs = {epochs}\nlr = 0.05\nsubnets_per_step = {per_step.get(p, 1)}\n'
                    for p in phases)
-    return (f'space = "{SPACE}"\nbatch_size = 32\ntrain_images = 64\nmonitor_images = 0\nkd_ratio = {kd_ratio}\n'
+    return (f'space = "{SPACE}"\nbatch_size = 32\ntrain_images = {images}\nmonitor_images = 0\nkd_ratio = {kd_ratio}\n'
             f"{extra}\n{body}")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny batches: one thread is faster, and much faster on a machine busy with other work."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +120,7 @@ def test_distillation_loss_is_used_when_asked(tmp_path, data):
 
 
 def test_resume_after_interruption_continues_exactly(tmp_path, data):
-    cfg = parse_config(tiny_toml(phases=("full", "kernel"), epochs=2))
+    cfg = parse_config(tiny_toml(phases=("full", "kernel"), epochs=2, images=32))
     straight = Trainer(cfg, tmp_path / "a.safetensors", data=data, progress=False, log=lambda m: None)
     straight.run()
 
