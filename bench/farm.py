@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from bench.farm_sessions import AgentSession, DeviceSession, NullSession, SessionFactory
-from bench.jobs import (EnqueueResult, LostJob, active_count, claim, complete, fail, register_worker, renew,
+from bench.jobs import (EnqueueResult, LostJob, active_count, claim, complete, fail, register_worker, release,
+                        renew,
                         stop_worker, worker_name)
 from bench.jobs import enqueue as _enqueue
-from bench.store import Store, StoreError, open_store
+from bench.store import Store, StoreError, measurement_row, open_store
 from ofa_core.errors import OFABenchError
 
 __all__ = ["AgentSession", "DeviceSession", "FarmError", "NullSession", "Worker", "WorkerReport", "WorkerSettings",
@@ -181,22 +182,56 @@ class Worker:
             finally:
                 heartbeat_done.set()
                 heartbeat.join()
-                stop_worker(store, self.name)
+                self._mark_stopped(store)
         report.wall_s = time.monotonic() - t0
         if all(d.error for d in report.devices.values()):
             first = next(iter(report.devices.values()))
             raise FarmError(f"worker could not serve any device ({first.device}: {first.error})")
         return report
 
+    def _mark_stopped(self, store: Store) -> None:
+        try:
+            stop_worker(store, self.name)
+        except StoreError:  # this connection may have dropped while the devices were served: try a new one
+            try:
+                with open_store(self.store_target) as fresh:
+                    stop_worker(fresh, self.name)
+            except StoreError as exc:
+                self._log(f"farm worker {self.name}: could not record that it stopped: {exc}")
+
     def _heartbeat(self, store: Store, done: threading.Event) -> None:
         try:
             while not done.wait(self.settings.heartbeat_interval_s):
                 try:
                     renew(store, self.name, self.settings.lease_s)
-                except StoreError as exc:  # keep trying: the lease has slack for a missed beat
+                except StoreError as exc:  # keep trying on a new connection: the lease has slack for a missed beat
                     self._log(f"farm worker {self.name}: heartbeat failed: {exc}")
+                    store.close()
+                    try:
+                        store = open_store(self.store_target)
+                    except StoreError:
+                        pass
         finally:
             store.close()
+
+    def _reconnect(self, store: Store, device: str, exc: Exception) -> Store | None:
+        """After a database error, open a new connection (retrying with backoff); None if the worker stops first.
+
+        A job held meanwhile is safe: its completion is atomic, and if it never lands the lease expires."""
+        self._log(f"farm worker {self.name}: {device}: {exc}; reconnecting")
+        store.close()
+        delay = self.settings.poll_s
+        while not self.stop_event.wait(delay):
+            try:
+                fresh = open_store(self.store_target)
+                # a job held when the connection dropped was not completed (completion is atomic): hand it
+                # back now rather than let the heartbeat keep its lease alive forever
+                release(fresh, self.name, device, f"worker {self.name} lost its database connection: {exc}")
+                return fresh
+            except StoreError as again:
+                self._log(f"farm worker {self.name}: {device}: {again}")
+                delay = min(self.settings.max_backoff_s, delay * 2)
+        return None
 
     def _serve_device(self, store: Store, rep: DeviceReport) -> None:
         device, s = rep.device, self.settings
@@ -208,37 +243,21 @@ class Worker:
                 session = self.session_factory(device)
                 fingerprint = session.fingerprint()
             rep.fingerprint_id = store.register_fingerprint(device, fingerprint)
-            failures = 0
+            failures = [0]
             while not self.stop_event.is_set():
                 if s.max_jobs is not None and rep.done >= s.max_jobs:
                     break
-                job = claim(store, self.name, device, s.lease_s)
-                if job is None:
-                    if s.exit_when_idle and active_count(store, [device]) == 0:
+                try:
+                    if not self._one_job(store, session, rep, runs, failures):
                         break
-                    self.stop_event.wait(s.poll_s)
-                    continue
-                if job.space not in runs:
-                    runs[job.space] = store.start_run(device, rep.fingerprint_id, job.space, "farm",
-                                                      {"lease_s": s.lease_s}, {"worker": self.name})
-                try:
-                    record = session.measure_job(job)
-                except Exception as exc:  # a failed attempt: recorded on the job, the worker carries on
-                    rep.failed_attempts += 1
-                    failures += 1
-                    msg = f"{type(exc).__name__}: {exc}"
-                    state = fail(store, job, self.name, msg)
-                    self._log(f"farm worker {self.name}: {device} {job.resolution} {job.key}: {' '.join(msg.split())}"
-                              f" -> {state}")
-                    self.stop_event.wait(min(s.max_backoff_s, s.poll_s * 2 ** min(failures - 1, 10)))
-                    continue
-                failures = 0
-                try:
-                    complete(store, job, self.name, runs[job.space], record)
-                    rep.done += 1
                 except LostJob as exc:
                     rep.lost += 1
                     self._log(f"farm worker {self.name}: {exc}")
+                except StoreError as exc:  # the database went away: reconnect and carry on
+                    fresh = self._reconnect(store, device, exc)
+                    if fresh is None:
+                        break
+                    store = fresh
             if self.stop_event.is_set():
                 status = "interrupted"
         except Exception as exc:  # the device could not be served at all; others go on
@@ -257,3 +276,39 @@ class Worker:
                 except Exception:
                     pass
             store.close()
+
+    def _one_job(self, store: Store, session: DeviceSession, rep: DeviceReport, runs: dict[str, int],
+                 failures: list[int]) -> bool:
+        """Claim, measure and complete one job (or wait a poll interval); False once idle with exit_when_idle."""
+        device, s = rep.device, self.settings
+        job = claim(store, self.name, device, s.lease_s)
+        if job is None:
+            if s.exit_when_idle and active_count(store, [device]) == 0:
+                return False
+            self.stop_event.wait(s.poll_s)
+            return True
+        if job.space not in runs:
+            runs[job.space] = store.start_run(device, rep.fingerprint_id, job.space, "farm",
+                                              {"lease_s": s.lease_s}, {"worker": self.name})
+        try:
+            record = session.measure_job(job)
+            check_record(record)
+        except Exception as exc:  # a failed attempt: recorded on the job, the worker carries on
+            rep.failed_attempts += 1
+            failures[0] += 1
+            msg = f"{type(exc).__name__}: {exc}"
+            state = fail(store, job, self.name, msg)
+            self._log(f"farm worker {self.name}: {device} {job.resolution} {job.key}: {' '.join(msg.split())}"
+                      f" -> {state}")
+            self.stop_event.wait(min(s.max_backoff_s, s.poll_s * 2 ** min(failures[0] - 1, 10)))
+            return True
+        failures[0] = 0
+        complete(store, job, self.name, runs[job.space], record)
+        rep.done += 1
+        return True
+
+
+def check_record(record: dict) -> None:
+    """Raise StoreError if the store would refuse this measurement (so it counts as a failed attempt)."""
+    measurement_row(0, {"fingerprint_id": "", "device": "", "space": ""},
+                    {**record, "resolution": 0, "key": "check"}, 0)

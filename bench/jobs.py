@@ -143,6 +143,17 @@ def claim(store: Store, worker: str, device: str, lease_s: float, now: float | N
     return job
 
 
+def release(store: Store, worker: str, device: str, reason: str) -> int:
+    """Give back the jobs `worker` holds on `device` (it lost track of them, e.g. its connection dropped
+    mid-completion): each counts as an attempt and goes back to the queue, or fails if out of attempts."""
+    rows = store.run_one(
+        "UPDATE jobs SET status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END, "
+        "last_error = ?, worker = NULL, lease_until = NULL, updated_at = ? "
+        "WHERE worker = ? AND device = ? AND status = 'running' RETURNING id",
+        (" ".join(reason.split())[:2000], time.time(), worker, device))
+    return len(rows)
+
+
 def renew(store: Store, worker: str, lease_s: float, now: float | None = None) -> int:
     """Extend the lease of every job `worker` holds; returns how many it still holds."""
     now = time.time() if now is None else now

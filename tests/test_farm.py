@@ -234,6 +234,60 @@ def test_worker_marks_failing_jobs_failed(store_target):
         assert d["failed_jobs"][0]["last_error"] == "RuntimeError: runner crashed on key-002"
 
 
+class NanSession(NullSession):
+    """Returns a record the store would refuse (NaN latency)."""
+
+    def measure_job(self, job):
+        return {**super().measure_job(job), "latency_ms": float("nan")}
+
+
+def test_record_the_store_refuses_is_a_failed_attempt(store_target):
+    with open_store(store_target) as s:
+        register_sim(s, sim("a"))
+        enqueue(s, sim("a"), SPACE, entries(2), max_attempts=2)
+    settings = WorkerSettings((sim("a"),), lease_s=5, poll_s=0.01, exit_when_idle=True)
+    report = Worker(store_target, settings, NanSession).run()
+    assert report.devices[sim("a")].failed_attempts == 4 and report.devices[sim("a")].done == 0
+    with open_store(store_target) as s:
+        assert {r["status"] for r in job_rows(s)} == {"failed"}
+        assert "NaN" in job_rows(s)[0]["last_error"]
+        assert s.counts()["measurements"] == 0
+
+
+@pytest.mark.postgres
+def test_worker_survives_dropped_connections(pg_server, pg_url):
+    """The server drops every worker connection mid-table: the worker reconnects and finishes, nothing twice."""
+    import psycopg
+
+    with open_store(pg_url) as s:
+        register_sim(s, sim("a"))
+        enqueue(s, sim("a"), SPACE, entries(30))
+    settings = WorkerSettings((sim("a"),), lease_s=2, poll_s=0.05, exit_when_idle=True)
+    worker = Worker(pg_url, settings, lambda d: NullSession(d, min_duration_s=0.03))
+    t = threading.Thread(target=worker.run)
+    t.start()
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                if admin.execute("SELECT COUNT(*) FROM jobs WHERE status = 'done'").fetchone()[0] >= 5:
+                    break
+                time.sleep(0.02)
+            dropped = admin.execute("SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                                    "application_name = 'ofa-bench' AND pid <> pg_backend_pid()").fetchone()[0]
+        t.join(120)
+    finally:
+        worker.stop()
+        t.join()
+    assert dropped >= 2  # the device thread's and the heartbeat's connections
+    with open_store(pg_url) as s:
+        fp = s.latest_fingerprint(sim("a"))["id"]
+        keys = [h["key"] for h in s.history(fp, SPACE)]
+        assert sorted(keys) == [k for _, k in entries(30)]
+        assert farm_status(s)["totals"] == {"queued": 0, "running": 0, "done": 30, "failed": 0}
+        assert all(r["status"] == "done" for r in s.runs())
+
+
 def test_heartbeat_holds_lease_through_long_measurement(store_target):
     """A measurement longer than the lease keeps its job: the heartbeat thread renews it."""
     with open_store(store_target) as s:
