@@ -32,7 +32,6 @@ def load(path, threads=1, device="cpu"):
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("torch runtime: device 'cuda' requested but no CUDA GPU is available")
     torch.set_num_threads(int(threads))
-    torch.set_grad_enabled(False)
     try:
         program = torch.export.load(path)
     except Exception as exc:
@@ -45,6 +44,8 @@ def load(path, threads=1, device="cpu"):
         else:
             tensors.append(torch.zeros(shape, dtype=dtype))
     module = program.module()
+    for p in module.parameters():  # no autograd graph per run, without switching grad off process-wide
+        p.requires_grad_(False)
     inputs = [{"name": f"input{i}", "shape": list(t.shape), "dtype": str(t.dtype)} for i, t in enumerate(tensors)]
     if device == "cuda":
         module = module.to("cuda")
