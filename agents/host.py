@@ -216,7 +216,8 @@ class RunnerAgent(Agent):
         names = dict(zip(remote, (str(m) for m in models)))
         extra = ["--warmup-runs", str(p.warmup_runs), "--warmup-s", repr(p.warmup_s), "--min-runs", str(p.min_runs),
                  "--min-duration-s", repr(p.min_duration_s), "--max-runs", str(p.max_runs),
-                 "--max-duration-s", repr(p.max_duration_s), "--rounds", str(rounds), *remote]
+                 "--max-duration-s", repr(p.max_duration_s), "--rounds", str(rounds), "--clock", p.clock,
+                 *remote]
         budget = p.timeout_s + len(models) * (p.max_duration_s + p.warmup_s + 2.0)
         docs = [d for d in self._call(extra, budget, names, ("median_ms",)) if "median_ms" in d]
         out = []

@@ -28,6 +28,8 @@ def complete_fingerprint(fp: dict[str, Any], profile) -> dict[str, Any]:
     if profile.runtime == "torch":
         out["device"] = profile.device
     out.setdefault("simulated", False)
+    if getattr(profile, "clock", "wall") != "wall":  # CPU-time tables are never mixed with wall-clock ones
+        out["clock"] = profile.clock
     return out
 
 

@@ -46,6 +46,7 @@ class DeviceProfile:
     min_duration_s: float = 1.0
     max_runs: int = 10000
     max_duration_s: float = 30.0
+    clock: str = "wall"                   # wall | thread (CPU time of the measuring thread: see agents/runner.py)
     cooldown_s: float = 0.0               # fixed pause before each measurement
     cooldown_temp_c: float | None = None  # or: wait until the device is cooler than this
     cooldown_max_s: float = 120.0         # longest wait for the temperature threshold
@@ -75,6 +76,8 @@ class DeviceProfile:
             raise ProfileError(f"{where}: unknown kind {self.kind!r} (known: {', '.join(KINDS)})")
         if self.runtime not in RUNTIMES:
             raise ProfileError(f"{where}: unknown runtime {self.runtime!r} (known: {', '.join(RUNTIMES)})")
+        if self.clock not in ("wall", "thread"):
+            raise ProfileError(f"{where}: unknown clock {self.clock!r} (known: wall, thread)")
         if self.model_format not in FORMATS:
             raise ProfileError(f"{where}: unknown model_format {self.model_format!r} (known: {', '.join(FORMATS)})")
         if self.kind in ("adb", "ssh") and not self.address:

@@ -263,3 +263,27 @@ def test_every_runtime_through_the_local_transport(runtime, fmt, profile, tmp_pa
         fp = agent.fingerprint()
     assert m.n >= 10 and m.env["runtime"] == runtime and fp["runtime"] == runtime and fp["runtime_version"]
     assert m.env["inputs"] == ([] if runtime == "null" else m.env["inputs"]) and m.median_ms > 0
+
+
+def test_thread_clock_times_cpu_of_the_measuring_thread(profile, tmp_path):
+    """`clock = "thread"` times with the thread's CPU clock, says so, and keeps its tables apart by fingerprint."""
+    from agents.tiny_models import mbconv_onnx
+
+    model = mbconv_onnx(tmp_path / "block.onnx")
+    wall = profile.replace(min_runs=30, min_duration_s=0.05)
+    cpu = wall.replace(clock="thread")
+    with connect(wall) as a, connect(cpu) as b:
+        [mw], [mc] = a.measure([model]), b.measure([model])
+        fw, fc = a.fingerprint(), b.fingerprint()
+    assert mw.env["timer"] == "perf_counter_ns" and mc.env["timer"] == "thread_time_ns"
+    assert mc.n >= 30 and mc.median_ms > 0
+    # CPU time of the thread never exceeds the wall time around the same call (up to clock granularity)
+    assert mc.median_ms < mw.median_ms * 3
+    assert fc.get("clock") == "thread" and "clock" not in fw
+
+
+def test_unknown_clock_is_a_profile_error(profile):
+    from devices.profile import ProfileError
+
+    with pytest.raises(ProfileError, match="unknown clock"):
+        profile.replace(clock="sundial")
