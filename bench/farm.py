@@ -2,9 +2,12 @@
 `Worker` on each host measures the jobs of the devices plugged into it.
 
 A worker runs one thread per device (so a device never measures two things at once), plus a heartbeat thread
-that renews the leases of the jobs it holds. Measuring a job is delegated to a `DeviceSession` made by an
-injectable factory: `AgentSession` exports the entry and measures it through `agents.connect(profile)`;
-`NullSession` measures an empty call in-process (simulated, for testing the queue and its throughput).
+that renews the leases of the jobs its device threads are working on (only those: a job a thread lost track of,
+say when its connection dropped, must be let expire, or the device's queue would wait on it forever). Every
+database call is bounded in time (`db_timeout_s`), and a device gives up reconnecting after `max_reconnect_s`.
+Measuring a job is delegated to a `DeviceSession` made by an injectable factory: `AgentSession` exports the
+entry and measures it through `agents.connect(profile)`; `NullSession` measures an empty call in-process
+(simulated, for testing the queue and its throughput).
 """
 from __future__ import annotations
 
@@ -103,6 +106,8 @@ class WorkerSettings:
     heartbeat_s: float | None = None
     max_jobs: int | None = None      # per device; stop after that many (tests, benchmarks)
     max_backoff_s: float = 30.0      # longest pause after consecutive failures on one device
+    db_timeout_s: float = 60.0       # PostgreSQL: longest statement, lock wait or idle transaction of the worker
+    max_reconnect_s: float | None = 600.0  # a device stops (with an error) after trying to reconnect this long
 
     @property
     def heartbeat_interval_s(self) -> float:
@@ -149,8 +154,25 @@ class Worker:
         self.name = name or worker_name(os.getpid())
         self.stop_event = threading.Event()
         self._startup = threading.Lock()  # devices connect one at a time (heavy imports are not thread-friendly)
+        self._held: dict[str, int] = {}   # device -> id of the job its thread is working on (heartbeat renews these)
+        self._held_lock = threading.Lock()
         self._log = log
         self._label = label
+
+    def _open(self) -> Store:
+        """A new connection whose every statement is bounded by `db_timeout_s` (PostgreSQL)."""
+        return open_store(self.store_target, statement_timeout_s=self.settings.db_timeout_s)
+
+    def _hold(self, device: str, job_id: int | None) -> None:
+        with self._held_lock:
+            if job_id is None:
+                self._held.pop(device, None)
+            else:
+                self._held[device] = job_id
+
+    def _held_ids(self) -> list[int]:
+        with self._held_lock:
+            return sorted(self._held.values())
 
     def stop(self) -> None:
         """Finish the measurements in progress, then return from `run`."""
@@ -159,7 +181,7 @@ class Worker:
     def run(self) -> WorkerReport:
         t0 = time.monotonic()
         report = WorkerReport(self.name, {d: DeviceReport(d) for d in self.settings.devices})
-        with open_store(self.store_target) as store:
+        with self._open() as store:
             register_worker(store, self.name, os.getpid(), self.settings.devices)
             self._log(f"farm worker {self.name}: serving {', '.join(self.settings.devices)} from {store.target}"
                       f"{self._label}")
@@ -194,7 +216,7 @@ class Worker:
             stop_worker(store, self.name)
         except StoreError:  # this connection may have dropped while the devices were served: try a new one
             try:
-                with open_store(self.store_target) as fresh:
+                with self._open() as fresh:
                     stop_worker(fresh, self.name)
             except StoreError as exc:
                 self._log(f"farm worker {self.name}: could not record that it stopped: {exc}")
@@ -203,12 +225,12 @@ class Worker:
         try:
             while not done.wait(self.settings.heartbeat_interval_s):
                 try:
-                    renew(store, self.name, self.settings.lease_s)
+                    renew(store, self.name, self.settings.lease_s, job_ids=self._held_ids())
                 except StoreError as exc:  # keep trying on a new connection: the lease has slack for a missed beat
                     self._log(f"farm worker {self.name}: heartbeat failed: {exc}")
                     store.close()
                     try:
-                        store = open_store(self.store_target)
+                        store = self._open()
                     except StoreError:
                         pass
         finally:
@@ -216,20 +238,28 @@ class Worker:
 
     def _reconnect(self, store: Store, device: str, exc: Exception) -> Store | None:
         """After a database error, open a new connection (retrying with backoff); None if the worker stops first.
+        Raises StoreError once it has tried for `max_reconnect_s`.
 
-        A job held meanwhile is safe: its completion is atomic, and if it never lands the lease expires."""
+        A job held meanwhile is safe: its completion is atomic, and the heartbeat no longer renews it, so if it
+        is not handed back here its lease expires and the device's next claim requeues it."""
         self._log(f"farm worker {self.name}: {device}: {exc}; reconnecting")
         store.close()
-        delay = self.settings.poll_s
+        delay, start, limit = self.settings.poll_s, time.monotonic(), self.settings.max_reconnect_s
         while not self.stop_event.wait(delay):
+            fresh = None
             try:
-                fresh = open_store(self.store_target)
+                fresh = self._open()
                 # a job held when the connection dropped was not completed (completion is atomic): hand it
-                # back now rather than let the heartbeat keep its lease alive forever
+                # back now rather than wait for its lease to expire
                 release(fresh, self.name, device, f"worker {self.name} lost its database connection: {exc}")
                 return fresh
             except StoreError as again:
+                if fresh is not None:
+                    fresh.close()
                 self._log(f"farm worker {self.name}: {device}: {again}")
+                if limit is not None and time.monotonic() - start >= limit:
+                    waited_s = time.monotonic() - start
+                    raise StoreError(f"gave up reconnecting after {waited_s:.0f} s: {again}") from None
                 delay = min(self.settings.max_backoff_s, delay * 2)
         return None
 
@@ -287,25 +317,29 @@ class Worker:
                 return False
             self.stop_event.wait(s.poll_s)
             return True
-        if job.space not in runs:
-            runs[job.space] = store.start_run(device, rep.fingerprint_id, job.space, "farm",
-                                              {"lease_s": s.lease_s}, {"worker": self.name})
+        self._hold(device, job.id)
         try:
-            record = session.measure_job(job)
-            check_record(record)
-        except Exception as exc:  # a failed attempt: recorded on the job, the worker carries on
-            rep.failed_attempts += 1
-            failures[0] += 1
-            msg = f"{type(exc).__name__}: {exc}"
-            state = fail(store, job, self.name, msg)
-            self._log(f"farm worker {self.name}: {device} {job.resolution} {job.key}: {' '.join(msg.split())}"
-                      f" -> {state}")
-            self.stop_event.wait(min(s.max_backoff_s, s.poll_s * 2 ** min(failures[0] - 1, 10)))
+            if job.space not in runs:
+                runs[job.space] = store.start_run(device, rep.fingerprint_id, job.space, "farm",
+                                                  {"lease_s": s.lease_s}, {"worker": self.name})
+            try:
+                record = session.measure_job(job)
+                check_record(record)
+            except Exception as exc:  # a failed attempt: recorded on the job, the worker carries on
+                rep.failed_attempts += 1
+                failures[0] += 1
+                msg = f"{type(exc).__name__}: {exc}"
+                state = fail(store, job, self.name, msg)
+                self._log(f"farm worker {self.name}: {device} {job.resolution} {job.key}: "
+                          f"{' '.join(msg.split())} -> {state}")
+                self.stop_event.wait(min(s.max_backoff_s, s.poll_s * 2 ** min(failures[0] - 1, 10)))
+                return True
+            failures[0] = 0
+            complete(store, job, self.name, runs[job.space], record)
+            rep.done += 1
             return True
-        failures[0] = 0
-        complete(store, job, self.name, runs[job.space], record)
-        rep.done += 1
-        return True
+        finally:  # done, failed, lost or abandoned after an error: the heartbeat stops renewing it either way
+            self._hold(device, None)
 
 
 def check_record(record: dict) -> None:

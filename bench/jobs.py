@@ -154,12 +154,18 @@ def release(store: Store, worker: str, device: str, reason: str) -> int:
     return len(rows)
 
 
-def renew(store: Store, worker: str, lease_s: float, now: float | None = None) -> int:
-    """Extend the lease of every job `worker` holds; returns how many it still holds."""
+def renew(store: Store, worker: str, lease_s: float, now: float | None = None,
+          job_ids: Sequence[int] | None = None) -> int:
+    """Extend the lease of every job `worker` holds (or only of `job_ids`, the ones it is still working on);
+    returns how many leases it extended."""
     now = time.time() if now is None else now
+    sql = "UPDATE jobs SET lease_until = ?, updated_at = ? WHERE worker = ? AND status = 'running'"
+    params: list = [now + lease_s, now, worker]
+    if job_ids is not None:
+        sql += f" AND id IN ({', '.join('?' for _ in job_ids)})"
+        params += [int(i) for i in job_ids]
     with store.transaction():
-        n = store.execute("UPDATE jobs SET lease_until = ?, updated_at = ? WHERE worker = ? AND status = 'running'",
-                          (now + lease_s, now, worker))
+        n = store.execute(sql, params) if job_ids is None or job_ids else 0
         store.execute("UPDATE workers SET last_heartbeat = ? WHERE name = ?", (now, worker))
     return n
 

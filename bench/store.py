@@ -47,15 +47,17 @@ def _user() -> str:
 
 
 def open_store(target: str | os.PathLike, *, connect_timeout_s: float = 10.0,
-               busy_timeout_s: float = 60.0, migrate: bool = True) -> "Store":
+               busy_timeout_s: float = 60.0, migrate: bool = True,
+               statement_timeout_s: float | None = None) -> "Store":
     """Open (creating if new) the store at an SQLite path or a `postgresql://` URL and bring its schema up to date.
 
-    With `migrate=False` an older schema is left as it is (`store.version` tells; `store.migrate()` updates it)."""
+    With `migrate=False` an older schema is left as it is (`store.version` tells; `store.migrate()` updates it).
+    `statement_timeout_s` (PostgreSQL) cancels any statement or idle transaction running longer (farm workers)."""
     text = str(target)
     if not text.strip():
         raise StoreError("empty store path")
     if is_postgres_url(text):
-        backend = PostgresBackend(text, connect_timeout_s=connect_timeout_s)
+        backend = PostgresBackend(text, connect_timeout_s=connect_timeout_s, statement_timeout_s=statement_timeout_s)
     else:
         backend = SqliteBackend(Path(text), busy_timeout_s=busy_timeout_s)
     backend.check_target()

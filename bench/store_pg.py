@@ -1,7 +1,10 @@
 """PostgreSQL backend of the store (psycopg 3): the same schema and SQL as SQLite, `?` placeholders rewritten.
 
 Connections are in autocommit mode and every transaction is an explicit BEGIN ... COMMIT, exactly like the
-SQLite backend, so the store's code is one code path. Connecting has a timeout so a silent server fails fast.
+SQLite backend, so the store's code is one code path. Nothing waits forever on the server: connecting has a
+timeout, TCP keepalives (and a TCP user timeout) notice a vanished host, and a backend opened with
+`statement_timeout_s` cancels any statement (a lock wait included) that runs longer and ends a transaction left
+idle that long.
 """
 from __future__ import annotations
 
@@ -13,6 +16,9 @@ from bench.store_errors import StoreError, one_line, redact_url
 #: tables of ours; a database holding any of them without `schema_version` is not a store we can adopt
 OWN_TABLES = ("fingerprints", "runs", "measurements", "jobs", "workers")
 SCHEMA_LOCK_ID = 0x0FA_BE4C  # advisory lock serialising migrations across hosts
+#: libpq TCP settings: an unanswered connection is declared dead after ~25 s idle or 30 s of unacknowledged data
+TCP_SETTINGS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+                "tcp_user_timeout": 30_000}
 
 
 def name_lock_key(name: str) -> int:
@@ -32,9 +38,10 @@ class PostgresBackend:
     claim_lock = " FOR UPDATE SKIP LOCKED"
     types = POSTGRES_TYPES
 
-    def __init__(self, url: str, connect_timeout_s: float = 10.0):
+    def __init__(self, url: str, connect_timeout_s: float = 10.0, statement_timeout_s: float | None = None):
         self.url = url
         self.connect_timeout_s = connect_timeout_s
+        self.statement_timeout_s = statement_timeout_s
         self._sql_cache: dict[str, str] = {}
 
     def describe(self) -> str:
@@ -49,14 +56,24 @@ class PostgresBackend:
         try:
             from psycopg.rows import dict_row
 
-            extra = {"application_name": "ofa-bench", "row_factory": dict_row}
-            if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(self.url):  # the URL's own wins
-                extra["connect_timeout"] = max(1, int(round(self.connect_timeout_s)))
-            return psycopg.connect(self.url, autocommit=True, **extra)
+            return psycopg.connect(self.url, autocommit=True, row_factory=dict_row,
+                                   **self.connect_settings(psycopg.conninfo.conninfo_to_dict(self.url)))
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to store {self.describe()}: {one_line(exc)}") from None
         except Exception as exc:  # malformed URL (ProgrammingError is a psycopg.Error; be safe for the rest)
             raise StoreError(f"cannot connect to store {self.describe()}: {one_line(exc)}") from None
+
+    def connect_settings(self, url_settings: dict) -> dict:
+        """libpq settings added to the URL's (which win): name, timeouts, keepalives, server-side time limits."""
+        extra: dict = {"application_name": "ofa-bench", "connect_timeout": max(1, int(round(self.connect_timeout_s))),
+                       **TCP_SETTINGS}
+        extra = {k: v for k, v in extra.items() if k not in url_settings}
+        if self.statement_timeout_s is not None:
+            ms = max(1, int(round(self.statement_timeout_s * 1000)))
+            limits = (f"-c statement_timeout={ms} -c lock_timeout={ms} "
+                      f"-c idle_in_transaction_session_timeout={ms}")
+            extra["options"] = f"{limits} {url_settings.get('options', '')}".strip()  # the URL's -c come last: win
+        return extra
 
     def prepare(self, conn) -> None:
         """No per-session settings needed."""

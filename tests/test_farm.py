@@ -316,6 +316,46 @@ def test_heartbeat_holds_lease_through_long_measurement(store_target):
         assert row["status"] == "done" and row["attempts"] == 1
 
 
+def test_job_the_worker_lost_track_of_expires(store_target):
+    """A job left 'running' under the worker's own name (claimed on a connection that then dropped) is not kept
+    alive by the worker's heartbeat: its lease runs out, the device's claim requeues it, and the worker finishes."""
+    name = "w-orphan"
+    with open_store(store_target) as s:
+        register_sim(s, sim("a"))
+        enqueue(s, sim("a"), SPACE, entries(3))
+        register_worker(s, name, os.getpid(), [sim("a")])
+        orphan = claim(s, name, sim("a"), lease_s=0.6)
+    settings = WorkerSettings((sim("a"),), lease_s=0.6, poll_s=0.02, exit_when_idle=True)
+    worker = Worker(store_target, settings, NullSession, name=name)
+    t = threading.Thread(target=worker.run)
+    t.start()
+    t.join(30)
+    hung = t.is_alive()
+    worker.stop()
+    t.join()
+    assert not hung, "the heartbeat kept renewing a job no device thread was working on"
+    with open_store(store_target) as s:
+        rows = {r["id"]: r for r in job_rows(s)}
+        assert [r["status"] for r in rows.values()] == ["done"] * 3
+        assert rows[orphan.id]["attempts"] == 2
+
+
+@pytest.mark.postgres
+def test_statement_timeout_bounds_queries_and_lock_waits(pg_url):
+    """A worker's connections cancel a statement (a lock wait included) that runs past their timeout."""
+    with open_store(pg_url) as holder, open_store(pg_url, statement_timeout_s=0.5) as s:
+        t0 = time.monotonic()
+        with pytest.raises(StoreError, match="timeout"):
+            s.query("SELECT pg_sleep(10)")
+        with holder.transaction():
+            holder.lock_name("device:x")
+            with pytest.raises(StoreError, match="timeout"):
+                with s.transaction():
+                    s.lock_name("device:x")
+        assert time.monotonic() - t0 < 5
+        assert s.query("SELECT 1 AS one") == [{"one": 1}]  # the connection is still usable
+
+
 def test_worker_without_devices_or_unreachable_device(tmp_path):
     with pytest.raises(FarmError):
         Worker(str(tmp_path / "s.sqlite"), WorkerSettings(()), NullSession)
