@@ -44,6 +44,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
     meta = {"format": FORMAT, "space": ckpt.space, "kind": ckpt.kind, "meta": json.dumps(ckpt.meta)}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    os.chmod(tmp, 0o644)  # safetensors creates it owner-only; weights are meant to be shared
     os.replace(tmp, path)
     return path
 
