@@ -70,6 +70,12 @@ def _short(argv: list[str]) -> str:
     return line if len(line) <= 80 else line[:77] + "..."
 
 
+
+def _device_workdir(transport) -> str:
+    """The folder the device announces for pushed files (the loopback device does), else the phone default."""
+    found = transport.run(["getprop", WORKDIR_PROPERTY], timeout_s=transport.timeout_s).stdout.strip()
+    return found if found.startswith("/") else DEFAULT_WORKDIR
+
 class _EofTcpTransport(TcpTransport):
     """adb-shell's TCP transport, but a closed socket fails the call at once.
 
@@ -199,8 +205,7 @@ class _AdbShellBase(Transport):
     @property
     def workdir(self) -> str:
         if self._workdir is None:
-            found = self.run(["getprop", WORKDIR_PROPERTY], timeout_s=self.timeout_s).stdout.strip()
-            self._workdir = found if found.startswith("/") else DEFAULT_WORKDIR
+            self._workdir = _device_workdir(self)
         return self._workdir
 
     def run(self, argv: list[str], timeout_s: float = 60.0) -> CommandResult:
@@ -337,8 +342,7 @@ class AdbServerTransport(Transport):
     @property
     def workdir(self) -> str:
         if self._workdir is None:
-            found = self.run(["getprop", WORKDIR_PROPERTY], timeout_s=self.timeout_s).stdout.strip()
-            self._workdir = found if found.startswith("/") else DEFAULT_WORKDIR
+            self._workdir = _device_workdir(self)
         return self._workdir
 
     def run(self, argv: list[str], timeout_s: float = 60.0) -> CommandResult:
