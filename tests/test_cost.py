@@ -9,12 +9,7 @@ from ofa_core import InvalidConfigError, OFAMobileNetV3, SearchSpace
 from ofa_core.cost import count_module
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", SearchSpace.names())

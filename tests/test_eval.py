@@ -13,13 +13,7 @@ from ofa_core.space import SearchSpace
 SPACE = "ofa-mbv3-fmnist"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny batches: one thread is faster, and much faster on a machine busy with other work."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

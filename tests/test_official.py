@@ -69,15 +69,6 @@ def official_cls():
     return _import_official()
 
 
-@pytest.fixture
-def one_thread():
-    """Small CPU forwards run fastest on one thread (and a busy machine punishes thread wake-ups)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("width", [1.0, 1.2])
 def test_official_equivalence(official_cls, one_thread, width):
     space = SearchSpace.get(f"ofa-mbv3-w{width}")

@@ -26,13 +26,7 @@ def tiny_toml(phases=PHASES, epochs=1, kd_ratio=1.0, extra="", images=64):
             f"{extra}\n{body}")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny batches: one thread is faster, and much faster on a machine busy with other work."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
