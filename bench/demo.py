@@ -29,7 +29,7 @@ class DemoError(OFABenchError):
 class DemoSettings:
     """Sizes of each step; `quick()` is the test-sized variant."""
 
-    resolutions: tuple[int, ...] = (12, 16, 20, 24, 28, 32)
+    resolutions: tuple[int, ...] = (16, 20, 24, 28, 32)
     profile_min_duration_s: float = 0.3
     profile_rounds: int = 3
     validate_subnets: int = 20
@@ -43,7 +43,7 @@ class DemoSettings:
 
     @classmethod
     def quick(cls) -> "DemoSettings":
-        return cls(resolutions=(12, 32), profile_min_duration_s=0.03, profile_rounds=1, validate_subnets=4,
+        return cls(resolutions=(16, 32), profile_min_duration_s=0.03, profile_rounds=1, validate_subnets=4,
                    validate_min_duration_s=0.05, population=30, generations=20, front_population=30,
                    front_generations=10, score_accuracy=False)
 

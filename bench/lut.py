@@ -10,6 +10,7 @@ import hashlib
 import math
 import os
 import re
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -328,6 +329,29 @@ def anchor_table(device: str, space: SearchSpace) -> LatencyTable | None:
                         version=f"anchors-{h.hexdigest()[:10]}", entries=entries, source=str(folder))
 
 
+def subnet_stats(store, fingerprint_id: str, space: SearchSpace, nominal: float | None,
+                 statistic: str = DEFAULT_STATISTIC) -> tuple[dict[tuple[int, str], EntryStats], list[dict]]:
+    """Measured whole subnets: per (resolution, config), the median over the good passes of the latest run that
+    timed it (validation times each subnet in several invocations). Returns the stats and the rows used."""
+    by_key: dict[tuple[int, str], list[dict]] = {}
+    for row in store.history(fingerprint_id, space.name, kind="subnet"):
+        if not row.get("noisy"):
+            by_key.setdefault((int(row["resolution"]), row["key"].removeprefix("subnet:")), []).append(row)
+    out, used = {}, []
+    for k, rows in by_key.items():
+        last_run = rows[-1]["run_id"]  # history is oldest first
+        rows = [r for r in rows if r["run_id"] == last_run]
+        stats = sorted((stats_from_row(r, nominal, statistic) for r in rows), key=lambda x: x.value_ms)
+        st = stats[(len(stats) - 1) // 2]  # the lower median: its id and spread stand for the key
+        value = statistics.median(x.value_ms for x in stats)
+        out[k] = EntryStats(latency_ms=statistics.median(x.latency_ms for x in stats), mean_ms=st.mean_ms,
+                            std_ms=st.std_ms, count=sum(x.count for x in stats),
+                            normalised_ms=value if st.normalised_ms is not None else None,
+                            measurement_id=st.measurement_id, measured_at=max(x.measured_at or 0.0 for x in stats))
+        used.extend(rows)
+    return out, used
+
+
 def table_from_store(store, device: str, space: SearchSpace, fingerprint_id: str | None = None,
                      statistic: str = DEFAULT_STATISTIC) -> LatencyTable | None:
     """The latest good measurement per key for the device's latest (or a given) fingerprint; None if empty."""
@@ -341,9 +365,7 @@ def table_from_store(store, device: str, space: SearchSpace, fingerprint_id: str
         return None
     nominal, ref_ids = current_reference_ms(store, fingerprint_id, space, statistic)
     entries = {(int(row["resolution"]), row["key"]): stats_from_row(row, nominal, statistic) for row in rows}
-    subnet_rows = store.latest_measurements(fingerprint_id, space.name, kind="subnet")
-    subnets = {(int(row["resolution"]), row["key"].removeprefix("subnet:")): stats_from_row(row, nominal, statistic)
-               for row in subnet_rows}
+    subnets, subnet_rows = subnet_stats(store, fingerprint_id, space, nominal, statistic)
     ids = [row["id"] for row in rows] + [row["id"] for row in subnet_rows] + ref_ids
     version = table_version(ids) + ("" if statistic == DEFAULT_STATISTIC else f"-{statistic}")
     return LatencyTable(device=device, fingerprint_id=fingerprint_id, space=space.name, version=version,

@@ -1,8 +1,16 @@
 """Predicted vs measured: time N random subnets end to end on a device and score the table's predictions.
 
-Subnets are measured like table entries (batches with the drift reference, interleaved rounds) and stored as
-kind "subnet", where they later calibrate the predictor. The scores are honest out-of-sample figures: each
-subnet is predicted with a calibration fitted without it (k-fold over this run, plus older subnets).
+A subnet is timed in several *passes*. Each pass runs every pending subnet once, in batches with the drift
+reference (interleaved rounds inside one runner invocation), in a fresh random order, so a subnet meets
+different neighbours, processes and moments of the machine's drift in each pass. Its value is the median of
+its reference-normalised pass values; subnets whose passes still disagree (relative standard error of that
+median above `precision`) get more passes, up to `max_passes`. One invocation's value of a whole subnet can
+be off by several percent (process placement, drift the single-block reference does not follow); the median
+of a few independent ones is not. Every pass is stored as a kind "subnet" measurement; the table's subnet
+value (which calibrates the predictor) is the median over the passes of the latest run that timed it.
+
+The scores are honest out-of-sample figures: each subnet is predicted with a calibration fitted without it
+(k-fold over this run, plus older subnets).
 """
 from __future__ import annotations
 
@@ -34,7 +42,10 @@ class ValidateSettings:
     remeasure: bool = False
     rounds: int = 3
     batch_size: int = 6
-    min_duration_s: float | None = None  # per subnet; default max(1.0, the profile's)
+    min_duration_s: float | None = None  # per subnet and pass; default max(0.5, the profile's)
+    passes: int = 3       # every subnet is timed in at least this many separate invocations ...
+    max_passes: int = 6   # ... and in up to this many while its passes disagree
+    precision: float = 0.01  # ... by more than this relative standard error of their median
     warmup_s: float | None = None
     folds: int = 5
     reference: bool = True
@@ -104,35 +115,85 @@ def subnet_value(t: Timed, statistic: str, nominal_ms: float | None) -> float:
     ref = (t.ref_stats or {}).get(statistic) or (t.ref_ms if statistic == "median" else None)
     return value * nominal_ms / ref if nominal_ms and ref else value
 
+
+def median_precision(values: Sequence[float]) -> float:
+    """Relative standard error of the median of a few pass values (normal approximation, 1.2533 sigma/sqrt(n));
+    infinite for fewer than two."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return math.inf
+    # robust sigma: the median absolute deviation, floored by a quarter of the sample std so that two
+    # values (MAD = half their gap) and three identical-but-one values are not called exact
+    mad = 1.4826 * float(np.median(np.abs(v - np.median(v))))
+    sigma = max(mad, 0.25 * float(np.std(v, ddof=1)))
+    return 1.2533 * sigma / math.sqrt(len(v)) / max(float(np.median(v)), 1e-12)
+
+
+@dataclass
+class SubnetTiming:
+    """One subnet over all its passes: the pass values (normalised when the table has a reference speed), the
+    raw ones, and the load average of each invocation."""
+
+    values_ms: list[float]
+    raw_ms: list[float]
+    loads: list[float]
+
+    @property
+    def value_ms(self) -> float:
+        return float(np.median(self.values_ms))
+
+    @property
+    def raw_value_ms(self) -> float:
+        return float(np.median(self.raw_ms))
+
+    @property
+    def precision(self) -> float:
+        return median_precision(self.values_ms)
+
+
 def measure_subnets(agent, store, run_id: int, fp_id: str, space: SearchSpace, cfgs: Sequence[SubnetConfig],
                     settings: ValidateSettings, threshold: float, fmt: str, progress=None,
-                    value_nominal: float | None = None) -> list[Timed]:
-    """Export and time `cfgs` in batches with the reference; commit each batch; return per-config results,
-    whose `value_ms` is expressed at `value_nominal` (the table's reference speed) when given."""
+                    value_nominal: float | None = None, rng: np.random.Generator | None = None) -> list[SubnetTiming]:
+    """Export and time `cfgs` in passes (see the module doc), committing every batch as it is measured.
+    Values are expressed at `value_nominal` (the table's reference speed) when given."""
     from bench.export import export_entry, export_subnet
 
+    rng = rng if rng is not None else np.random.default_rng(settings.seed + 7)
     ref_path = export_entry(space, reference_entry(space), fmt) if settings.reference else None
     nominal = reference_nominal_ms(store, fp_id, space)
-    out: list[Timed] = []
-    for i in range(0, len(cfgs), settings.batch_size):
-        chunk = cfgs[i:i + settings.batch_size]
-        paths = [export_subnet(space, c, fmt) for c in chunk]
-        timed, refs = measure_models(agent, paths, ref_path, settings.rounds, threshold, 1)
-        if refs and nominal is None:
-            nominal = refs[0].latency_ms
-        records = reference_records(space, refs, nominal)
-        records += [to_record(t, c.r, SUBNET_PREFIX + c.to_string(), "subnet", nominal) for t, c in zip(timed, chunk)]
-        store.add_measurements(run_id, records)
-        for t in timed:
-            t.value_ms = subnet_value(t, settings.statistic, value_nominal)
-        out.extend(timed)
-        if progress:
-            progress(len(out), len(cfgs))
+    paths = [export_subnet(space, c, fmt) for c in cfgs]
+    out = [SubnetTiming([], [], []) for _ in cfgs]
+    min_passes = max(1, settings.passes)
+    max_passes = max(min_passes, settings.max_passes)
+    done = 0
+    for p in range(max_passes):
+        todo = [i for i, t in enumerate(out) if p < min_passes or t.precision > settings.precision]
+        if not todo:
+            break
+        order = [todo[j] for j in rng.permutation(len(todo))]
+        for b in range(0, len(order), settings.batch_size):
+            chunk = order[b:b + settings.batch_size]
+            timed, refs = measure_models(agent, [paths[i] for i in chunk], ref_path, settings.rounds, threshold, 0)
+            if refs and nominal is None:
+                nominal = refs[0].latency_ms
+            records = reference_records(space, refs, nominal)
+            records += [to_record(t, cfgs[i].r, SUBNET_PREFIX + cfgs[i].to_string(), "subnet", nominal)
+                        for t, i in zip(timed, chunk)]
+            store.add_measurements(run_id, records)
+            for t, i in zip(timed, chunk):
+                out[i].values_ms.append(subnet_value(t, settings.statistic, value_nominal))
+                out[i].raw_ms.append(subnet_value(t, settings.statistic, None))
+                load = t.measurement.env.get("loadavg")
+                if load:
+                    out[i].loads.append(float(load[0]))
+            done += len(chunk)
+            if progress:
+                progress(min(done, len(cfgs) * min_passes), len(cfgs) * min_passes)
     return out
 
 
-def _mean_load(timed: Sequence[Timed]) -> float | None:
-    loads = [t.measurement.env.get("loadavg")[0] for t in timed if t.measurement.env.get("loadavg")]
+def _mean_load(timed: Sequence[SubnetTiming]) -> float | None:
+    loads = [x for t in timed for x in t.loads]
     return round(float(np.mean(loads)), 2) if loads else None
 
 
@@ -147,6 +208,8 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
 
     if settings.n < 2:
         raise ValidateError("--subnets must be at least 2")
+    if settings.passes < 1 or settings.max_passes < settings.passes:
+        raise ValidateError("--passes must be at least 1 and --max-passes at least --passes")
     profile = get_device(device)
     table = load_device_table(profile.name, space, store_target, statistic=settings.statistic)
     plain = LatencyPredictor.from_table(table, space, calibration=Calibration())
@@ -157,7 +220,7 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
                             f"(it holds {', '.join(map(str, plain.resolutions))})")
     rng = np.random.default_rng(settings.seed)
     cfgs = space.sample(rng, settings.n, res)
-    min_dur = settings.min_duration_s if settings.min_duration_s is not None else max(1.0, profile.min_duration_s)
+    min_dur = settings.min_duration_s if settings.min_duration_s is not None else max(0.5, profile.min_duration_s)
     ms = MeasureSettings(rounds=settings.rounds, warmup_s=settings.warmup_s, min_duration_s=min_dur)
     start = time.monotonic()
     store = open_store(store_target)
@@ -174,15 +237,13 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
                                      {**settings.__dict__, "resolutions": res}, {"table_version": table.version})
             try:
                 first = measure_subnets(agent, store, run_id, fp_id, space, cfgs, settings, 0.01,
-                                        profile.model_format, progress, table.nominal_ms)
+                                        profile.model_format, progress, table.nominal_ms,
+                                        np.random.default_rng([settings.seed, 1]))
                 second = None
-                if settings.remeasure:
-                    order = rng.permutation(len(cfgs))
-                    again = measure_subnets(agent, store, run_id, fp_id, space, [cfgs[i] for i in order], settings,
-                                            0.01, profile.model_format, progress, table.nominal_ms)
-                    second = [None] * len(cfgs)
-                    for j, i in enumerate(order):
-                        second[i] = again[j]
+                if settings.remeasure:  # an independent second set of passes, after the first
+                    second = measure_subnets(agent, store, run_id, fp_id, space, cfgs, settings, 0.01,
+                                             profile.model_format, progress, table.nominal_ms,
+                                             np.random.default_rng([settings.seed, 2]))
             except BaseException:
                 store.finish_run(run_id, "interrupted")
                 raise
@@ -190,7 +251,7 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
     finally:
         store.close()
     measured = np.array([t.value_ms for t in first])
-    raw = np.array([subnet_value(t, settings.statistic, None) for t in first])
+    raw = np.array([t.raw_value_ms for t in first])
     sums = plain.table_sum(cfgs)
     calibrated = cross_validated(plain, table, cfgs, measured, settings.folds, np.random.default_rng(settings.seed + 1))
     doc = {"device": profile.name, "space": space.name, "table_version": table.version, "fingerprint_id": table.fingerprint_id,
@@ -202,6 +263,8 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
            "calibration": Calibration.fit([c.r for c in cfgs], sums, measured,
                                           n_blocks=[sum(c.d) for c in cfgs]).to_dict(),
            "loadavg_1min": _mean_load(first),
+           "passes": {"min": settings.passes, "max": settings.max_passes, "mean": float(np.mean([len(t.values_ms) for t in first])),
+                      "median_precision": float(np.median([t.precision for t in first]))},
            "raw_vs_normalised_pct": float(100 * np.mean(np.abs(raw / measured - 1))),
            "duration_s": round(time.monotonic() - start, 1),
            "per_resolution": {}}
@@ -217,8 +280,8 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
         doc["remeasure_within_10pct"] = float(np.mean(rel <= 0.10))
         doc["remeasure_mape"] = float(np.mean(rel))
     doc["subnets"] = [{"config": c.to_string(), "resolution": c.r, "measured_ms": float(m), "raw_ms": float(w),
-                       "table_sum_ms": float(s), "predicted_ms": float(p)}
-                      for c, m, w, s, p in zip(cfgs, measured, raw, sums, calibrated)]
+                       "table_sum_ms": float(s), "predicted_ms": float(p), "pass_ms": [round(v, 6) for v in t.values_ms]}
+                      for c, m, w, s, p, t in zip(cfgs, measured, raw, sums, calibrated, first)]
     if plot_path:
         from bench.plots import predicted_vs_measured
 

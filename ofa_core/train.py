@@ -236,7 +236,8 @@ class Trainer:
                 if phase.sorts_channels:
                     self.net.sort_channels(expand_stage=[p.name for p in self.cfg.phases if p.sorts_channels
                                                          ].index(phase.name))
-            self._run_phase(phase, sampler_override or phase_sampler(self.space, phase.name), res)
+            self._run_phase(phase, sampler_override or phase_sampler(self.space, phase.name),
+                            tuple(phase.resolutions) if phase.resolutions and not resolutions else res)
         return self.history
 
     def _run_phase(self, phase: Phase, sampler: Sampler, res: tuple[int, ...]) -> None:

@@ -9,7 +9,8 @@ Phase names are fixed because each one means a set of elastic choices (Cai et al
     expand-1  kernel and depth elastic, expand in the two largest values (channels sorted first)
     expand-2  everything elastic (channels sorted first)
 
-Every phase samples a random resolution of the space per batch.
+Every phase samples a random resolution per batch: from the space's resolutions, or from the phase's own
+`resolutions` list (a subset of the space's), e.g. to train the full network at the larger inputs only.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class Phase:
     lr: float
     subnets_per_step: int = 1
     warmup_epochs: float = 0.0
+    resolutions: tuple[int, ...] | None = None  # None: every resolution of the space
 
     @property
     def sorts_channels(self) -> bool:
@@ -131,15 +133,37 @@ def parse_config(text: str, origin: str = "config") -> TrainConfig:
             raise TrainConfigError(f"{where} ({name}): subnets_per_step must be at least 1")
         if not 0 <= p.get("warmup_epochs", 0) <= p["epochs"]:
             raise TrainConfigError(f"{where} ({name}): warmup_epochs must be within 0..epochs")
+        res = p.get("resolutions")
+        if res is not None and (not isinstance(res, list) or not res or not all(
+                isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in res)):
+            raise TrainConfigError(f"{where} ({name}): resolutions must be a non-empty list of positive integers")
         phases.append(Phase(name=name, epochs=float(p["epochs"]), lr=float(p["lr"]),
                             subnets_per_step=int(p.get("subnets_per_step", 1)),
-                            warmup_epochs=float(p.get("warmup_epochs", 0.0))))
+                            warmup_epochs=float(p.get("warmup_epochs", 0.0)),
+                            resolutions=tuple(res) if res is not None else None))
     names = [p.name for p in phases]
     if len(set(names)) != len(names):
         raise TrainConfigError(f"{origin}: a phase appears twice ({', '.join(names)})")
     if names != sorted(names, key=PHASES.index):
         raise TrainConfigError(f"{origin}: phases must follow the order {', '.join(PHASES)}")
-    return TrainConfig(space=doc["space"], phases=tuple(phases), source=text, **run)
+    cfg = TrainConfig(space=doc["space"], phases=tuple(phases), source=text, **run)
+    check_resolutions(cfg, origin)
+    return cfg
+
+
+def check_resolutions(cfg: TrainConfig, origin: str = "config") -> None:
+    """Every phase's resolutions must belong to the space (an unknown space is reported where it is used)."""
+    from ofa_core.space import SearchSpace
+
+    try:
+        space = SearchSpace.get(cfg.space)
+    except OFABenchError:
+        return
+    for i, ph in enumerate(cfg.phases):
+        bad = [r for r in ph.resolutions or () if r not in space.resolutions]
+        if bad:
+            raise TrainConfigError(f"{origin}: phase {i + 1} ({ph.name}): resolution {bad[0]} is not one of "
+                                   f"{cfg.space}'s ({', '.join(map(str, space.resolutions))})")
 
 
 def load_config(path: str | Path) -> TrainConfig:

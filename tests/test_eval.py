@@ -62,7 +62,7 @@ def test_eval_command_prints_top1_as_a_fraction(random_weights, capsys):
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
     assert 0.0 <= doc["top1"] <= 1.0 and doc["images"] == 200 and doc["split"] == "val"
-    assert doc["config"].startswith("r12:")
+    assert doc["config"].startswith("r16:")
 
 
 def test_eval_command_bad_input_is_one_line(tmp_path, random_weights, capsys):

@@ -38,7 +38,7 @@ def test_every_kind_exports_and_runs(tmp_path):
 
 
 def test_cache_hit_is_free_and_keys_differ(tmp_path):
-    a, b = candidates(SPACE, [12])[5:7]
+    a, b = candidates(SPACE, [16])[5:7]
     pa = export_entry(SPACE, a, cache=tmp_path)
     mtime = pa.stat().st_mtime_ns
     assert export_entry(SPACE, a, cache=tmp_path) == pa and pa.stat().st_mtime_ns == mtime
@@ -71,7 +71,7 @@ def test_subnet_seeded_and_given_weights(tmp_path):
 
 
 def test_unknown_format_and_missing_converter(tmp_path):
-    e = candidates(SPACE, [12])[0]
+    e = candidates(SPACE, [16])[0]
     with pytest.raises(ExportError):
         export_entry(SPACE, e, "pdf", cache=tmp_path)
     if importlib.util.find_spec("litert_torch") is None:

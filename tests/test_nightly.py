@@ -55,8 +55,8 @@ def devices():
 
 
 def test_sentinels_cover_each_resolution():
-    s = sentinels(SPACE, [12, 16])
-    assert {e.resolution for e in s} == {12, 16}
+    s = sentinels(SPACE, [16, 20])
+    assert {e.resolution for e in s} == {16, 20}
     assert {"first_conv", "first_block", "mbconv", "final_expand"} <= {e.kind for e in s}
 
 
@@ -64,14 +64,14 @@ def test_nightly_keeps_history_and_flags_injected_step(tmp_path, devices):
     from bench.store import open_store
 
     store = tmp_path / "s.sqlite"
-    r = cli("profile", "null-nightly", "--space", SPACE.name, "--resolutions", "12", "--store", store, "--json")
+    r = cli("profile", "null-nightly", "--space", SPACE.name, "--resolutions", "16", "--store", store, "--json")
     assert r.returncode == 0, r.stderr
     r = cli("nightly", "null-nightly", "--store", store, "--json", "--no-rebuild", "--threshold", "10")
     assert r.returncode == 0, r.stderr  # a 1000% threshold: nothing counts as drift
     doc = json.loads(r.stdout)
     (dev,) = doc["devices"]
-    assert dev["status"] in ("ok", "drifted") and dev["spaces"][0]["sentinels"] == len(sentinels(SPACE, [12]))
-    watched = sentinels(SPACE, [12])[0]
+    assert dev["status"] in ("ok", "drifted") and dev["spaces"][0]["sentinels"] == len(sentinels(SPACE, [16]))
+    watched = sentinels(SPACE, [16])[0]
     with open_store(store) as st:
         hist = st.history(st.latest_fingerprint("null-nightly")["id"], SPACE.name, key=watched.key, resolution=12)
         assert len(hist) == 2  # the profile's and the nightly's: history kept, nothing overwritten
@@ -91,7 +91,7 @@ def test_nightly_keeps_history_and_flags_injected_step(tmp_path, devices):
     assert dev["status"] == "drifted" and doc["drifted"] == ["null-nightly"]
     hit = [d for d in dev["drift"] if d["kind"] == "entry" and d["key"] == watched.key]
     assert hit and hit[0]["rel_change"] > 0.5
-    assert dev["rebuilt"] and dev["rebuilt"][0]["resolutions"] == [12]
+    assert dev["rebuilt"] and dev["rebuilt"][0]["resolutions"] == [16]
     assert doc["plots"] and all(Path(p).read_bytes()[:4] == b"\x89PNG" for p in doc["plots"])
 
 
@@ -117,7 +117,7 @@ def test_nightly_with_postgres_enqueues_jobs():
         with open_store(url) as st:
             fp_id = st.register_fingerprint("farm-dev", {"model": "x"})
             run = st.start_run("farm-dev", fp_id, SPACE.name, "profile", {}, {})
-            watch = sentinels(SPACE, [12])
+            watch = sentinels(SPACE, [16])
             st.add_measurements(run, [{"resolution": 12, "key": e.key, "kind": "block", "latency_ms": 1.0, "n": 1,
                                        "samples_ms": [1.0]} for e in watch])
             st.finish_run(run, "done")

@@ -45,10 +45,10 @@ def test_note10_anchor_predicts_hand_sum(shared_dir):
 
 def test_normalised_values_preferred():
     space = SearchSpace.get("ofa-mbv3-fmnist")
-    table = random_table(space, [12])
+    table = random_table(space, [16])
     doubled = {k: EntryStats(v.latency_ms, v.mean_ms, 0.0, 1, normalised_ms=2 * v.latency_ms) for k, v in table.entries.items()}
     t2 = LatencyTable("dev", "fp", space.name, "v2", doubled)
-    cfg = space.largest(12)
+    cfg = space.largest(16)
     a = LatencyPredictor.from_table(table, space)(cfg)[0]
     b = LatencyPredictor.from_table(t2, space)(cfg)[0]
     assert b == pytest.approx(2 * a)
@@ -56,10 +56,10 @@ def test_normalised_values_preferred():
 
 def test_unknown_resolution_and_choice_rejected():
     space = SearchSpace.get("ofa-mbv3-fmnist")
-    pred = LatencyPredictor.from_table(random_table(space, [12, 16]), space)
+    pred = LatencyPredictor.from_table(random_table(space, [16, 20]), space)
     with pytest.raises(InvalidConfigError):
         pred(space.largest(28))
-    b = space.sample_batch(np.random.default_rng(0), 4, [12])
+    b = space.sample_batch(np.random.default_rng(0), 4, [16])
     b.ks[0, 0] = 9
     with pytest.raises(InvalidConfigError):
         pred(b)
@@ -67,16 +67,16 @@ def test_unknown_resolution_and_choice_rejected():
 
 def test_incomplete_resolution_excluded():
     space = SearchSpace.get("ofa-mbv3-fmnist")
-    table = random_table(space, [12, 16])
+    table = random_table(space, [16, 20])
     entries = dict(table.entries)
-    entries.pop(next(k for k in entries if k[0] == 16))
+    entries.pop(next(k for k in entries if k[0] == 20))
     pred = LatencyPredictor.from_table(LatencyTable("d", "f", space.name, "v", entries), space)
-    assert pred.resolutions == [12]
+    assert pred.resolutions == [16]
 
 
 def test_calibration_recovers_linear_relation():
     space = SearchSpace.get("ofa-mbv3-fmnist")
-    res = [12, 20, 28]
+    res = [16, 20, 28]
     table = random_table(space, res)
     plain = LatencyPredictor.from_table(table, space)
     cfgs = space.sample(np.random.default_rng(3), 60, res)

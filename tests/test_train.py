@@ -193,3 +193,30 @@ def test_torchrun_two_processes_run_a_step(tmp_path, data):
     # batch_size is global: each rank takes 16 of every 32, so 64 images make 2 steps per epoch
     assert doc["history"][0]["steps"] == 2
     assert read_checkpoint(ckpt).meta["step"] == 4
+
+
+def test_phase_resolutions_are_parsed_checked_and_used(tmp_path, data, monkeypatch):
+    import ofa_core.train as T
+
+    text = tiny_toml(phases=("full", "kernel")).replace('name = "full"\n', 'name = "full"\nresolutions = [28, 32]\n')
+    cfg = parse_config(text)
+    assert cfg.phases[0].resolutions == (28, 32) and cfg.phases[1].resolutions is None
+    with pytest.raises(TrainConfigError, match="resolution 13 is not one of") as err:
+        parse_config(text.replace("[28, 32]", "[28, 13]"), origin="t.toml")
+    assert "\n" not in str(err.value)
+    with pytest.raises(TrainConfigError, match="non-empty list"):
+        parse_config(text.replace("[28, 32]", "[]"))
+    seen = []
+    real = T.prepare
+
+    def spy(images, r, **kw):
+        seen.append((trainer.pos.phase_index, r))
+        return real(images, r, **kw)
+
+    monkeypatch.setattr(T, "prepare", spy)
+    trainer = Trainer(parse_config(text.replace("train_images = 64", "train_images = 256")), tmp_path / "t.safetensors",
+                      data=data, progress=False, log=lambda m: None)
+    trainer.run()
+    full = {r for p, r in seen if p == 0}
+    kernel = {r for p, r in seen if p == 1}
+    assert full <= {28, 32} and full and not kernel <= {28, 32}

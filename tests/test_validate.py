@@ -63,7 +63,7 @@ def ort_device():
 
 def test_validate_end_to_end(tmp_path, ort_device):
     store = tmp_path / "s.sqlite"
-    r = cli("profile", ort_device, "--space", SPACE.name, "--resolutions", "12", "--store", store, "--json",
+    r = cli("profile", ort_device, "--space", SPACE.name, "--resolutions", "16", "--store", store, "--json",
             "--rounds", "2")
     assert r.returncode == 0, r.stderr
     plot = tmp_path / "pvm.png"
@@ -73,7 +73,7 @@ def test_validate_end_to_end(tmp_path, ort_device):
     doc = json.loads(r.stdout)
     for k in ("n", "mape", "rmse_ms", "within_5pct", "within_10pct", "kendall_tau", "remeasure_within_5pct"):
         assert k in doc
-    assert doc["n"] == 8 and doc["resolutions"] == [12]
+    assert doc["n"] == 8 and doc["resolutions"] == [16]
     for k in ("within_5pct", "within_10pct", "remeasure_within_5pct"):
         assert 0.0 <= doc[k] <= 1.0
     assert -1.0 <= doc["kendall_tau"] <= 1.0 and doc["mape"] >= 0
@@ -110,3 +110,70 @@ def test_plots_write_png(tmp_path, shared_dir):
     ]
     for p in paths:
         assert p.read_bytes()[:4] == b"\x89PNG" and p.stat().st_size > 1000
+
+
+# ---- passes: every subnet timed in several invocations, more while they disagree -------------------------
+class _PassAgent:
+    """Stands in for a device agent: each model's latency per invocation comes from a script (ms), and the
+    reference always takes 1 ms, so the normalised value is the scripted one."""
+
+    def __init__(self, script):
+        self.script = script  # model file name -> list of latencies, one per invocation
+        self.calls: dict[str, int] = {}
+
+    def measure(self, paths, rounds=1):
+        from agents.measurement import Measurement
+        from agents.runner import summarise
+
+        out = []
+        for i, p in enumerate(paths):
+            name = Path(p).name
+            if i == 0:
+                ms = 1.0
+            else:
+                k = self.calls.get(name, 0)
+                self.calls[name] = k + 1
+                ms = self.script[name][min(k, len(self.script[name]) - 1)]
+            samples = [ms * (1 + 0.001 * (j % 3 - 1)) for j in range(30)]
+            out.append(Measurement.from_record({**summarise(samples), "samples_ms": samples}, str(p),
+                                               {"loadavg": [0.5, 0.5, 0.5]}))
+        return out
+
+
+def test_passes_repeat_until_the_median_is_precise(tmp_path):
+    from bench.export import export_subnet
+    from bench.lut import load_device_table
+    from bench.store import open_store
+    from bench.validate import ValidateSettings, measure_subnets, median_precision
+
+    assert median_precision([1.0]) == float("inf")
+    assert median_precision([1.0, 1.0, 1.0]) == 0.0
+    assert median_precision([1.0, 1.1, 1.0]) > 0.01  # one stray pass is not called precise
+
+    cfgs = SPACE.sample(np.random.default_rng(5), 3, [16])
+    names = [export_subnet(SPACE, c, "onnx").name for c in cfgs]
+    script = {names[0]: [2.0, 2.0, 2.0],                    # agrees at once: 3 passes
+              names[1]: [3.0, 3.3, 2.7, 3.0, 3.0, 3.0],     # disagrees: passes until precise (5 here)
+              names[2]: [4.0, 4.0, 9.0, 4.0, 4.0, 4.0]}     # an outlier pass: all 6, the median ignores it
+    agent = _PassAgent(script)
+    store = open_store(tmp_path / "s.sqlite")
+    try:
+        fp = store.register_fingerprint("fake", {"host": "test"})
+        run = store.start_run("fake", fp, SPACE.name, "validate", {}, {})
+        got = measure_subnets(agent, store, run, fp, SPACE, cfgs, ValidateSettings(batch_size=2), 0.01, "onnx",
+                              value_nominal=1.0)
+        store.finish_run(run, "done")
+        assert [len(t.values_ms) for t in got] == [3, 5, 6]
+        assert got[0].value_ms == pytest.approx(2.0, rel=1e-3) and got[1].value_ms == pytest.approx(3.0, rel=1e-3)
+        assert got[2].value_ms == pytest.approx(4.0, rel=1e-3)
+        # every pass is stored; the table's subnet value is the median over the run's passes
+        rows = store.history(fp, SPACE.name, kind="subnet")
+        assert len(rows) == sum(len(t.values_ms) for t in got)
+        from bench.lut import subnet_stats
+
+        stats, used = subnet_stats(store, fp, SPACE, nominal=1.0)
+        assert len(used) == len(rows)
+        assert {k[1]: round(v.value_ms, 3) for k, v in stats.items()} == {
+            c.to_string(): round(t.value_ms, 3) for c, t in zip(cfgs, got)}
+    finally:
+        store.close()

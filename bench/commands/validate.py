@@ -17,7 +17,9 @@ def register(app: typer.Typer) -> None:
         remeasure: bool = typer.Option(False, "--remeasure", help="time every subnet twice (noise floor)"),
         rounds: int = typer.Option(3, "--rounds"),
         batch: int = typer.Option(6, "--batch", help="subnets per runner invocation"),
-        min_duration_s: float = typer.Option(None, "--min-duration-s", help="timing budget per subnet"),
+        min_duration_s: float = typer.Option(None, "--min-duration-s", help="timing budget per subnet and pass"),
+        passes: int = typer.Option(3, "--passes", help="separate invocations that time each subnet (at least)"),
+        max_passes: int = typer.Option(6, "--max-passes", help="more passes, up to this, while a subnet's disagree"),
         no_reference: bool = typer.Option(False, "--no-reference", help="no drift reference model"),
         plot: str = typer.Option(None, "--plot", help="write a predicted-vs-measured PNG here"),
         statistic: str = typer.Option("median", "--statistic", help="median | p25 | p10 | min of the raw samples"),
@@ -35,10 +37,10 @@ def register(app: typer.Typer) -> None:
         settings = ValidateSettings(n=subnets, seed=seed, resolutions=tuple(res) if res else None,
                                     remeasure=remeasure, rounds=rounds, batch_size=batch,
                                     min_duration_s=min_duration_s, reference=not no_reference,
-                                    statistic=statistic)
+                                    statistic=statistic, passes=passes, max_passes=max_passes)
 
         def progress(done: int, total: int) -> None:
-            info(f"validate {device}: {done}/{total} subnets measured")
+            info(f"validate {device}: {done}/{total} subnet timings (subnets x passes)")
 
         if rescore:
             from bench.validate import rescore as rescore_fn
