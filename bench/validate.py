@@ -24,7 +24,7 @@ import numpy as np
 from ofa_core.errors import OFABenchError
 from ofa_core.space import SearchSpace, SubnetConfig
 
-from bench.profile import (MeasureSettings, Timed, agent_profile, measure_models, reference_entry,
+from bench.profile import (MeasureSettings, ReferenceWatch, Timed, agent_profile, measure_models, reference_entry,
                            reference_nominal_ms, reference_records, to_record)
 
 SUBNET_PREFIX = "subnet:"
@@ -153,7 +153,8 @@ class SubnetTiming:
 
 def measure_subnets(agent, store, run_id: int, fp_id: str, space: SearchSpace, cfgs: Sequence[SubnetConfig],
                     settings: ValidateSettings, threshold: float, fmt: str, progress=None,
-                    value_nominal: float | None = None, rng: np.random.Generator | None = None) -> list[SubnetTiming]:
+                    value_nominal: float | None = None, rng: np.random.Generator | None = None,
+                    watch: ReferenceWatch | None = None) -> list[SubnetTiming]:
     """Export and time `cfgs` in passes (see the module doc), committing every batch as it is measured.
     Values are expressed at `value_nominal` (the table's reference speed) when given."""
     from bench.export import export_entry, export_subnet
@@ -173,7 +174,8 @@ def measure_subnets(agent, store, run_id: int, fp_id: str, space: SearchSpace, c
         order = [todo[j] for j in rng.permutation(len(todo))]
         for b in range(0, len(order), settings.batch_size):
             chunk = order[b:b + settings.batch_size]
-            timed, refs = measure_models(agent, [paths[i] for i in chunk], ref_path, settings.rounds, threshold, 0)
+            timed, refs = measure_models(agent, [paths[i] for i in chunk], ref_path, settings.rounds, threshold, 0,
+                                         watch)
             if refs and nominal is None:
                 nominal = refs[0].latency_ms
             records = reference_records(space, refs, nominal)
@@ -236,14 +238,15 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
             run_id = store.start_run(profile.name, fp_id, space.name, "validate",
                                      {**settings.__dict__, "resolutions": res}, {"table_version": table.version})
             try:
+                watch = ReferenceWatch() if settings.reference else None
                 first = measure_subnets(agent, store, run_id, fp_id, space, cfgs, settings, 0.01,
                                         profile.model_format, progress, table.nominal_ms,
-                                        np.random.default_rng([settings.seed, 1]))
+                                        np.random.default_rng([settings.seed, 1]), watch)
                 second = None
                 if settings.remeasure:  # an independent second set of passes, after the first
                     second = measure_subnets(agent, store, run_id, fp_id, space, cfgs, settings, 0.01,
                                              profile.model_format, progress, table.nominal_ms,
-                                             np.random.default_rng([settings.seed, 2]))
+                                             np.random.default_rng([settings.seed, 2]), watch)
             except BaseException:
                 store.finish_run(run_id, "interrupted")
                 raise
@@ -263,6 +266,7 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
            "calibration": Calibration.fit([c.r for c in cfgs], sums, measured,
                                           n_blocks=[sum(c.d) for c in cfgs]).to_dict(),
            "loadavg_1min": _mean_load(first),
+           "invocations_redone": watch.redone if watch is not None else 0,
            "passes": {"min": settings.passes, "max": settings.max_passes, "mean": float(np.mean([len(t.values_ms) for t in first])),
                       "median_precision": float(np.median([t.precision for t in first]))},
            "raw_vs_normalised_pct": float(100 * np.mean(np.abs(raw / measured - 1))),

@@ -18,7 +18,7 @@ from ofa_core.space import SearchSpace
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = SearchSpace.get("ofa-mbv3-fmnist")
-RES = 12
+RES = 16
 FULL = {(e.resolution, e.key) for e in candidates(SPACE, [RES])}
 
 NULL_PROFILE = """
@@ -176,3 +176,42 @@ def test_default_resolutions():
 
     assert default_resolutions(SPACE) == list(SPACE.resolutions)
     assert default_resolutions(SearchSpace.get("ofa-mbv3-w1.0")) == [160, 192, 224]
+
+
+def test_disturbed_reference_reruns_the_invocation():
+    """A reference far off the recent ones means the invocation was hit by other work: it is run again and the
+    attempt whose reference is closest is kept; a lasting change of speed is accepted after one retry."""
+    from agents.measurement import Measurement
+    from agents.runner import summarise
+    from bench.profile import ReferenceWatch, measure_models
+
+    class Scripted:
+        def __init__(self, refs, model_ms):
+            self.refs, self.model_ms, self.calls = list(refs), list(model_ms), 0
+
+        def measure(self, paths, rounds=1):
+            self.calls += 1
+            out = []
+            for i, p in enumerate(paths):
+                ms = self.refs.pop(0) if i == 0 else self.model_ms.pop(0)
+                samples = [ms] * 20
+                out.append(Measurement.from_record({**summarise(samples), "samples_ms": samples}, str(p)))
+            return out
+
+    watch = ReferenceWatch(tolerance=0.02)
+    for ms in (1.0, 1.001, 0.999):
+        watch.add(ms)
+    assert not watch.disturbed(1.015) and watch.disturbed(1.1)
+    # disturbed once: 1.15 then 1.0 -> the second attempt (its model time 2.0) is kept
+    agent = Scripted([1.15, 1.0], [2.3, 2.0])
+    timed, refs = measure_models(agent, [Path("m.onnx")], Path("ref.onnx"), 1, 0.01, 0, watch)
+    assert agent.calls == 2 and len(refs) == 2 and watch.redone == 1
+    assert timed[0].ref_ms == 1.0 and timed[0].measurement.latency_ms == 2.0
+    # a step that stays: both attempts near 1.08 -> one retry, then accepted (the closer one)
+    agent = Scripted([1.081, 1.079], [2.16, 2.15])
+    timed, _ = measure_models(agent, [Path("m.onnx")], Path("ref.onnx"), 1, 0.01, 0, watch)
+    assert agent.calls == 2 and timed[0].ref_ms == 1.079
+    # without a watch nothing is re-run
+    agent = Scripted([1.5], [3.0])
+    timed, _ = measure_models(agent, [Path("m.onnx")], Path("ref.onnx"), 1, 0.01, 0)
+    assert agent.calls == 1 and timed[0].ref_ms == 1.5
