@@ -73,13 +73,13 @@ def test_nightly_keeps_history_and_flags_injected_step(tmp_path, devices):
     assert dev["status"] in ("ok", "drifted") and dev["spaces"][0]["sentinels"] == len(sentinels(SPACE, [16]))
     watched = sentinels(SPACE, [16])[0]
     with open_store(store) as st:
-        hist = st.history(st.latest_fingerprint("null-nightly")["id"], SPACE.name, key=watched.key, resolution=12)
+        hist = st.history(st.latest_fingerprint("null-nightly")["id"], SPACE.name, key=watched.key, resolution=16)
         assert len(hist) == 2  # the profile's and the nightly's: history kept, nothing overwritten
         # inject a clear level change for that sentinel: ratio to the reference 1.0 x 8, then 2.0 x 8
         fp_id = st.latest_fingerprint("null-nightly")["id"]
         run = st.start_run("null-nightly", fp_id, SPACE.name, "nightly", {}, {"injected": True})
         now = time.time()
-        recs = [{"resolution": 12, "key": watched.key, "kind": "block", "latency_ms": ratio * 0.5, "n": 10,
+        recs = [{"resolution": 16, "key": watched.key, "kind": "block", "latency_ms": ratio * 0.5, "n": 10,
                  "samples_ms": [], "env": {"reference_ms": 0.5}, "measured_at": now + i}
                 for i, ratio in enumerate([1.0] * 8 + [2.0] * 8)]
         st.add_measurements(run, recs)
@@ -118,7 +118,7 @@ def test_nightly_with_postgres_enqueues_jobs():
             fp_id = st.register_fingerprint("farm-dev", {"model": "x"})
             run = st.start_run("farm-dev", fp_id, SPACE.name, "profile", {}, {})
             watch = sentinels(SPACE, [16])
-            st.add_measurements(run, [{"resolution": 12, "key": e.key, "kind": "block", "latency_ms": 1.0, "n": 1,
+            st.add_measurements(run, [{"resolution": 16, "key": e.key, "kind": "block", "latency_ms": 1.0, "n": 1,
                                        "samples_ms": [1.0]} for e in watch])
             st.finish_run(run, "done")
         doc = enqueue_nightly(url, None, NightlySettings())

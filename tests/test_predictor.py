@@ -81,7 +81,7 @@ def test_calibration_recovers_linear_relation():
     plain = LatencyPredictor.from_table(table, space)
     cfgs = space.sample(np.random.default_rng(3), 60, res)
     sums = plain.table_sum(cfgs)
-    coef = {12: (1.1, 0.2), 20: (1.0, 0.1), 28: (0.9, -0.1)}
+    coef = {16: (1.1, 0.2), 20: (1.0, 0.1), 28: (0.9, -0.1)}
     measured = np.array([coef[c.r][0] * s + coef[c.r][1] for c, s in zip(cfgs, sums)])
     subnets = {(c.r, c.to_string()): EntryStats(float(m), float(m), 0.0, 5) for c, m in zip(cfgs, measured)}
     table2 = LatencyTable("dev", "fp", space.name, "v3", table.entries, subnets)
@@ -91,8 +91,8 @@ def test_calibration_recovers_linear_relation():
     want = [coef[c.r][0] * s + coef[c.r][1] for c, s in zip(test, pred.table_sum(test))]
     np.testing.assert_allclose(pred(test), want, rtol=1e-9)
     # interpolated between calibrated resolutions
-    mid = pred.calibration.apply(np.array([16]), np.array([10.0]))[0]
-    assert mid == pytest.approx(((1.1 + 1.0) / 2) * 10 + 0.15)
+    mid = pred.calibration.apply(np.array([24]), np.array([10.0]))[0]
+    assert mid == pytest.approx(((1.0 + 0.9) / 2) * 10 + 0.0)
     assert LatencyPredictor.from_table(table2, space, calibration=Calibration()).calibration.is_identity
 
 

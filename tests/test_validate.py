@@ -63,9 +63,12 @@ def ort_device():
 
 def test_validate_end_to_end(tmp_path, ort_device):
     store = tmp_path / "s.sqlite"
-    r = cli("profile", ort_device, "--space", SPACE.name, "--resolutions", "16", "--store", store, "--json",
-            "--rounds", "2")
-    assert r.returncode == 0, r.stderr
+    for _ in range(3):  # an entry left noisy by a busy moment is measured again by the same command
+        r = cli("profile", ort_device, "--space", SPACE.name, "--resolutions", "16", "--store", store, "--json",
+                "--rounds", "2")
+        assert r.returncode == 0, r.stderr
+        if json.loads(r.stdout)["entries_noisy"] == 0:
+            break
     plot = tmp_path / "pvm.png"
     r = cli("validate", ort_device, "--space", SPACE.name, "--subnets", "8", "--seed", "3", "--remeasure",
             "--store", store, "--plot", plot, "--json", "--min-duration-s", "0.05", "--rounds", "2")
