@@ -334,13 +334,10 @@ def subnet_stats(store, fingerprint_id: str, space: SearchSpace, nominal: float 
     """Measured whole subnets: per (resolution, config), the median over the good passes of the latest run that
     timed it (validation times each subnet in several invocations). Returns the stats and the rows used."""
     by_key: dict[tuple[int, str], list[dict]] = {}
-    for row in store.history(fingerprint_id, space.name, kind="subnet"):
-        if not row.get("noisy"):
-            by_key.setdefault((int(row["resolution"]), row["key"].removeprefix("subnet:")), []).append(row)
+    for row in store.latest_measurements(fingerprint_id, space.name, kind="subnet", whole_run=True):
+        by_key.setdefault((int(row["resolution"]), row["key"].removeprefix("subnet:")), []).append(row)
     out, used = {}, []
     for k, rows in by_key.items():
-        last_run = rows[-1]["run_id"]  # history is oldest first
-        rows = [r for r in rows if r["run_id"] == last_run]
         stats = sorted((stats_from_row(r, nominal, statistic) for r in rows), key=lambda x: x.value_ms)
         st = stats[(len(stats) - 1) // 2]  # the lower median: its id and spread stand for the key
         value = statistics.median(x.value_ms for x in stats)

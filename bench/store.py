@@ -346,15 +346,21 @@ class Store:
         return {(int(r["resolution"]), r["key"]) for r in rows
                 if wanted is None or int(r["resolution"]) in wanted}
 
-    def latest_measurements(self, fp_id: str, space: str, kind: str = "block") -> list[dict]:
-        """The latest good measurement of each (resolution, key), ordered by resolution then key."""
+    def latest_measurements(self, fp_id: str, space: str, kind: str = "block", whole_run: bool = False) -> list[dict]:
+        """The latest good measurement of each (resolution, key), ordered by resolution then key. With
+        `whole_run`, every good measurement of each key in the run that made its latest one (validation times a
+        subnet in several passes), ordered by resolution, key, then id."""
         cols = ", ".join(("id", *MEASUREMENT_COLUMNS))
-        rows = self.query(
-            f"SELECT {cols} FROM (SELECT {cols}, ROW_NUMBER() OVER (PARTITION BY resolution, key "
-            f"ORDER BY measured_at DESC, id DESC) AS rank_ FROM measurements WHERE fingerprint_id = ? "
-            f"AND space = ? AND kind = ? AND noisy = 0) latest WHERE rank_ = 1 ORDER BY resolution, key",
-            (fp_id, space, kind))
-        return [decode_measurement(r) for r in rows]
+        order = "ORDER BY measured_at DESC, id DESC"
+        if whole_run:
+            sql = (f"SELECT {cols} FROM (SELECT {cols}, FIRST_VALUE(run_id) OVER (PARTITION BY resolution, key "
+                   f"{order}) AS last_run_ FROM measurements WHERE fingerprint_id = ? AND space = ? AND kind = ? "
+                   f"AND noisy = 0) latest WHERE run_id = last_run_ ORDER BY resolution, key, id")
+        else:
+            sql = (f"SELECT {cols} FROM (SELECT {cols}, ROW_NUMBER() OVER (PARTITION BY resolution, key "
+                   f"{order}) AS rank_ FROM measurements WHERE fingerprint_id = ? AND space = ? AND kind = ? "
+                   f"AND noisy = 0) latest WHERE rank_ = 1 ORDER BY resolution, key")
+        return [decode_measurement(r) for r in self.query(sql, (fp_id, space, kind))]
 
     def history(self, fp_id: str, space: str, key: str | None = None, resolution: int | None = None,
                 kind: str = "block") -> list[dict]:

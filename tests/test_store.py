@@ -340,3 +340,20 @@ def test_pg_silent_server_times_out():
         elapsed = time.monotonic() - t0
     assert 1.5 < elapsed < 8, elapsed
     assert "\n" not in str(err.value)
+
+
+def test_latest_measurements_whole_run(store):
+    """`whole_run`: every good row of the run that made each key's latest one (validation's passes)."""
+    fp = store.register_fingerprint("dev", {"cpu": "x"})
+    run1 = store.start_run("dev", fp, "ofa-mbv3-w1.0", "validate", {}, {})
+    store.add_measurements(run1, [record("k1", 1.0, measured_at=100.0), record("k1", 1.1, measured_at=101.0),
+                                  record("k2", 2.0, measured_at=100.0)])
+    store.finish_run(run1, "done")
+    run2 = store.start_run("dev", fp, "ofa-mbv3-w1.0", "validate", {}, {})
+    store.add_measurements(run2, [record("k1", 1.6, measured_at=300.0), record("k1", 1.7, measured_at=301.0),
+                                  record("k1", 9.9, noisy=True, measured_at=302.0),
+                                  record("k2", 8.0, noisy=True, measured_at=300.0)])
+    store.finish_run(run2, "done")
+    whole = store.latest_measurements(fp, "ofa-mbv3-w1.0", whole_run=True)
+    assert [(r["key"], r["latency_ms"]) for r in whole] == [("k1", 1.6), ("k1", 1.7), ("k2", 2.0)]
+    assert [r["latency_ms"] for r in store.latest_measurements(fp, "ofa-mbv3-w1.0")] == [1.7, 2.0]
