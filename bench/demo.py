@@ -29,7 +29,7 @@ class DemoError(OFABenchError):
 class DemoSettings:
     """Sizes of each step; `quick()` is the test-sized variant."""
 
-    resolutions: tuple[int, ...] = (16, 20, 24, 28, 32)
+    resolutions: tuple[int, ...] = (24, 28, 32, 36)
     profile_min_duration_s: float = 0.3
     profile_rounds: int = 3
     validate_subnets: int = 20
@@ -43,7 +43,7 @@ class DemoSettings:
 
     @classmethod
     def quick(cls) -> "DemoSettings":
-        return cls(resolutions=(16, 32), profile_min_duration_s=0.03, profile_rounds=1, validate_subnets=4,
+        return cls(resolutions=(24, 36), profile_min_duration_s=0.03, profile_rounds=1, validate_subnets=4,
                    validate_min_duration_s=0.05, population=30, generations=20, front_population=30,
                    front_generations=10, score_accuracy=False)
 
@@ -113,7 +113,8 @@ def run_demo(out_dir: str | Path, store: str | None = None, settings: DemoSettin
         s = run_search(DEVICE, b, None, SPACE, store, str(predictor), res, settings.seed, settings.population,
                        settings.generations, None)
         s["export"] = export_subnet_onnx(SPACE, s["config"], out / f"subnet-{b:g}ms.onnx")
-        s["confirm"] = confirm_on_device(DEVICE, Path(s["export"]["path"]), s, store)
+        s["confirm"] = confirm_on_device(DEVICE, Path(s["export"]["path"]), s, store,
+                                        min_duration_s=settings.validate_min_duration_s)
         doc["searches"].append(s)
         log(f"   budget {b:g} ms: {s['config_string']}  predicted {100 * s['predicted_accuracy']:.2f}% "
             f"{s['predicted_latency_ms']:.3f} ms; measured {s['confirm']['measured_latency_ms']:.3f} ms")
@@ -122,7 +123,8 @@ def run_demo(out_dir: str | Path, store: str | None = None, settings: DemoSettin
         e = {"name": name, "space": SPACE, "config": cfg.to_ofa_dict(), "config_string": cfg.to_string(),
              "predicted_latency_ms": float(latency([cfg])[0]), "macs": int(space.macs(cfg))}
         e["export"] = export_subnet_onnx(SPACE, e["config"], out / f"{name}.onnx")
-        e["confirm"] = confirm_on_device(DEVICE, Path(e["export"]["path"]), e, store)
+        e["confirm"] = confirm_on_device(DEVICE, Path(e["export"]["path"]), e, store,
+                                        min_duration_s=settings.validate_min_duration_s)
         doc["extremes"].append(e)
     small, large = (e["confirm"]["measured_latency_ms"] for e in doc["extremes"])
     doc["latency_ratio_largest_to_smallest"] = large / small

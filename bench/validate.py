@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -154,15 +155,16 @@ class SubnetTiming:
 def measure_subnets(agent, store, run_id: int, fp_id: str, space: SearchSpace, cfgs: Sequence[SubnetConfig],
                     settings: ValidateSettings, threshold: float, fmt: str, progress=None,
                     value_nominal: float | None = None, rng: np.random.Generator | None = None,
-                    watch: ReferenceWatch | None = None) -> list[SubnetTiming]:
+                    watch: ReferenceWatch | None = None, paths: Sequence[Path] | None = None) -> list[SubnetTiming]:
     """Export and time `cfgs` in passes (see the module doc), committing every batch as it is measured.
-    Values are expressed at `value_nominal` (the table's reference speed) when given."""
+    Values are expressed at `value_nominal` (the table's reference speed) when given. `paths`: models already
+    exported for `cfgs` (e.g. with trained weights), timed instead of fresh exports."""
     from bench.export import export_entry, export_subnet
 
     rng = rng if rng is not None else np.random.default_rng(settings.seed + 7)
     ref_path = export_entry(space, reference_entry(space), fmt) if settings.reference else None
     nominal = reference_nominal_ms(store, fp_id, space)
-    paths = [export_subnet(space, c, fmt) for c in cfgs]
+    paths = list(paths) if paths is not None else [export_subnet(space, c, fmt) for c in cfgs]
     out = [SubnetTiming([], [], []) for _ in cfgs]
     min_passes = max(1, settings.passes)
     max_passes = max(min_passes, settings.max_passes)

@@ -16,9 +16,9 @@ from ofa_core.space import SearchSpace
 
 # small, medium, large subnets of ofa-mbv3-fmnist (string form, see ofa_core.space)
 SUBNETS = {
-    "small": "r16:k3e3,k3e3|k3e3,k3e3|k3e3,k3e3|k3e3,k3e3|k3e3,k3e3",
-    "medium": "r20:k5e4,k5e4,k5e4|k5e4,k5e4,k5e4|k5e4,k5e4,k5e4|k5e4,k5e4,k5e4|k5e4,k5e4,k5e4",
-    "large": "r24:k7e6,k7e6,k7e6,k7e6|k7e6,k7e6,k7e6,k7e6|k7e6,k7e6,k7e6,k7e6|k7e6,k7e6,k7e6,k7e6|k7e6,k7e6,k7e6,k7e6",
+    "small": "r24:k3e3,k3e3|k3e3,k3e3|k3e3,k3e3|k3e3,k3e3|k3e3,k3e3",
+    "medium": "r28:k5e4,k5e4,k5e4|k5e4,k5e4,k5e4|k5e4,k5e4,k5e4|k5e4,k5e4,k5e4|k5e4,k5e4,k5e4",
+    "large": "r32:k7e6,k7e6,k7e6,k7e6|k7e6,k7e6,k7e6,k7e6|k7e6,k7e6,k7e6,k7e6|k7e6,k7e6,k7e6,k7e6|k7e6,k7e6,k7e6,k7e6",
 }
 
 

@@ -51,8 +51,8 @@ class DistInfo:
         return self.rank == 0
 
 
-def phase_sampler(space: SearchSpace, name: str) -> Sampler:
-    """The subnet distribution of a phase: which kernel, expand and depth values it may draw."""
+def _phase_choices(space: SearchSpace, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which kernel, expand and depth values a phase may draw."""
     ks, es, ds = sorted(space.ks_list), sorted(space.expand_list), sorted(space.depth_list)
     choices = {
         "full": (ks[-1:], es[-1:], ds[-1:]),
@@ -62,7 +62,19 @@ def phase_sampler(space: SearchSpace, name: str) -> Sampler:
         "expand-1": (ks, es[-2:], ds),
         "expand-2": (ks, es, ds),
     }[name]
-    k_set, e_set, d_set = (np.asarray(c) for c in choices)
+    return tuple(np.asarray(c) for c in choices)
+
+
+def phase_smallest(space: SearchSpace, name: str, r: int) -> SubnetConfig:
+    """The smallest subnet a phase trains, at resolution `r`."""
+    k_set, e_set, d_set = _phase_choices(space, name)
+    return SubnetConfig((int(k_set.min()),) * space.n_slots, (int(e_set.min()),) * space.n_slots,
+                        (int(d_set.min()),) * space.n_stages, int(r))
+
+
+def phase_sampler(space: SearchSpace, name: str) -> Sampler:
+    """The subnet distribution of a phase: uniform over its kernel, expand and depth values per block."""
+    k_set, e_set, d_set = _phase_choices(space, name)
 
     def sample(rng: np.random.Generator, r: int) -> SubnetConfig:
         return SubnetConfig(
@@ -237,10 +249,11 @@ class Trainer:
                     self.net.sort_channels(expand_stage=[p.name for p in self.cfg.phases if p.sorts_channels
                                                          ].index(phase.name))
             self._run_phase(phase, sampler_override or phase_sampler(self.space, phase.name),
+                            phase.sandwich and sampler_override is None,
                             tuple(phase.resolutions) if phase.resolutions and not resolutions else res)
         return self.history
 
-    def _run_phase(self, phase: Phase, sampler: Sampler, res: tuple[int, ...]) -> None:
+    def _run_phase(self, phase: Phase, sampler: Sampler, sandwich: bool, res: tuple[int, ...]) -> None:
         cfg, rank, world = self.cfg, self.dist.rank, self.dist.world
         per_rank = math.ceil(len(self.train_split) / world)
         steps_per_epoch = max(1, math.ceil(per_rank / self.rank_batch))
@@ -257,7 +270,7 @@ class Trainer:
             pi = self.pos.phase_index
             limit = total_steps - epoch * steps_per_epoch
             stats = self._run_epoch(phase, sampler, res, opt, epoch, min(steps_per_epoch, limit),
-                                    steps_per_epoch, total_steps, use_kd)
+                                    steps_per_epoch, total_steps, use_kd, sandwich)
             self.pos = Position(pi, epoch + 1, self.pos.step + stats["steps"])
             if self.dist.main and cfg.monitor_images:
                 stats.update(self._monitor())
@@ -270,7 +283,7 @@ class Trainer:
                 dist.barrier()
 
     def _run_epoch(self, phase: Phase, sampler: Sampler, res: tuple[int, ...], opt: torch.optim.SGD, epoch: int,
-                   n_steps: int, steps_per_epoch: int, total_steps: int, use_kd: bool) -> dict:
+                   n_steps: int, steps_per_epoch: int, total_steps: int, use_kd: bool, sandwich: bool) -> dict:
         cfg = self.cfg
         pi = self.pos.phase_index
         order_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + pi * 1009 + epoch)
@@ -301,8 +314,12 @@ class Trainer:
                     self.teacher.train()  # batch statistics: the teacher trained at mixed resolutions
                     soft = F.softmax(self.teacher(x, self.space.largest(r)), dim=1)
             opt.zero_grad(set_to_none=True)
-            for _ in range(phase.subnets_per_step):
-                sub = sampler(rng, r)
+            subs = [sampler(rng, r) for _ in range(phase.subnets_per_step)]
+            if sandwich:
+                subs[0] = self.space.largest(r)
+                if len(subs) > 1:
+                    subs[1] = phase_smallest(self.space, phase.name, r)
+            for sub in subs:
                 logits = self.net(x, sub)
                 loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
                 if soft is not None:

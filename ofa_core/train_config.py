@@ -11,6 +11,11 @@ Phase names are fixed because each one means a set of elastic choices (Cai et al
 
 Every phase samples a random resolution per batch: from the space's resolutions, or from the phase's own
 `resolutions` list (a subset of the space's), e.g. to train the full network at the larger inputs only.
+
+`sandwich = true` in a phase makes the first subnet of every step the largest one and the second (when
+`subnets_per_step` >= 2) the smallest the phase allows; the rest are drawn at random as the paper does. This
+is the "sandwich rule" of BigNAS (Yu et al., 2020), added here because a schedule of a few epochs per phase
+samples the two ends of the space too rarely to keep the largest subnet at the teacher's accuracy.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ class Phase:
     subnets_per_step: int = 1
     warmup_epochs: float = 0.0
     resolutions: tuple[int, ...] | None = None  # None: every resolution of the space
+    sandwich: bool = False  # every step trains the largest subnet and the phase's smallest, then random ones
 
     @property
     def sorts_channels(self) -> bool:
@@ -133,6 +139,8 @@ def parse_config(text: str, origin: str = "config") -> TrainConfig:
             raise TrainConfigError(f"{where} ({name}): subnets_per_step must be at least 1")
         if not 0 <= p.get("warmup_epochs", 0) <= p["epochs"]:
             raise TrainConfigError(f"{where} ({name}): warmup_epochs must be within 0..epochs")
+        if "sandwich" in p:
+            _check_type(f"{where} ({name})", "sandwich", p["sandwich"], bool)
         res = p.get("resolutions")
         if res is not None and (not isinstance(res, list) or not res or not all(
                 isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in res)):
@@ -140,7 +148,8 @@ def parse_config(text: str, origin: str = "config") -> TrainConfig:
         phases.append(Phase(name=name, epochs=float(p["epochs"]), lr=float(p["lr"]),
                             subnets_per_step=int(p.get("subnets_per_step", 1)),
                             warmup_epochs=float(p.get("warmup_epochs", 0.0)),
-                            resolutions=tuple(res) if res is not None else None))
+                            resolutions=tuple(res) if res is not None else None,
+                            sandwich=bool(p.get("sandwich", False))))
     names = [p.name for p in phases]
     if len(set(names)) != len(names):
         raise TrainConfigError(f"{origin}: a phase appears twice ({', '.join(names)})")

@@ -37,7 +37,7 @@ def random_weights(tmp_path_factory):
 def test_recalibration_sets_statistics_of_the_subnet(data, random_weights):
     space = SearchSpace.get(SPACE)
     net = load_supernet(space, random_weights)
-    cfg = space.smallest(16)
+    cfg = space.smallest(24)
     static = calibrated_subnet(net, cfg, recal_sample(data.train, 200))
     bn = static.first_conv.bn
     assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))
@@ -62,7 +62,7 @@ def test_eval_command_prints_top1_as_a_fraction(random_weights, capsys):
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
     assert 0.0 <= doc["top1"] <= 1.0 and doc["images"] == 200 and doc["split"] == "val"
-    assert doc["config"].startswith("r16:")
+    assert doc["config"].startswith("r24:")
 
 
 def test_eval_command_bad_input_is_one_line(tmp_path, random_weights, capsys):

@@ -55,8 +55,8 @@ def devices():
 
 
 def test_sentinels_cover_each_resolution():
-    s = sentinels(SPACE, [16, 20])
-    assert {e.resolution for e in s} == {16, 20}
+    s = sentinels(SPACE, [24, 28])
+    assert {e.resolution for e in s} == {24, 28}
     assert {"first_conv", "first_block", "mbconv", "final_expand"} <= {e.kind for e in s}
 
 
@@ -64,22 +64,22 @@ def test_nightly_keeps_history_and_flags_injected_step(tmp_path, devices):
     from bench.store import open_store
 
     store = tmp_path / "s.sqlite"
-    r = cli("profile", "null-nightly", "--space", SPACE.name, "--resolutions", "16", "--store", store, "--json")
+    r = cli("profile", "null-nightly", "--space", SPACE.name, "--resolutions", "24", "--store", store, "--json")
     assert r.returncode == 0, r.stderr
     r = cli("nightly", "null-nightly", "--store", store, "--json", "--no-rebuild", "--threshold", "10")
     assert r.returncode == 0, r.stderr  # a 1000% threshold: nothing counts as drift
     doc = json.loads(r.stdout)
     (dev,) = doc["devices"]
-    assert dev["status"] in ("ok", "drifted") and dev["spaces"][0]["sentinels"] == len(sentinels(SPACE, [16]))
-    watched = sentinels(SPACE, [16])[0]
+    assert dev["status"] in ("ok", "drifted") and dev["spaces"][0]["sentinels"] == len(sentinels(SPACE, [24]))
+    watched = sentinels(SPACE, [24])[0]
     with open_store(store) as st:
-        hist = st.history(st.latest_fingerprint("null-nightly")["id"], SPACE.name, key=watched.key, resolution=16)
+        hist = st.history(st.latest_fingerprint("null-nightly")["id"], SPACE.name, key=watched.key, resolution=24)
         assert len(hist) == 2  # the profile's and the nightly's: history kept, nothing overwritten
         # inject a clear level change for that sentinel: ratio to the reference 1.0 x 8, then 2.0 x 8
         fp_id = st.latest_fingerprint("null-nightly")["id"]
         run = st.start_run("null-nightly", fp_id, SPACE.name, "nightly", {}, {"injected": True})
         now = time.time()
-        recs = [{"resolution": 16, "key": watched.key, "kind": "block", "latency_ms": ratio * 0.5, "n": 10,
+        recs = [{"resolution": 24, "key": watched.key, "kind": "block", "latency_ms": ratio * 0.5, "n": 10,
                  "samples_ms": [], "env": {"reference_ms": 0.5}, "measured_at": now + i}
                 for i, ratio in enumerate([1.0] * 8 + [2.0] * 8)]
         st.add_measurements(run, recs)
@@ -91,7 +91,7 @@ def test_nightly_keeps_history_and_flags_injected_step(tmp_path, devices):
     assert dev["status"] == "drifted" and doc["drifted"] == ["null-nightly"]
     hit = [d for d in dev["drift"] if d["kind"] == "entry" and d["key"] == watched.key]
     assert hit and hit[0]["rel_change"] > 0.5
-    assert dev["rebuilt"] and dev["rebuilt"][0]["resolutions"] == [16]
+    assert dev["rebuilt"] and dev["rebuilt"][0]["resolutions"] == [24]
     assert doc["plots"] and all(Path(p).read_bytes()[:4] == b"\x89PNG" for p in doc["plots"])
 
 
@@ -117,8 +117,8 @@ def test_nightly_with_postgres_enqueues_jobs():
         with open_store(url) as st:
             fp_id = st.register_fingerprint("farm-dev", {"model": "x"})
             run = st.start_run("farm-dev", fp_id, SPACE.name, "profile", {}, {})
-            watch = sentinels(SPACE, [16])
-            st.add_measurements(run, [{"resolution": 16, "key": e.key, "kind": "block", "latency_ms": 1.0, "n": 1,
+            watch = sentinels(SPACE, [24])
+            st.add_measurements(run, [{"resolution": 24, "key": e.key, "kind": "block", "latency_ms": 1.0, "n": 1,
                                        "samples_ms": [1.0]} for e in watch])
             st.finish_run(run, "done")
         doc = enqueue_nightly(url, None, NightlySettings())

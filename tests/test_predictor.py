@@ -45,10 +45,10 @@ def test_note10_anchor_predicts_hand_sum(shared_dir):
 
 def test_normalised_values_preferred():
     space = SearchSpace.get("ofa-mbv3-fmnist")
-    table = random_table(space, [16])
+    table = random_table(space, [24])
     doubled = {k: EntryStats(v.latency_ms, v.mean_ms, 0.0, 1, normalised_ms=2 * v.latency_ms) for k, v in table.entries.items()}
     t2 = LatencyTable("dev", "fp", space.name, "v2", doubled)
-    cfg = space.largest(16)
+    cfg = space.largest(24)
     a = LatencyPredictor.from_table(table, space)(cfg)[0]
     b = LatencyPredictor.from_table(t2, space)(cfg)[0]
     assert b == pytest.approx(2 * a)
@@ -56,10 +56,10 @@ def test_normalised_values_preferred():
 
 def test_unknown_resolution_and_choice_rejected():
     space = SearchSpace.get("ofa-mbv3-fmnist")
-    pred = LatencyPredictor.from_table(random_table(space, [16, 20]), space)
+    pred = LatencyPredictor.from_table(random_table(space, [24, 28]), space)
     with pytest.raises(InvalidConfigError):
-        pred(space.largest(28))
-    b = space.sample_batch(np.random.default_rng(0), 4, [16])
+        pred(space.largest(36))
+    b = space.sample_batch(np.random.default_rng(0), 4, [24])
     b.ks[0, 0] = 9
     with pytest.raises(InvalidConfigError):
         pred(b)
@@ -67,21 +67,21 @@ def test_unknown_resolution_and_choice_rejected():
 
 def test_incomplete_resolution_excluded():
     space = SearchSpace.get("ofa-mbv3-fmnist")
-    table = random_table(space, [16, 20])
+    table = random_table(space, [24, 28])
     entries = dict(table.entries)
-    entries.pop(next(k for k in entries if k[0] == 20))
+    entries.pop(next(k for k in entries if k[0] == 28))
     pred = LatencyPredictor.from_table(LatencyTable("d", "f", space.name, "v", entries), space)
-    assert pred.resolutions == [16]
+    assert pred.resolutions == [24]
 
 
 def test_calibration_recovers_linear_relation():
     space = SearchSpace.get("ofa-mbv3-fmnist")
-    res = [16, 20, 28]
+    res = [24, 28, 36]
     table = random_table(space, res)
     plain = LatencyPredictor.from_table(table, space)
     cfgs = space.sample(np.random.default_rng(3), 60, res)
     sums = plain.table_sum(cfgs)
-    coef = {16: (1.1, 0.2), 20: (1.0, 0.1), 28: (0.9, -0.1)}
+    coef = {24: (1.1, 0.2), 28: (1.0, 0.1), 36: (0.9, -0.1)}
     measured = np.array([coef[c.r][0] * s + coef[c.r][1] for c, s in zip(cfgs, sums)])
     subnets = {(c.r, c.to_string()): EntryStats(float(m), float(m), 0.0, 5) for c, m in zip(cfgs, measured)}
     table2 = LatencyTable("dev", "fp", space.name, "v3", table.entries, subnets)
@@ -91,7 +91,7 @@ def test_calibration_recovers_linear_relation():
     want = [coef[c.r][0] * s + coef[c.r][1] for c, s in zip(test, pred.table_sum(test))]
     np.testing.assert_allclose(pred(test), want, rtol=1e-9)
     # interpolated between calibrated resolutions
-    mid = pred.calibration.apply(np.array([24]), np.array([10.0]))[0]
+    mid = pred.calibration.apply(np.array([32]), np.array([10.0]))[0]
     assert mid == pytest.approx(((1.0 + 0.9) / 2) * 10 + 0.0)
     assert LatencyPredictor.from_table(table2, space, calibration=Calibration()).calibration.is_identity
 

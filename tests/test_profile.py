@@ -18,7 +18,7 @@ from ofa_core.space import SearchSpace
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = SearchSpace.get("ofa-mbv3-fmnist")
-RES = 16
+RES = 24
 FULL = {(e.resolution, e.key) for e in candidates(SPACE, [RES])}
 
 NULL_PROFILE = """

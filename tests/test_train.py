@@ -11,7 +11,7 @@ from ofa_core.checkpoint import Checkpoint, load_supernet, read_checkpoint, save
 from ofa_core.data import DatasetError, load_fmnist
 from ofa_core.errors import CheckpointError
 from ofa_core.space import SearchSpace
-from ofa_core.train import Trainer, export_weights, phase_sampler
+from ofa_core.train import Trainer, export_weights, phase_sampler, phase_smallest
 from ofa_core.train_config import PHASES, TrainConfigError, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +59,7 @@ def test_shipped_config_parses():
     (tiny_toml(phases=("kernel", "full")), "order"),
     (tiny_toml() + "\nbogus = 1\n", "unknown key"),
     ("space = ", "not valid TOML"),
+    (tiny_toml().replace('name = "kernel"', 'name = "kernel"\nsandwich = "yes"'), "sandwich = 'yes' must be bool"),
 ])
 def test_bad_configs_are_one_line_errors(text, needle):
     with pytest.raises(TrainConfigError) as err:
@@ -79,6 +80,41 @@ def test_phase_samplers_follow_the_paper():
     assert {d for c in depth1 for d in c.d} == {3, 4}
     expand1 = [phase_sampler(space, "expand-1")(rng, 28) for _ in range(20)]
     assert {e for c in expand1 for e in c.e} == {4, 6} and {d for c in expand1 for d in c.d} == {2, 3, 4}
+
+
+def test_phase_smallest_is_the_low_end_of_each_phase():
+    space = SearchSpace.get(SPACE)
+    k = phase_smallest(space, "kernel", 24)
+    assert set(k.ks) == {3} and set(k.e) == {6} and set(k.d) == {4} and k.r == 24
+    d1 = phase_smallest(space, "depth-1", 24)
+    assert set(d1.ks) == {3} and set(d1.d) == {3}
+    assert phase_smallest(space, "expand-2", 28) == space.smallest(28)
+
+
+def test_sandwich_trains_both_ends_every_step(tmp_path, data):
+    """With `sandwich`, each step's first subnet is the largest and its second the phase's smallest."""
+    text = tiny_toml(phases=("full", "depth-1")).replace(
+        'name = "depth-1"\nepochs = 1\nlr = 0.05\nsubnets_per_step = 2', 'name = "depth-1"\nepochs = 1\nlr = 0.05\n'
+        'subnets_per_step = 3\nsandwich = true')
+    cfg = parse_config(text)
+    assert cfg.phases[1].sandwich and not cfg.phases[0].sandwich
+    trainer = Trainer(cfg, tmp_path / "s.safetensors", data=data, progress=False, log=lambda m: None)
+    space = trainer.space
+    seen = []
+
+    def spy(module, args):
+        if module is trainer.net:  # the teacher, a copy made later, carries the hook too
+            seen.append(args[1])
+
+    trainer.net.register_forward_pre_hook(spy)
+    trainer.run()
+    steps = trainer.history[-1]["steps"]
+    depth_phase = seen[-3 * steps:]
+    assert len(depth_phase) == 3 * steps
+    for i in range(steps):
+        big, small, rand = depth_phase[3 * i:3 * i + 3]
+        assert big == space.largest(big.r) and small == phase_smallest(space, "depth-1", small.r)
+        assert big.r == small.r == rand.r and set(rand.d) <= {3, 4}
 
 
 def test_every_phase_runs_and_changes_the_weights(tmp_path, data):

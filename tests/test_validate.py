@@ -64,7 +64,7 @@ def ort_device():
 def test_validate_end_to_end(tmp_path, ort_device):
     store = tmp_path / "s.sqlite"
     for _ in range(3):  # an entry left noisy by a busy moment is measured again by the same command
-        r = cli("profile", ort_device, "--space", SPACE.name, "--resolutions", "16", "--store", store, "--json",
+        r = cli("profile", ort_device, "--space", SPACE.name, "--resolutions", "24", "--store", store, "--json",
                 "--rounds", "2")
         assert r.returncode == 0, r.stderr
         if json.loads(r.stdout)["entries_noisy"] == 0:
@@ -76,7 +76,7 @@ def test_validate_end_to_end(tmp_path, ort_device):
     doc = json.loads(r.stdout)
     for k in ("n", "mape", "rmse_ms", "within_5pct", "within_10pct", "kendall_tau", "remeasure_within_5pct"):
         assert k in doc
-    assert doc["n"] == 8 and doc["resolutions"] == [16]
+    assert doc["n"] == 8 and doc["resolutions"] == [24]
     for k in ("within_5pct", "within_10pct", "remeasure_within_5pct"):
         assert 0.0 <= doc[k] <= 1.0
     assert -1.0 <= doc["kendall_tau"] <= 1.0 and doc["mape"] >= 0
@@ -153,7 +153,7 @@ def test_passes_repeat_until_the_median_is_precise(tmp_path):
     assert median_precision([1.0, 1.0, 1.0]) == 0.0
     assert median_precision([1.0, 1.1, 1.0]) > 0.01  # one stray pass is not called precise
 
-    cfgs = SPACE.sample(np.random.default_rng(5), 3, [16])
+    cfgs = SPACE.sample(np.random.default_rng(5), 3, [24])
     names = [export_subnet(SPACE, c, "onnx").name for c in cfgs]
     script = {names[0]: [2.0, 2.0, 2.0],                    # agrees at once: 3 passes
               names[1]: [3.0, 3.3, 2.7, 3.0, 3.0, 3.0],     # disagrees: passes until precise (5 here)

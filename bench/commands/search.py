@@ -155,30 +155,56 @@ def export_subnet_onnx(space_name: str, cfg_dict: dict, out: Path) -> dict:
                                                     "(fine for latency, meaningless for accuracy)"}
 
 
-def confirm_on_device(device: str, path: Path, doc: dict, store: str) -> dict:
-    """Measure the exported subnet on the device, store it as a "subnet" measurement, compare."""
+def confirm_on_device(device: str, path: Path, doc: dict, store: str, passes: int = 3,
+                      min_duration_s: float | None = None) -> dict:
+    """Time the exported subnet on the device the way `validate` times its subnets (several separate
+    invocations beside the reference block, re-run when the reference shows a disturbed stretch, the median
+    kept, expressed at the table's reference speed), store the passes as "subnet" measurements, compare."""
+    import numpy as np
+
     from agents import connect
+    from bench.lut import load_device_table
+    from bench.profile import MeasureSettings, ReferenceWatch, agent_profile
     from bench.store import open_store
+    from bench.validate import ValidateSettings, measure_subnets
     from devices import get_device
+    from ofa_core.space import SearchSpace
 
     profile = get_device(device)
-    with connect(profile) as agent:
-        fp = agent.fingerprint()
-        m = agent.measure([path])[0]
-    rec = {**m.to_record(), "resolution": int(doc["config"]["r"][0]), "key": f"subnet:{doc['config_string']}",
-           "kind": "subnet"}
+    space = SearchSpace.get(doc["space"])
+    cfg = space.parse_config(doc["config_string"])
+    try:
+        nominal = load_device_table(profile.name, space, store).nominal_ms
+    except OFABenchError:
+        nominal = None
+    settings = ValidateSettings(n=1, passes=passes, max_passes=2 * passes)
+    min_dur = min_duration_s if min_duration_s is not None else max(0.5, profile.min_duration_s)
+    ms = MeasureSettings(rounds=settings.rounds, min_duration_s=min_dur)
     st = open_store(store)
     try:
-        fp_id = st.register_fingerprint(profile.name, fp)
-        run = st.start_run(profile.name, fp_id, doc["space"], "confirm", {"config": doc["config_string"]},
-                           {"predicted_latency_ms": doc["predicted_latency_ms"]})
-        st.add_measurements(run, [rec])
-        st.finish_run(run, "done")
+        with connect(agent_profile(profile, ms)) as agent:
+            fp = agent.fingerprint()
+            fp_id = st.register_fingerprint(profile.name, fp)
+            run = st.start_run(profile.name, fp_id, doc["space"], "confirm", {"config": doc["config_string"]},
+                               {"predicted_latency_ms": doc["predicted_latency_ms"]})
+            try:
+                watch = ReferenceWatch()
+                timing = measure_subnets(agent, st, run, fp_id, space, [cfg], settings, 0.01, profile.model_format,
+                                         value_nominal=nominal, rng=np.random.default_rng(0), watch=watch,
+                                         paths=[path])[0]
+            except BaseException:
+                st.finish_run(run, "interrupted")
+                raise
+            st.finish_run(run, "done")
     finally:
         st.close()
     pred = doc["predicted_latency_ms"]
-    return {"device": profile.name, "measured_latency_ms": m.latency_ms, "predicted_latency_ms": pred,
-            "error_pct": 100.0 * (pred - m.latency_ms) / m.latency_ms, "noisy": m.noisy, "n": m.n,
+    measured = timing.value_ms
+    return {"device": profile.name, "measured_latency_ms": measured, "predicted_latency_ms": pred,
+            "error_pct": 100.0 * (pred - measured) / measured, "raw_latency_ms": timing.raw_value_ms,
+            "pass_ms": [round(v, 6) for v in timing.values_ms], "n": len(timing.values_ms),
+            "noisy": bool(timing.precision > settings.precision), "invocations_redone": watch.redone,
+            "drift_normalised": nominal is not None,
             "simulated": bool(fp.get("simulated", profile.simulated)), "fingerprint_id": fp_id}
 
 
