@@ -461,10 +461,10 @@ def _fmnist_space() -> SearchSpace:
     # Fashion-MNIST (1x28x28, 10 classes), sized to train on a 2-core CPU. Elastic resolution gives the space
     # its spread: at 28 px alone the whole kernel/expand/depth range spans only ~0.3 points. 24..36 px (the
     # images resized, upsampled above 28): below 24 the smallest subnet falls under 88% (86% at 20 px, 82% at
-    # 16 px in the first trained supernet), and its latency no longer falls with the input; 36 px makes the
-    # largest 4.9x slower than the smallest on local-cpu (onnxruntime, 1 thread: 0.087 ms at 24 px against
-    # 0.42 ms at 36 px). The first conv has stride 2: with stride 1 the largest subnet, the training
-    # bottleneck, trained 2.4x slower.
+    # 16 px in the first trained supernet) while its latency hardly falls (0.086 ms at both 20 and 24 px on
+    # local-cpu, onnxruntime, 1 thread); 36 px makes the largest 4.6x slower than the smallest (0.40 ms).
+    # The first conv has stride 2: with stride 1 the largest subnet, the training bottleneck, trained 2.4x
+    # slower.
     widths = (16, 24, 32, 48, 64)
     return SearchSpace(
         name="ofa-mbv3-fmnist", in_channels=1, n_classes=10,

@@ -116,9 +116,12 @@ def adb_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("adb-home")
     env = dict(os.environ, HOME=str(home))
     env.pop("ANDROID_ADB_SERVER_PORT", None)
-    server = AdbServer(adb, free_port(), env)
-    started = server.run("start-server")
-    if started.returncode != 0:
+    for _ in range(3):  # a port free a moment ago can be taken before the server binds it: try another
+        server = AdbServer(adb, free_port(), env)
+        started = server.run("start-server")
+        if started.returncode == 0:
+            break
+    else:
         pytest.skip(f"adb server does not start: {(started.stderr or started.stdout).strip()}")
     try:
         yield server

@@ -21,7 +21,7 @@ def _run(path):
 
 
 def test_every_kind_exports_and_runs(tmp_path):
-    entries = candidates(SPACE, [16])
+    entries = candidates(SPACE, [24])
     picked = {}
     for e in entries:
         picked.setdefault(e.kind, e)
@@ -38,7 +38,7 @@ def test_every_kind_exports_and_runs(tmp_path):
 
 
 def test_cache_hit_is_free_and_keys_differ(tmp_path):
-    a, b = candidates(SPACE, [16])[5:7]
+    a, b = candidates(SPACE, [24])[5:7]
     pa = export_entry(SPACE, a, cache=tmp_path)
     mtime = pa.stat().st_mtime_ns
     assert export_entry(SPACE, a, cache=tmp_path) == pa and pa.stat().st_mtime_ns == mtime
@@ -55,23 +55,23 @@ def test_subnet_seeded_and_given_weights(tmp_path):
 
     from bench.export import subnet_module
 
-    cfg = SPACE.sample(np.random.default_rng(1), 1, [20])[0]
+    cfg = SPACE.sample(np.random.default_rng(1), 1, [28])[0]
     p1 = export_subnet(SPACE, cfg, cache=tmp_path)
     assert export_subnet(SPACE, cfg, cache=tmp_path) == p1
     assert export_subnet(SPACE, cfg, seed=1, cache=tmp_path) != p1
     shape, y = _run(p1)
-    assert shape == [1, 1, 20, 20] and y.shape == (1, 10)
+    assert shape == [1, 1, 28, 28] and y.shape == (1, 10)
     module = subnet_module(SPACE, cfg, seed=7)
     p2 = export_subnet(SPACE, cfg, weights=module, cache=tmp_path)
     _, y2 = _run(p2)
-    x = np.random.default_rng(0).standard_normal((1, 1, 20, 20)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype(np.float32)
     with torch.no_grad():
         want = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(y2, want, rtol=1e-4, atol=1e-4)
 
 
 def test_unknown_format_and_missing_converter(tmp_path):
-    e = candidates(SPACE, [16])[0]
+    e = candidates(SPACE, [24])[0]
     with pytest.raises(ExportError):
         export_entry(SPACE, e, "pdf", cache=tmp_path)
     if importlib.util.find_spec("litert_torch") is None:

@@ -133,8 +133,8 @@ def test_sort_channels_keeps_largest_subnet_and_sorts():
     net = OFAMobileNetV3(SearchSpace.get("ofa-mbv3-fmnist"))
     randomise_bn(net, 3)
     net.eval()
-    cfg = net.space.largest(r=16)
-    x = torch.randn(2, 1, 16, 16)
+    cfg = net.space.largest(r=24)
+    x = torch.randn(2, 1, 24, 24)
     with torch.no_grad():
         before = net(x, cfg)
         net.sort_channels()
@@ -186,7 +186,7 @@ def test_unknown_space():
     assert "\n" not in str(err.value)
 
 
-def _batches(seed: int, n: int, r: int = 16):
+def _batches(seed: int, n: int, r: int = 24):
     gen = torch.Generator().manual_seed(seed)
     return [(2.0 * torch.randn(8, 1, r, r, generator=gen) + 0.5, torch.zeros(8)) for _ in range(n)]
 
@@ -197,7 +197,7 @@ def test_recalibrate_supernet_equals_recalibrate_extracted():
     net = OFAMobileNetV3(space)
     randomise_bn(net, 7)
     net.train()
-    cfg = space.sample(np.random.default_rng(8), resolutions=[16])
+    cfg = space.sample(np.random.default_rng(8), resolutions=[24])
     static = net.extract(cfg)
     untouched = net.blocks[3].project_bn.running_mean.clone()
     assert recalibrate_bn(net, _batches(1, 4), cfg=cfg) == 32
