@@ -165,6 +165,8 @@ def measure_subnets(agent, store, run_id: int, fp_id: str, space: SearchSpace, c
     ref_path = export_entry(space, reference_entry(space), fmt) if settings.reference else None
     nominal = reference_nominal_ms(store, fp_id, space)
     paths = list(paths) if paths is not None else [export_subnet(space, c, fmt) for c in cfgs]
+    if len(paths) != len(cfgs):
+        raise ValidateError(f"{len(paths)} model files for {len(cfgs)} subnets")
     out = [SubnetTiming([], [], []) for _ in cfgs]
     min_passes = max(1, settings.passes)
     max_passes = max(min_passes, settings.max_passes)
