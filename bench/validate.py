@@ -52,6 +52,11 @@ class ValidateSettings:
     reference: bool = True
     statistic: str = "median"  # per-measurement statistic of the raw samples (see bench.lut.STATISTICS)
 
+    def measure_settings(self, profile) -> MeasureSettings:
+        """The agent's timing settings for one pass on the device `profile`."""
+        min_dur = self.min_duration_s if self.min_duration_s is not None else max(0.5, profile.min_duration_s)
+        return MeasureSettings(rounds=self.rounds, warmup_s=self.warmup_s, min_duration_s=min_dur)
+
 
 # ---- metrics (pure) --------------------------------------------------------------------------------------
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
@@ -226,8 +231,7 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
                             f"(it holds {', '.join(map(str, plain.resolutions))})")
     rng = np.random.default_rng(settings.seed)
     cfgs = space.sample(rng, settings.n, res)
-    min_dur = settings.min_duration_s if settings.min_duration_s is not None else max(0.5, profile.min_duration_s)
-    ms = MeasureSettings(rounds=settings.rounds, warmup_s=settings.warmup_s, min_duration_s=min_dur)
+    ms = settings.measure_settings(profile)
     start = time.monotonic()
     store = open_store(store_target)
     try:

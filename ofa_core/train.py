@@ -314,8 +314,8 @@ class Trainer:
                     self.teacher.train()  # batch statistics: the teacher trained at mixed resolutions
                     soft = F.softmax(self.teacher(x, self.space.largest(r)), dim=1)
             opt.zero_grad(set_to_none=True)
-            subs = [sampler(rng, r) for _ in range(phase.subnets_per_step)]
-            if sandwich:
+            subs = [sampler(rng, r) for _ in range(phase.subnets_per_step)]  # all drawn: one random stream
+            if sandwich:  # the two ends replace the first draws
                 subs[0] = self.space.largest(r)
                 if len(subs) > 1:
                     subs[1] = phase_smallest(self.space, phase.name, r)

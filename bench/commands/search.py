@@ -177,9 +177,9 @@ def confirm_on_device(device: str, path: Path, doc: dict, store: str, passes: in
         nominal = load_device_table(profile.name, space, store).nominal_ms
     except OFABenchError:
         nominal = None
-    settings = ValidateSettings(n=1, passes=passes, max_passes=2 * passes)
-    min_dur = min_duration_s if min_duration_s is not None else max(0.5, profile.min_duration_s)
-    ms = MeasureSettings(rounds=settings.rounds, min_duration_s=min_dur)
+    settings = ValidateSettings(n=1, passes=passes, max_passes=2 * passes, min_duration_s=min_duration_s,
+                                warmup_s=MeasureSettings.warmup_s)  # the agent's default warm-up, as before
+    ms = settings.measure_settings(profile)
     st = open_store(store)
     try:
         with connect(agent_profile(profile, ms)) as agent:
