@@ -304,6 +304,22 @@ class Store:
                             (status, time.time(), int(run_id))) != 1:
                 raise StoreError(f"store {self.target} has no run {run_id}")
 
+    @contextmanager
+    def running(self, device_name: str, fp_id: str, space: str, kind: str, settings: dict,
+                metadata: dict) -> Iterator[int]:
+        """A run around a block of measurements: it ends "done" when the block does, "interrupted" on Ctrl-C,
+        "failed" on any other error (which goes on up), so no run is left "running" behind a crash."""
+        run_id = self.start_run(device_name, fp_id, space, kind, settings, metadata)
+        try:
+            yield run_id
+        except KeyboardInterrupt:
+            self.finish_run(run_id, "interrupted")
+            raise
+        except BaseException:
+            self.finish_run(run_id, "failed")
+            raise
+        self.finish_run(run_id, "done")
+
     def run(self, run_id: int) -> dict | None:
         rows = self.query("SELECT * FROM runs WHERE id = ?", (int(run_id),))
         return decode_run(rows[0]) if rows else None

@@ -243,9 +243,8 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
                                     f"under {table.fingerprint_id}; re-profile it")
             if table.fingerprint_id == "anchors":
                 raise ValidateError(f"{profile.name} has only the published table; profile it on this host first")
-            run_id = store.start_run(profile.name, fp_id, space.name, "validate",
-                                     {**settings.__dict__, "resolutions": res}, {"table_version": table.version})
-            try:
+            with store.running(profile.name, fp_id, space.name, "validate",
+                               {**settings.__dict__, "resolutions": res}, {"table_version": table.version}) as run_id:
                 watch = ReferenceWatch() if settings.reference else None
                 first = measure_subnets(agent, store, run_id, fp_id, space, cfgs, settings, 0.01,
                                         profile.model_format, progress, table.nominal_ms,
@@ -255,10 +254,6 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
                     second = measure_subnets(agent, store, run_id, fp_id, space, cfgs, settings, 0.01,
                                              profile.model_format, progress, table.nominal_ms,
                                              np.random.default_rng([settings.seed, 2]), watch)
-            except BaseException:
-                store.finish_run(run_id, "interrupted")
-                raise
-            store.finish_run(run_id, "done")
     finally:
         store.close()
     measured = np.array([t.value_ms for t in first])

@@ -108,6 +108,18 @@ def test_runs_and_measurements(store):
     assert runs[0]["settings"] == {"threads": 1} and runs[0]["host"] and runs[0]["user_name"]
 
 
+def test_running_ends_every_run(store):
+    fp = store.register_fingerprint("dev", {"cpu": "x"})
+    with store.running("dev", fp, "s", "validate", {}, {}) as done:
+        assert store.run(done)["status"] == "running"
+    with pytest.raises(KeyboardInterrupt), store.running("dev", fp, "s", "validate", {}, {}) as stopped:
+        raise KeyboardInterrupt
+    with pytest.raises(RuntimeError, match="agent died"), store.running("dev", fp, "s", "confirm", {}, {}) as broke:
+        raise RuntimeError("agent died")
+    assert [store.run(r)["status"] for r in (done, stopped, broke)] == ["done", "interrupted", "failed"]
+    assert store.run(broke)["kind"] == "confirm"
+
+
 def test_bad_records_write_nothing(store):
     fp = store.register_fingerprint("dev", {"cpu": "x"})
     run = store.start_run("dev", fp, "s", "profile", {}, {})

@@ -185,17 +185,12 @@ def confirm_on_device(device: str, path: Path, doc: dict, store: str, passes: in
         with connect(agent_profile(profile, ms)) as agent:
             fp = agent.fingerprint()
             fp_id = st.register_fingerprint(profile.name, fp)
-            run = st.start_run(profile.name, fp_id, doc["space"], "confirm", {"config": doc["config_string"]},
-                               {"predicted_latency_ms": doc["predicted_latency_ms"]})
-            try:
+            with st.running(profile.name, fp_id, doc["space"], "confirm", {"config": doc["config_string"]},
+                            {"predicted_latency_ms": doc["predicted_latency_ms"]}) as run:
                 watch = ReferenceWatch()
                 timing = measure_subnets(agent, st, run, fp_id, space, [cfg], settings, 0.01, profile.model_format,
                                          value_nominal=nominal, rng=np.random.default_rng(0), watch=watch,
                                          paths=[path])[0]
-            except BaseException:
-                st.finish_run(run, "interrupted")
-                raise
-            st.finish_run(run, "done")
     finally:
         st.close()
     pred = doc["predicted_latency_ms"]
