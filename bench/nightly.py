@@ -141,21 +141,9 @@ def _check_space(agent, store, profile, fp_id: str, sp: SearchSpace, res: list[i
     fmt = profile.model_format
     ref_path = export_entry(sp, reference_entry(sp), fmt)
     nominal = reference_nominal_ms(store, fp_id, sp)
-    run_id = store.start_run(profile.name, fp_id, sp.name, "nightly", settings.__dict__,
-                             {"sentinels": len(watch), "stale": len(stale)})
-    try:
-        for i in range(0, len(todo), 16):
-            chunk = todo[i:i + 16]
-            paths = [export_entry(sp, e, fmt) for e in chunk]
-            timed, refs = measure_models(agent, paths, ref_path, settings.rounds, 0.01, 1)
-            nominal = nominal or (refs[0].latency_ms if refs else None)
-            records = reference_records(sp, refs, nominal)
-            records += [to_record(t, e.resolution, e.key, "block", nominal) for t, e in zip(timed, chunk)]
-            commit(store, run_id, fp_id, sp, records, dedupe=False)
-    except BaseException:
-        store.finish_run(run_id, "failed")
-        raise
-    store.finish_run(run_id, "done")
+    with store.running(profile.name, fp_id, sp.name, "nightly", settings.__dict__,
+                       {"sentinels": len(watch), "stale": len(stale)}) as run_id:
+        _measure_entries(agent, store, run_id, fp_id, sp, todo, ref_path, nominal, settings.rounds, fmt)
     drift = detect_drift(store, fp_id, sp, watch, settings)
     return {"space": sp.name, "resolutions": res, "remeasured": len(todo), "sentinels": len(watch),
             "stale": len(stale), "drift": drift}
@@ -251,20 +239,29 @@ def remeasure_entries(profile, sp: SearchSpace, store, fp_id: str, entries: list
     if not store.latest_measurements(fp_id, sp.name, kind="block"):
         return None
     fmt = profile.model_format
-    measured = 0
     with connect(agent_profile(profile, MeasureSettings())) as agent:
         ref_path = export_entry(sp, reference_entry(sp), fmt)
         nominal = reference_nominal_ms(store, fp_id, sp)
-        run_id = store.start_run(profile.name, fp_id, sp.name, "rebuild", {"entries": len(entries)}, {})
-        for i in range(0, len(entries), 16):
-            chunk = entries[i:i + 16]
-            timed, refs = measure_models(agent, [export_entry(sp, e, fmt) for e in chunk], ref_path, rounds, 0.01, 1)
-            nominal = nominal or (refs[0].latency_ms if refs else None)
-            records = reference_records(sp, refs, nominal)
-            records += [to_record(t, e.resolution, e.key, "block", nominal) for t, e in zip(timed, chunk)]
-            measured += len(commit(store, run_id, fp_id, sp, records, dedupe=False))
-        store.finish_run(run_id, "done")
+        with store.running(profile.name, fp_id, sp.name, "rebuild", {"entries": len(entries)}, {}) as run_id:
+            measured = _measure_entries(agent, store, run_id, fp_id, sp, entries, ref_path, nominal, rounds, fmt)
     return {"entries_measured": measured, "status": "done"}
+
+
+def _measure_entries(agent, store, run_id: int, fp_id: str, sp: SearchSpace, entries: list[Entry], ref_path,
+                     nominal: float | None, rounds: int, fmt: str) -> int:
+    """Time `entries` 16 to an invocation, the reference first in each, and append every result as new rows
+    (history kept: no reuse of earlier ones); returns how many rows were written."""
+    from bench.export import export_entry
+
+    written = 0
+    for i in range(0, len(entries), 16):
+        chunk = entries[i:i + 16]
+        timed, refs = measure_models(agent, [export_entry(sp, e, fmt) for e in chunk], ref_path, rounds, 0.01, 1)
+        nominal = nominal or (refs[0].latency_ms if refs else None)
+        records = reference_records(sp, refs, nominal)
+        records += [to_record(t, e.resolution, e.key, "block", nominal) for t, e in zip(timed, chunk)]
+        written += len(commit(store, run_id, fp_id, sp, records, dedupe=False))
+    return written
 
 
 def nightly(devices: Sequence[str] | None, store_target: str, settings: NightlySettings = NightlySettings()) -> dict:
