@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ofa_core.checkpoint import Checkpoint, load_supernet, save_checkpoint, shipped_weights_path
+from ofa_core.checkpoint import Checkpoint, load_supernet, read_checkpoint, save_checkpoint, shipped_weights_path
 from ofa_core.data import DatasetError, load_fmnist
 from ofa_core.evaluate import calibrated_subnet, evaluate_subnet, recal_sample, top1_onnx, top1_torch
 from ofa_core.space import SearchSpace
@@ -83,3 +83,11 @@ def test_shipped_supernet_is_accurate(data):
     net = load_supernet(space)
     acc = evaluate_subnet(net, space.largest(), data.test.head(500), data.train, recal_images=500)
     assert acc > 0.8
+
+
+def test_shipped_supernet_was_trained_with_the_shipped_config():
+    from ofa_core.train_config import load_config, parse_config
+
+    ck = read_checkpoint(shipped_weights_path(SPACE))
+    trained = parse_config(ck.meta["config"], origin="the shipped weights' metadata")
+    assert trained == load_config("fmnist")  # every run setting and phase (the TOML's comments aside)
