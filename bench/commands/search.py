@@ -163,8 +163,7 @@ def confirm_on_device(device: str, path: Path, doc: dict, store: str, passes: in
     import numpy as np
 
     from agents import connect
-    from bench.lut import load_device_table
-    from bench.profile import MeasureSettings, ReferenceWatch, agent_profile
+    from bench.profile import MeasureSettings, ReferenceWatch, agent_profile, reference_nominal_ms
     from bench.store import open_store
     from bench.validate import ValidateSettings, measure_subnets
     from devices import get_device
@@ -173,10 +172,6 @@ def confirm_on_device(device: str, path: Path, doc: dict, store: str, passes: in
     profile = get_device(device)
     space = SearchSpace.get(doc["space"])
     cfg = space.parse_config(doc["config_string"])
-    try:
-        nominal = load_device_table(profile.name, space, store).nominal_ms
-    except OFABenchError:
-        nominal = None
     settings = ValidateSettings(n=1, passes=passes, max_passes=2 * passes, min_duration_s=min_duration_s,
                                 warmup_s=MeasureSettings.warmup_s)  # the agent's default warm-up, as before
     ms = settings.measure_settings(profile)
@@ -185,6 +180,7 @@ def confirm_on_device(device: str, path: Path, doc: dict, store: str, passes: in
         with connect(agent_profile(profile, ms)) as agent:
             fp = agent.fingerprint()
             fp_id = st.register_fingerprint(profile.name, fp)
+            nominal = reference_nominal_ms(st, fp_id, space)  # the table's reference speed (None: raw values)
             with st.running(profile.name, fp_id, doc["space"], "confirm", {"config": doc["config_string"]},
                             {"predicted_latency_ms": doc["predicted_latency_ms"]}) as run:
                 watch = ReferenceWatch()
