@@ -2,16 +2,53 @@
 
 WAL lets readers proceed while one process writes; BEGIN IMMEDIATE takes the write lock up front so that two
 profilers never deadlock upgrading a read transaction, and the busy timeout makes the second one wait its turn.
+
+SQLite does not always call its busy handler. Switching a new file to WAL while another connection writes it in
+rollback-journal mode fails at once with "database is locked" (two profilers starting on one new store met
+this in CI), and in WAL mode a connection that opens the file while the last other one is closing or recovering
+it can get the same (https://sqlite.org/wal.html). So every point where a lock is first taken — BEGIN
+[IMMEDIATE] with the read that starts a snapshot, a statement outside a transaction, the switch to WAL — is
+retried here with a short backoff until the busy timeout has passed. A statement inside a transaction is
+never retried: the transaction already holds its lock or snapshot.
 """
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from bench.migrations import SQLITE_TYPES
 from bench.store_errors import StoreError, one_line
 
 SQLITE_HEADER = b"SQLite format 3\x00"
+
+T = TypeVar("T")
+
+
+def is_busy(exc: BaseException) -> bool:
+    """SQLITE_BUSY / SQLITE_LOCKED as the sqlite3 module reports them."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    text = str(exc).lower()
+    return "database is locked" in text or "database table is locked" in text or "database is busy" in text
+
+
+def retry_busy(fn: Callable[[], T], timeout_s: float, on_busy: Callable[[], None] | None = None) -> T:
+    """Call `fn` until it does not fail with a busy error or `timeout_s` has passed (then the error is raised).
+    `on_busy` runs after each busy failure (to roll back a half-begun transaction)."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc) or time.monotonic() + delay > deadline:
+                raise
+            if on_busy is not None:
+                on_busy()
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 class SqliteBackend:
@@ -59,14 +96,27 @@ class SqliteBackend:
 
     def prepare(self, conn: sqlite3.Connection) -> None:
         """Session settings that write (WAL) — called only once the file is known to be ours."""
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0], self.busy_timeout_s)
         if str(mode).lower() != "wal":
             raise StoreError(f"store {self.path}: cannot switch to WAL mode (got {mode})")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
 
     def begin(self, conn: sqlite3.Connection, write: bool) -> None:
-        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        """BEGIN IMMEDIATE takes the write lock; a read transaction takes its snapshot with a first read, so
+        nothing inside either one waits for a lock again."""
+        def start() -> None:
+            if write:
+                conn.execute("BEGIN IMMEDIATE")
+            else:
+                conn.execute("BEGIN")
+                conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+
+        def undo() -> None:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+        retry_busy(start, self.busy_timeout_s, undo)
 
     def lock_schema(self, conn: sqlite3.Connection) -> None:
         """Migrations run inside BEGIN IMMEDIATE, which already excludes every other writer."""
@@ -78,7 +128,9 @@ class SqliteBackend:
         return text
 
     def execute(self, conn: sqlite3.Connection, sql: str, params=()):
-        return conn.execute(sql, params)
+        if conn.in_transaction:
+            return conn.execute(sql, params)
+        return retry_busy(lambda: conn.execute(sql, params), self.busy_timeout_s)  # its own transaction
 
     def fetch_dicts(self, cur) -> list[dict]:
         if cur.description is None:

@@ -253,6 +253,72 @@ def test_sqlite_refuses_directory_and_creates_parents(tmp_path):
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+
+def hold_write_lock(path, seconds: float) -> threading.Thread:
+    """Another connection takes the write lock of `path` now and keeps it `seconds`, in a thread."""
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+
+    def release():
+        time.sleep(seconds)
+        holder.execute("COMMIT")
+        holder.close()
+
+    t = threading.Thread(target=release)
+    t.start()
+    return t
+
+
+def test_sqlite_retries_busy_errors_its_own_handler_misses(tmp_path):
+    """In WAL mode SQLite can answer "database is locked" without calling its busy handler (a connection of
+    another process closing or recovering the file). Simulated by switching the handler off: a writer holding
+    the lock for 0.4 s is still waited for by a write transaction; a busy timeout too short gives a clear error."""
+    path = tmp_path / "s.sqlite"
+    with open_store(path) as s:
+        s._conn.execute("PRAGMA busy_timeout = 0")
+        fp = s.register_fingerprint("dev", {"cpu": "x"})
+        t = hold_write_lock(path, 0.4)
+        t0 = time.monotonic()
+        run = s.start_run("dev", fp, "s", "profile", {}, {})  # BEGIN IMMEDIATE behind the holder
+        waited = time.monotonic() - t0
+        t.join()
+        assert waited >= 0.3 and s.query("SELECT status FROM runs WHERE id = ?", (run,))[0]["status"] == "running"
+    t = hold_write_lock(path, 0.4)
+    with open_store(path, busy_timeout_s=0.1) as s:  # too short to wait the holder out: a clear error
+        with pytest.raises(StoreError, match="database is locked"):
+            s.start_run("dev", fp, "s", "profile", {}, {})
+    t.join()
+    with open_store(path) as s:  # nothing half-written
+        assert s.counts()["runs"] == 1
+
+
+
+def test_new_store_opened_while_another_process_sets_it_up(tmp_path):
+    """The race two profilers starting on one new store ran into in CI: while one connection holds a write
+    transaction on the file still in rollback-journal mode (as while it switches it to WAL), SQLite answers
+    the other's `PRAGMA journal_mode = WAL` with "database is locked" at once, without its busy handler.
+    open_store waits instead (it failed at once before)."""
+    path = tmp_path / "s.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("CREATE TABLE scratch (a)")
+
+    def release():
+        time.sleep(0.4)
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    t = threading.Thread(target=release)
+    t.start()
+    t0 = time.monotonic()
+    try:
+        with open_store(path) as s:
+            waited = time.monotonic() - t0
+            assert s.version == LATEST_VERSION
+    finally:
+        t.join()
+    assert waited >= 0.3
+
 WRITER = textwrap.dedent("""
     import sys
     from bench.store import open_store
