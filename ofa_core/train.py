@@ -315,12 +315,21 @@ class Trainer:
                     soft = F.softmax(self.teacher(x, self.space.largest(r)), dim=1)
             opt.zero_grad(set_to_none=True)
             subs = [sampler(rng, r) for _ in range(phase.subnets_per_step)]  # all drawn: one random stream
+            inputs = [(x, soft)] * len(subs)
             if sandwich:  # the two ends replace the first draws
-                subs[0] = self.space.largest(r)
+                r_top = max(res) if phase.largest_at_max_resolution else r
+                subs[0] = self.space.largest(r_top)
+                if r_top != r:  # the same images at the largest resolution (own shift and flip)
+                    x_top = prepare(images, r_top, augment=cfg.augment, generator=aug_gen)
+                    soft_top = None
+                    if use_kd:
+                        with torch.no_grad():
+                            soft_top = F.softmax(self.teacher(x_top, self.space.largest(r_top)), dim=1)
+                    inputs[0] = (x_top, soft_top)
                 if len(subs) > 1:
                     subs[1] = phase_smallest(self.space, phase.name, r)
-            for sub in subs:
-                logits = self.net(x, sub)
+            for sub, (x_in, soft) in zip(subs, inputs):
+                logits = self.net(x_in, sub)
                 loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
                 if soft is not None:
                     kd = soft_cross_entropy(logits, soft)

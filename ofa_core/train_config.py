@@ -16,6 +16,8 @@ Every phase samples a random resolution per batch: from the space's resolutions,
 `subnets_per_step` >= 2) the smallest the phase allows; the rest are drawn at random as the paper does. This
 is the "sandwich rule" of BigNAS (Yu et al., 2020), added here because a schedule of a few epochs per phase
 samples the two ends of the space too rarely to keep the largest subnet at the teacher's accuracy.
+`largest_at_max_resolution = true` (with `sandwich`) trains that largest subnet at the phase's largest
+resolution on every step, on the same images; the other subnets keep the batch's random resolution.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class Phase:
     warmup_epochs: float = 0.0
     resolutions: tuple[int, ...] | None = None  # None: every resolution of the space
     sandwich: bool = False  # every step trains the largest subnet and the phase's smallest, then random ones
+    largest_at_max_resolution: bool = False  # sandwich: the largest subnet always at the largest resolution
 
     @property
     def sorts_channels(self) -> bool:
@@ -139,8 +142,11 @@ def parse_config(text: str, origin: str = "config") -> TrainConfig:
             raise TrainConfigError(f"{where} ({name}): subnets_per_step must be at least 1")
         if not 0 <= p.get("warmup_epochs", 0) <= p["epochs"]:
             raise TrainConfigError(f"{where} ({name}): warmup_epochs must be within 0..epochs")
-        if "sandwich" in p:
-            _check_type(f"{where} ({name})", "sandwich", p["sandwich"], bool)
+        for key in ("sandwich", "largest_at_max_resolution"):
+            if key in p:
+                _check_type(f"{where} ({name})", key, p[key], bool)
+        if p.get("largest_at_max_resolution") and not p.get("sandwich"):
+            raise TrainConfigError(f"{where} ({name}): largest_at_max_resolution needs sandwich = true")
         res = p.get("resolutions")
         if res is not None and (not isinstance(res, list) or not res or not all(
                 isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in res)):
@@ -149,7 +155,8 @@ def parse_config(text: str, origin: str = "config") -> TrainConfig:
                             subnets_per_step=int(p.get("subnets_per_step", 1)),
                             warmup_epochs=float(p.get("warmup_epochs", 0.0)),
                             resolutions=tuple(res) if res is not None else None,
-                            sandwich=bool(p.get("sandwich", False))))
+                            sandwich=bool(p.get("sandwich", False)),
+                            largest_at_max_resolution=bool(p.get("largest_at_max_resolution", False))))
     names = [p.name for p in phases]
     if len(set(names)) != len(names):
         raise TrainConfigError(f"{origin}: a phase appears twice ({', '.join(names)})")

@@ -60,6 +60,8 @@ def test_shipped_config_parses():
     (tiny_toml() + "\nbogus = 1\n", "unknown key"),
     ("space = ", "not valid TOML"),
     (tiny_toml().replace('name = "kernel"', 'name = "kernel"\nsandwich = "yes"'), "sandwich = 'yes' must be bool"),
+    (tiny_toml().replace('name = "kernel"', 'name = "kernel"\nlargest_at_max_resolution = true'),
+     "largest_at_max_resolution needs sandwich = true"),
 ])
 def test_bad_configs_are_one_line_errors(text, needle):
     with pytest.raises(TrainConfigError) as err:
@@ -115,6 +117,33 @@ def test_sandwich_trains_both_ends_every_step(tmp_path, data):
         big, small, rand = depth_phase[3 * i:3 * i + 3]
         assert big == space.largest(big.r) and small == phase_smallest(space, "depth-1", small.r)
         assert big.r == small.r == rand.r and set(rand.d) <= {3, 4}
+
+
+def test_sandwich_largest_at_max_resolution(tmp_path, data):
+    """With `largest_at_max_resolution`, the largest subnet sees the phase's largest resolution on every step
+    (its input at that size), while the others keep the batch's random one."""
+    text = tiny_toml(phases=("full", "depth-1"), images=160).replace(
+        'name = "depth-1"\nepochs = 1\nlr = 0.05\nsubnets_per_step = 2', 'name = "depth-1"\nepochs = 1\nlr = 0.05\n'
+        'subnets_per_step = 2\nsandwich = true\nlargest_at_max_resolution = true\nresolutions = [24, 28, 32]')
+    cfg = parse_config(text)
+    assert cfg.phases[1].largest_at_max_resolution
+    trainer = Trainer(cfg, tmp_path / "s.safetensors", data=data, progress=False, log=lambda m: None)
+    space = trainer.space
+    seen = []
+
+    def spy(module, args):
+        if module is trainer.net:
+            seen.append((args[1], args[0].shape[-1]))
+
+    trainer.net.register_forward_pre_hook(spy)
+    trainer.run()
+    steps = trainer.history[-1]["steps"]
+    depth_phase = seen[-2 * steps:]
+    for i in range(steps):
+        (big, big_px), (small, small_px) = depth_phase[2 * i:2 * i + 2]
+        assert big == space.largest(32) and big_px == 32
+        assert small == phase_smallest(space, "depth-1", small.r) and small_px == small.r
+    assert {small.r for small, _ in depth_phase[1::2]} != {32}  # the batch's resolution varied
 
 
 def test_every_phase_runs_and_changes_the_weights(tmp_path, data):
