@@ -232,6 +232,12 @@ class Trainer:
             p.requires_grad_(False)
         return t
 
+    @torch.no_grad()
+    def _soft_labels(self, x: torch.Tensor, r: int) -> torch.Tensor:
+        """The teacher's class probabilities for a batch at resolution `r` (the distillation target)."""
+        self.teacher.train()  # batch statistics: the teacher trained at mixed resolutions
+        return F.softmax(self.teacher(x, self.space.largest(r)), dim=1)
+
     # ---- the loop ------------------------------------------------------------------------------------
     def run(self, sampler_override: Sampler | None = None, resolutions: tuple[int, ...] | None = None) -> list[dict]:
         """Train every remaining phase; returns the per-epoch history."""
@@ -308,11 +314,7 @@ class Trainer:
                 g["lr"] = lr
             r = int(res[rng.integers(len(res))])
             x = prepare(images, r, augment=cfg.augment, generator=aug_gen)
-            soft = None
-            if use_kd:
-                with torch.no_grad():
-                    self.teacher.train()  # batch statistics: the teacher trained at mixed resolutions
-                    soft = F.softmax(self.teacher(x, self.space.largest(r)), dim=1)
+            soft = self._soft_labels(x, r) if use_kd else None
             opt.zero_grad(set_to_none=True)
             subs = [sampler(rng, r) for _ in range(phase.subnets_per_step)]  # all drawn: one random stream
             inputs = [(x, soft)] * len(subs)
@@ -321,18 +323,14 @@ class Trainer:
                 subs[0] = self.space.largest(r_top)
                 if r_top != r:  # the same images at the largest resolution (own shift and flip)
                     x_top = prepare(images, r_top, augment=cfg.augment, generator=aug_gen)
-                    soft_top = None
-                    if use_kd:
-                        with torch.no_grad():
-                            soft_top = F.softmax(self.teacher(x_top, self.space.largest(r_top)), dim=1)
-                    inputs[0] = (x_top, soft_top)
+                    inputs[0] = (x_top, self._soft_labels(x_top, r_top) if use_kd else None)
                 if len(subs) > 1:
                     subs[1] = phase_smallest(self.space, phase.name, r)
-            for sub, (x_in, soft) in zip(subs, inputs):
+            for sub, (x_in, target) in zip(subs, inputs):
                 logits = self.net(x_in, sub)
                 loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
-                if soft is not None:
-                    kd = soft_cross_entropy(logits, soft)
+                if target is not None:
+                    kd = soft_cross_entropy(logits, target)
                     kd_sum += float(kd.detach()) * len(labels)
                     loss = loss + cfg.kd_ratio * kd
                 loss.backward()
