@@ -253,15 +253,17 @@ def test_sqlite_refuses_directory_and_creates_parents(tmp_path):
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-
-def hold_write_lock(path, seconds: float) -> threading.Thread:
-    """Another connection takes the write lock of `path` now and keeps it `seconds`, in a thread."""
+def hold_write_lock(path, seconds: float, *statements: str) -> threading.Thread:
+    """Another connection takes the write lock of `path` now, runs `statements` and keeps the lock `seconds`
+    (in a thread), then rolls back."""
     holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN IMMEDIATE")
+    for sql in statements:
+        holder.execute(sql)
 
     def release():
         time.sleep(seconds)
-        holder.execute("COMMIT")
+        holder.execute("ROLLBACK")
         holder.close()
 
     t = threading.Thread(target=release)
@@ -292,24 +294,13 @@ def test_sqlite_retries_busy_errors_its_own_handler_misses(tmp_path):
         assert s.counts()["runs"] == 1
 
 
-
 def test_new_store_opened_while_another_process_sets_it_up(tmp_path):
     """The race two profilers starting on one new store ran into in CI: while one connection holds a write
     transaction on the file still in rollback-journal mode (as while it switches it to WAL), SQLite answers
     the other's `PRAGMA journal_mode = WAL` with "database is locked" at once, without its busy handler.
     open_store waits instead (it failed at once before)."""
     path = tmp_path / "s.sqlite"
-    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    holder.execute("BEGIN IMMEDIATE")
-    holder.execute("CREATE TABLE scratch (a)")
-
-    def release():
-        time.sleep(0.4)
-        holder.execute("ROLLBACK")
-        holder.close()
-
-    t = threading.Thread(target=release)
-    t.start()
+    t = hold_write_lock(path, 0.4, "CREATE TABLE scratch (a)")  # a new file: still in rollback-journal mode
     t0 = time.monotonic()
     try:
         with open_store(path) as s:
@@ -318,6 +309,7 @@ def test_new_store_opened_while_another_process_sets_it_up(tmp_path):
     finally:
         t.join()
     assert waited >= 0.3
+
 
 WRITER = textwrap.dedent("""
     import sys
