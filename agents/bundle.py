@@ -7,6 +7,8 @@ import os
 import zipfile
 from pathlib import Path
 
+from ofa_core.atomic import atomic_write
+
 AGENTS_DIR = Path(__file__).resolve().parent
 _MAIN = (
     '"""ofa-bench runner (zipapp): python3 runner.pyz --help"""\n'
@@ -47,12 +49,10 @@ def build_runner(cache: Path | None = None) -> Path:
     if target.is_file():
         return target
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".{os.getpid()}.part")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with atomic_write(target) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name in sorted(files):
             info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, files[name])
-    os.replace(tmp, target)
     return target

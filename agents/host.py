@@ -3,6 +3,7 @@ by content hash), runs the runner with a timeout, and applies the profile's ther
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -157,7 +158,10 @@ class RunnerAgent(Agent):
 
     def _argv(self, extra: list[str]) -> list[str]:
         p = self.profile
-        argv = [p.python, self.runner_remote, "--runtime", p.runtime, "--threads", str(p.threads),
+        # On this host the runner needs the runtime installed beside ofa-bench (a virtual environment that may
+        # not be on PATH), so the default interpreter is this one; a profile that names another keeps it.
+        python = sys.executable if p.kind == "local" and p.python == "python3" and sys.executable else p.python
+        argv = [python, self.runner_remote, "--runtime", p.runtime, "--threads", str(p.threads),
                 "--device", p.device]
         if p.cores:
             argv += ["--cores", ",".join(str(c) for c in p.cores)]

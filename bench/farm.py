@@ -11,6 +11,7 @@ entry and measures it through `agents.connect(profile)`; `NullSession` measures 
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -18,12 +19,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from agents.transports.base import clear_interrupt, interrupt_calls
 from bench.farm_sessions import AgentSession, DeviceSession, NullSession, SessionFactory
 from bench.jobs import (EnqueueResult, LostJob, active_count, claim, complete, fail, register_worker, release,
                         renew,
                         stop_worker, worker_name)
 from bench.jobs import enqueue as _enqueue
 from bench.store import Store, StoreError, measurement_row, open_store
+from bench.workers import Workers
 from ofa_core.errors import OFABenchError
 
 __all__ = ["AgentSession", "DeviceSession", "FarmError", "NullSession", "Worker", "WorkerReport", "WorkerSettings",
@@ -146,8 +149,10 @@ class Worker:
                  name: str | None = None, log: Callable[[str], None] = _log, label: str = ""):
         if not settings.devices:
             raise FarmError("a worker needs at least one device")
-        if settings.lease_s <= 0:
-            raise FarmError(f"--lease-s must be positive, got {settings.lease_s}")
+        for field_name in ("lease_s", "poll_s"):
+            value = getattr(settings, field_name)
+            if not (math.isfinite(value) and value > 0):
+                raise FarmError(f"--{field_name.replace('_', '-')} must be a finite number > 0, got {value}")
         self.store_target = store_target
         self.settings = settings
         self.session_factory = session_factory
@@ -161,7 +166,8 @@ class Worker:
 
     def _open(self) -> Store:
         """A new connection whose every statement is bounded by `db_timeout_s` (PostgreSQL)."""
-        return open_store(self.store_target, statement_timeout_s=self.settings.db_timeout_s)
+        # a worker serves the queue of an existing store: a mistyped path must not become a new, empty one
+        return open_store(self.store_target, statement_timeout_s=self.settings.db_timeout_s, create=False)
 
     def _hold(self, device: str, job_id: int | None) -> None:
         with self._held_lock:
@@ -189,18 +195,19 @@ class Worker:
             heartbeat = threading.Thread(target=self._heartbeat, args=(store.reopen(), heartbeat_done),
                                          name=f"heartbeat-{self.name}", daemon=True)
             heartbeat.start()
-            threads = [threading.Thread(target=self._serve_device, args=(store.reopen(), report.devices[d]),
-                                        name=f"device-{d}", daemon=True) for d in self.settings.devices]
+            workers = Workers()
             try:
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    while t.is_alive():
-                        t.join(0.2)
+                for d in self.settings.devices:
+                    workers.start(f"device-{d}", self._serve_device, store.reopen(), report.devices[d])
+                workers.wait()
             except KeyboardInterrupt:
+                # Stop the measurements in flight too (runner processes are out of Ctrl-C's reach).
                 self.stop_event.set()
-                for t in threads:
-                    t.join()
+                interrupt_calls()
+                try:
+                    workers.wait()
+                finally:
+                    clear_interrupt()
             finally:
                 heartbeat_done.set()
                 heartbeat.join()

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ofa_core.accuracy import ANCHORS_ENV, anchors_root  # noqa: F401  (re-exported: the anchors' location)
+from ofa_core.atomic import atomic_path, atomic_write
 from ofa_core.errors import OFABenchError
 from ofa_core.space import SearchSpace
 
@@ -22,7 +23,6 @@ from bench.candidates import candidates, keys_by_resolution
 
 YAML_NAME_RE = re.compile(r"^(\d+)_lookup_table\.yaml$")
 TABLE_COLUMNS = ("resolution", "key", "latency_ms", "mean_ms", "std_ms", "count", "normalised_ms")
-ANCHORS_ENV = "OFA_BENCH_ANCHORS"
 #: published tables shipped beside the repository: device name -> (space, folder below the anchors root)
 KNOWN_ANCHORS = {"note10": ("ofa-mbv3-w1.2", Path("ofa-mbv3-w12-note10") / "latency_table_note10")}
 
@@ -210,9 +210,8 @@ def write_yaml_dir(table: LatencyTable, folder: Path) -> list[Path]:
     paths = []
     for r in sorted(by_r):
         path = folder / f"{r}_lookup_table.yaml"
-        tmp = path.with_suffix(".yaml.part")
-        tmp.write_text(yaml.safe_dump(by_r[r], default_flow_style=False, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
+        with atomic_write(path) as f:  # a fresh temporary name: nothing planted in the folder is followed
+            f.write(yaml.safe_dump(by_r[r], default_flow_style=False, sort_keys=True).encode("utf-8"))
         paths.append(path)
     return paths
 
@@ -233,12 +232,11 @@ def write_frame(table: LatencyTable, path: Path, fmt: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     df = table_frame(table)
-    tmp = path.with_name(path.name + ".part")
-    if fmt == "parquet":
-        df.to_parquet(tmp, index=False)
-    else:
-        df.to_csv(tmp, index=False, float_format="%.17g")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if fmt == "parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False, float_format="%.17g")
     return path
 
 
@@ -306,10 +304,11 @@ def check_fits_space(entries: Mapping[tuple[int, str], EntryStats], space: Searc
 
 
 # ---- tables from the store and from the anchors ----------------------------------------------------------
-def anchors_root() -> Path:
-    """`$OFA_BENCH_ANCHORS`, else the `shared/anchors` folder beside the repository checkout."""
-    env = os.environ.get(ANCHORS_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "anchors"
+def anchors_missing(path: Path) -> str:
+    """One line for a missing published anchor: what to fetch and where to put it."""
+    return (f"{path} not found: fetch the published anchors folder ofa-mbv3-w12-note10 (in the project's shared "
+            f"anchors; a checkout has a copy in tests/data/anchors) into {anchors_root()}, or set ${ANCHORS_ENV} "
+            f"to a folder holding it")
 
 
 def anchor_table(device: str, space: SearchSpace) -> LatencyTable | None:
@@ -418,6 +417,9 @@ def load_device_table(device: str, space: SearchSpace | str, store=None,
             table = table_from_store(store, device, space, statistic=statistic)
     if table is None:
         table = anchor_table(device, space)
+    if table is None and KNOWN_ANCHORS.get(device, ("",))[0] == space.name:
+        raise LutError(f"no latency table for device {device!r}, space {space.name} in {where}, and its published "
+                       f"one is missing: {anchors_missing(anchors_root() / KNOWN_ANCHORS[device][1])}")
     if table is None:
         raise LutError(f"no latency table for device {device!r}, space {space.name} in {where}; "
                        f"run `ofa-bench profile {device} --space {space.name}` or `ofa-bench lut import` first")
@@ -448,8 +450,10 @@ def import_table(store, device: str, space: SearchSpace, source: Path) -> dict:
 
 
 def export_table(table: LatencyTable, fmt: str, out: Path) -> list[Path]:
-    if fmt == "yaml":
-        return write_yaml_dir(table, out)
-    if fmt in ("parquet", "csv"):
-        return [write_frame(table, out, fmt)]
-    raise LutError(f"unknown table format {fmt!r}; use yaml, parquet or csv")
+    """Write the table as a folder of official YAML files, or one Parquet or CSV file."""
+    if fmt not in ("yaml", "parquet", "csv"):
+        raise LutError(f"unknown table format {fmt!r}; use yaml, parquet or csv")
+    try:
+        return write_yaml_dir(table, out) if fmt == "yaml" else [write_frame(table, out, fmt)]
+    except OSError as exc:
+        raise LutError(f"cannot write the table to {out}: {exc.strerror or exc}") from None

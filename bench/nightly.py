@@ -11,6 +11,8 @@ Crontab (every night at 03:15, a log per night):
 """
 from __future__ import annotations
 
+import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +38,14 @@ class NightlySettings:
     min_after: int = 2             # points needed after a step (nights) before it is reported
     rounds: int = 3
     spaces: tuple[str, ...] = ()   # () = every space the device was profiled on
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.stale_days) and self.stale_days >= 0):
+            raise OFABenchError(f"stale_days must be a finite number >= 0, got {self.stale_days}")
+        if not (math.isfinite(self.threshold) and self.threshold > 0):
+            raise OFABenchError(f"threshold must be a finite number > 0, got {self.threshold}")
+        if self.rounds < 1 or self.min_after < 1:
+            raise OFABenchError(f"rounds and min_after must be >= 1, got {self.rounds} and {self.min_after}")
 
 
 def sentinels(space: SearchSpace, resolutions: Sequence[int]) -> list[Entry]:
@@ -75,7 +85,7 @@ def nightly_device(device: str, store_target: str, settings: NightlySettings = N
 
     report: dict = {"device": device, "status": "ok", "spaces": [], "drift": [], "rebuilt": [], "error": None}
     start = time.monotonic()
-    store = open_store(store_target)
+    store = open_store(store_target, create=False)  # nightly maintains a store, never starts one
     try:
         profile = get_device(device)
         report["simulated"] = bool(profile.simulated)
@@ -272,7 +282,7 @@ def nightly(devices: Sequence[str] | None, store_target: str, settings: NightlyS
     for d in devices or ():
         get_device(d)  # an unknown name is the user's error: one line, before the store is opened
     if not devices:
-        with open_store(store_target) as store:
+        with open_store(store_target, create=False) as store:
             devices = sorted({r["device"] for r in store.runs() if r["kind"] in ("profile", "nightly")})
     reports = [nightly_device(d, store_target, settings) for d in devices]
     bad = [r for r in reports if r["status"] in ("unreachable", "failed")]
@@ -291,7 +301,7 @@ def plot_drift(doc: dict, store_target: str, folder) -> list:
     from bench.store import open_store
 
     out = []
-    with open_store(store_target) as store:
+    with open_store(store_target, create=False) as store:
         for dev in doc.get("devices", []):
             fp = store.latest_fingerprint(dev["device"])
             if fp is None:
@@ -304,7 +314,8 @@ def plot_drift(doc: dict, store_target: str, folder) -> list:
                     values = [r["latency_ms"] for r in rows] if kind == "reference" else _ratio_series(rows)
                     step = detect_step(values, min_size=2)
                     name = hashlib.sha256(d["key"].encode()).hexdigest()[:10]
-                    path = Path(folder) / f"{dev['device']}-{d['resolution']}-{name}.png"
+                    device = re.sub(r"[^A-Za-z0-9._-]", "_", dev["device"]).lstrip(".")  # a name, never a path
+                    path = Path(folder) / f"{device}-{d['resolution']}-{name}.png"
                     out.append(drift_history([r["measured_at"] for r in rows], values, path,
                                              None if step is None else step.index,
                                              title=f"{dev['device']} r{d['resolution']} {d['key'][:70]}"))

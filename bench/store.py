@@ -24,7 +24,8 @@ from bench.store_rows import (MEASUREMENT_COLUMNS, decode_measurement, decode_ru
 from bench.store_pg import PostgresBackend, is_postgres_url
 from bench.store_sqlite import SqliteBackend
 
-__all__ = ["open_store", "Store", "StoreError", "StoreConflict", "fingerprint_id", "measurement_row", "RUN_STATUSES"]
+__all__ = ["open_store", "check_store_exists", "Store", "StoreError", "StoreConflict", "fingerprint_id",
+           "measurement_row", "RUN_STATUSES"]
 
 RUN_STATUSES = ("running", "done", "interrupted", "failed")
 
@@ -46,11 +47,23 @@ def _user() -> str:
         return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
 
 
+def check_store_exists(target: str | os.PathLike) -> None:
+    """Raise `StoreError` ("store PATH does not exist") unless the SQLite file at `target` exists. A
+    `postgresql://` URL passes: the server answers for its database when connected to."""
+    text = str(target)
+    if not text.strip():
+        raise StoreError("empty store path")
+    if not is_postgres_url(text):
+        SqliteBackend(Path(text)).check_exists()
+
+
 def open_store(target: str | os.PathLike, *, connect_timeout_s: float = 10.0,
                busy_timeout_s: float = 60.0, migrate: bool = True,
-               statement_timeout_s: float | None = None) -> "Store":
-    """Open (creating if new) the store at an SQLite path or a `postgresql://` URL and bring its schema up to date.
+               statement_timeout_s: float | None = None, create: bool = True) -> "Store":
+    """Open the store at an SQLite path or a `postgresql://` URL and bring its schema up to date.
 
+    A new SQLite file is created only with `create=True` (the commands that write measurements); with
+    `create=False` a missing file is a `StoreError`, so a mistyped path never becomes an empty store.
     With `migrate=False` an older schema is left as it is (`store.version` tells; `store.migrate()` updates it).
     `statement_timeout_s` (PostgreSQL) cancels any statement or idle transaction running longer (farm workers)."""
     text = str(target)
@@ -60,6 +73,8 @@ def open_store(target: str | os.PathLike, *, connect_timeout_s: float = 10.0,
         backend = PostgresBackend(text, connect_timeout_s=connect_timeout_s, statement_timeout_s=statement_timeout_s)
     else:
         backend = SqliteBackend(Path(text), busy_timeout_s=busy_timeout_s)
+        if not create:
+            backend.check_exists()
     backend.check_target()
     conn = backend.connect()
     try:

@@ -66,6 +66,12 @@ class SqliteBackend:
     def describe(self) -> str:
         return str(self.path)
 
+    def check_exists(self) -> None:
+        """Refuse a path where no store is (a mistyped `--store` must not become a new, empty store)."""
+        if not self.path.exists():
+            raise StoreError(f"store {self.path} does not exist (`ofa-bench profile`, `lut import` or "
+                             f"`store migrate` create one)")
+
     def check_target(self) -> None:
         """Refuse anything that is not an SQLite file before SQLite touches it (no -wal beside a foreign file)."""
         p = self.path

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,10 +15,22 @@ KINDS = ("local", "adb", "ssh", "fpga")
 RUNTIMES = ("onnxruntime", "litert", "torch", "null", "fpga-model")
 FORMATS = ("onnx", "tflite", "pt2")
 DEFAULT_FORMAT = {"onnxruntime": "onnx", "litert": "tflite", "torch": "pt2", "null": "onnx", "fpga-model": "onnx"}
+SSH_ADDRESS_FORM = "USER@HOST[:PORT]"
+_SSH_ADDRESS = re.compile(r"^(?P<user>[^@\s:/-][^@\s:/]*)@(?P<host>[^@\s:/-][^@\s:/]*)(?::(?P<port>\d{1,5}))?$")
 
 
 class ProfileError(OFABenchError, ValueError):
     """A device profile that cannot be read or holds a bad value."""
+
+
+def parse_ssh_address(address: str) -> tuple[str, str, int]:
+    """`USER@HOST[:PORT]` -> (user, host, port); the user is required (ssh would otherwise log in as whoever
+    runs ofa-bench, a different account on every host of a farm)."""
+    m = _SSH_ADDRESS.match(address)
+    port = int(m["port"]) if m and m["port"] else 22
+    if m is None or not 0 < port < 65536:
+        raise ProfileError(f"ssh address must be {SSH_ADDRESS_FORM}, got {address!r}")
+    return m["user"], m["host"], port
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,18 @@ class DeviceProfile:
             raise ProfileError(f"{where}: unknown model_format {self.model_format!r} (known: {', '.join(FORMATS)})")
         if self.kind in ("adb", "ssh") and not self.address:
             raise ProfileError(f"{where}: kind {self.kind!r} needs an address")
+        if self.kind == "ssh":
+            try:
+                parse_ssh_address(self.address)
+            except ProfileError as exc:
+                raise ProfileError(f"{where}: {exc}") from None
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ProfileError(f"{where}: {f.name} must be a finite number, got {value}")
+        if self.cooldown_s < 0 or self.cooldown_max_s < 0 or self.cv_threshold <= 0 or self.max_remeasure < 0:
+            raise ProfileError(f"{where}: cooldown_s, cooldown_max_s and max_remeasure must not be negative, "
+                               f"cv_threshold must be positive")
         if self.threads < 1:
             raise ProfileError(f"{where}: threads must be >= 1")
         if self.min_runs < 1 or self.max_runs < self.min_runs:

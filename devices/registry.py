@@ -7,7 +7,8 @@ import tomllib
 import re
 from pathlib import Path
 
-from devices.profile import DeviceProfile, ProfileError
+from devices.profile import SSH_ADDRESS_FORM, DeviceProfile, ProfileError, parse_ssh_address
+from ofa_core.atomic import atomic_write
 from ofa_core.errors import OFABenchError
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "profiles"
@@ -44,9 +45,21 @@ def list_devices(include_user: bool = True) -> list[DeviceProfile]:
     return list(profiles.values())
 
 
+#: what a profile written by `devices add` may be called: the name becomes the file NAME.toml, so it is never a path
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+
+
+def check_profile_name(name: str) -> str:
+    """`name` if it can name a profile file: letters, digits, '.', '_' and '-', not starting with '.' or '-',
+    no '..' (so never a path, an absolute name or a hidden file); else a one-line `ProfileError`."""
+    if not _PROFILE_NAME.match(name or "") or ".." in name or len(name) > 128:
+        raise ProfileError(f"device name {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
+                           f"(at most 128, not starting with '.' or '-', no '..'; a name, not a path)")
+    return name
+
+
 _ADB_TCP = re.compile(r"^adb:(?P<host>[^:\s]+):(?P<port>\d{1,5})$")
 _ADB_SERIAL = re.compile(r"^adb:(?P<serial>[^\s:]+)$")
-_SSH = re.compile(r"^ssh:(?P<user>[^@\s:]+)@(?P<host>[^:\s@]+)(?::(?P<port>\d{1,5}))?$")
 
 
 def _adhoc(name: str) -> DeviceProfile | None:
@@ -62,11 +75,16 @@ def _adhoc(name: str) -> DeviceProfile | None:
     if m:
         return DeviceProfile(name=name, kind="adb", address=m["serial"], adb_server=True, source="ad-hoc",
                              description="ad-hoc device through the adb server")
-    m = _SSH.match(name)
-    if m:
-        address = f"{m['user']}@{m['host']}" + (f":{m['port']}" if m["port"] else "")
-        return DeviceProfile(name=name, kind="ssh", address=address, source="ad-hoc",
+    if name.startswith("ssh:"):
+        try:
+            parse_ssh_address(name.removeprefix("ssh:"))
+        except ProfileError:
+            raise ProfileError(f"ad-hoc ssh device {name!r}: use ssh:{SSH_ADDRESS_FORM} "
+                               f"(the user is required)") from None
+        return DeviceProfile(name=name, kind="ssh", address=name.removeprefix("ssh:"), source="ad-hoc",
                              description="ad-hoc device over ssh")
+    if name.startswith("adb:"):
+        raise ProfileError(f"ad-hoc adb device {name!r}: use adb:HOST:PORT or adb:SERIAL")
     return None
 
 
@@ -91,11 +109,17 @@ def get_device(name: str | None = None) -> DeviceProfile:
 def write_user_profile(profile: DeviceProfile, force: bool = False) -> Path:
     """Save `profile` as TOML in the first user profile folder; refuse to overwrite unless `force`."""
     folder = user_profile_dirs()[0]
-    path = folder / f"{profile.name}.toml"
-    if path.exists() and not force:
+    path = folder / f"{check_profile_name(profile.name)}.toml"
+    if (path.exists() or path.is_symlink()) and not force:
         raise ProfileError(f"device profile {path} already exists (use --force to replace it)")
-    folder.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise ProfileError(f"{path} is not a regular file; remove it first")
     text = profile.to_toml()
     DeviceProfile.from_dict(tomllib.loads(text), source=str(path))  # round-trips
-    path.write_text(text, encoding="utf-8")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as f:
+            f.write(text.encode("utf-8"))
+    except OSError as exc:
+        raise ProfileError(f"cannot write device profile {path}: {exc.strerror or exc}") from None
     return path

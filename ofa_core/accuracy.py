@@ -12,6 +12,7 @@ train (`fit`) and for the reference forward (`predict_torch`).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from ofa_core.errors import CheckpointError, InvalidConfigError
 from ofa_core.space import ConfigBatch, SearchSpace, SubnetConfig
 
 FORMAT_VERSION = 1
+#: the published anchors (the official predictor, the Note10 tables): this folder, else `../shared/anchors`
+ANCHORS_ENV = "OFA_BENCH_ANCHORS"
 OFFICIAL_RESOLUTION_GRID = tuple(range(112, 225, 16))
 _OFFICIAL_SPACE = "ofa-mbv3-w1.2"
 
@@ -393,15 +396,22 @@ def _rmse(pred: np.ndarray, y: np.ndarray) -> float:
     return float(np.sqrt(np.mean((pred - y) ** 2)))
 
 
+def anchors_root(shared: Path | None = None) -> Path:
+    """Where the published anchors live: `<shared>/anchors` for a given `shared`, else `$OFA_BENCH_ANCHORS`,
+    else the `shared/anchors` folder beside the repository checkout."""
+    if shared is None and os.environ.get(ANCHORS_ENV):
+        return Path(os.environ[ANCHORS_ENV])
+    return (shared or Path(__file__).resolve().parents[2] / "shared") / "anchors"
+
+
 def default_predictor_path(space_name: str, shared: Path | None = None) -> Path | None:
     """Where the default predictor of a space lives: the shipped one (`ofa_core/weights/<space>.acc.safetensors`),
-    or for ofa-mbv3-w1.2 the published one in `../shared/anchors` beside the checkout. None if there is none."""
+    or for ofa-mbv3-w1.2 the published one among the anchors (`anchors_root`). None if there is none."""
     shipped = Path(__file__).resolve().parent / "weights" / f"{space_name}.acc.safetensors"
     if shipped.is_file():
         return shipped
     if space_name == _OFFICIAL_SPACE:
-        shared = shared or Path(__file__).resolve().parents[2] / "shared"
-        anchor = shared / "anchors" / "ofa-mbv3-w12-note10" / "acc_predictor.pth"
+        anchor = anchors_root(shared) / "ofa-mbv3-w12-note10" / "acc_predictor.pth"
         if anchor.is_file():
             return anchor
     return None

@@ -7,13 +7,13 @@ weights (the supernet alone, with the command, config and figures that produced 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import torch
 
+from ofa_core.atomic import atomic_path
 from ofa_core.errors import CheckpointError
 
 FORMAT = "ofa-bench-checkpoint/1"
@@ -42,10 +42,8 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
         for k, v in group.items():
             tensors[prefix + k] = v.detach().contiguous().cpu()
     meta = {"format": FORMAT, "space": ckpt.space, "kind": ckpt.kind, "meta": json.dumps(ckpt.meta)}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.chmod(tmp, 0o644)  # safetensors creates it owner-only; weights are meant to be shared
-    os.replace(tmp, path)
+    with atomic_path(path, mode=0o644) as tmp:  # weights are meant to be shared: 0644, not owner-only
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

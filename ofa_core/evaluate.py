@@ -86,8 +86,11 @@ def _score(static: torch.nn.Module, split: Split, r: int, backend: str) -> float
 
 
 def evaluate_many(net, cfgs: Sequence[SubnetConfig], split: Split, train: Split, recal_images: int = 2000,
-                  seed: int = 0, backend: str = "onnxruntime", progress: bool = True) -> np.ndarray:
-    """Top-1 of many subnets in this process (float64 array), with a progress bar on stderr."""
+                  seed: int = 0, backend: str = "onnxruntime", progress: bool = True,
+                  on_result=None) -> np.ndarray:
+    """Top-1 of many subnets in this process (float64 array), with a progress bar on stderr. Each equals
+    `evaluate_subnet` of the same arguments. `on_result(i, top1)` is called as each result arrives (e.g. a
+    caller's own progress report, with `progress=False`)."""
     from tqdm import tqdm
 
     recal = recal_sample(train, recal_images, seed)
@@ -95,6 +98,8 @@ def evaluate_many(net, cfgs: Sequence[SubnetConfig], split: Split, train: Split,
     for i, cfg in enumerate(tqdm(cfgs, desc="evaluating subnets", file=sys.stderr, disable=not progress,
                                  dynamic_ncols=True)):
         out[i] = _score(calibrated_subnet(net, cfg, recal), split, cfg.r, backend)
+        if on_result is not None:
+            on_result(i, float(out[i]))
     return out
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,24 @@ Predictor = Callable[[ConfigBatch], np.ndarray]
 
 class InfeasibleBudgetError(OFABenchError, ValueError):
     """No subnet of the space meets the budget; the message gives the smallest value reachable."""
+
+
+class InvalidBudgetError(OFABenchError, ValueError):
+    """A budget that is not a finite number above zero (0, a negative value, nan or inf)."""
+
+
+def check_budget(budget: Mapping[str, float]) -> dict[str, float]:
+    """The budget as floats; every limit must be finite and > 0 (nan would silently admit every subnet)."""
+    out = {}
+    for name, value in budget.items():
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise InvalidBudgetError(f"budget on {name} must be a number, got {value!r}") from None
+        if not (math.isfinite(v) and v > 0):
+            raise InvalidBudgetError(f"budget on {name} must be a finite number > 0, got {value!r}")
+        out[name] = v
+    return out
 
 
 @dataclass(frozen=True)
@@ -343,6 +362,7 @@ def _evolve(space, accuracy_fn, metrics, budgets, rng, params, resolutions) -> l
     t0 = time.perf_counter()
     if not budgets:
         return []
+    budgets = [check_budget(b) for b in budgets]
     unknown = sorted({k for b in budgets for k in b} - set(metrics))
     if unknown:
         raise OFABenchError(f"budget on {unknown[0]!r}, which has no predictor (have: {', '.join(metrics) or 'none'})")
@@ -593,6 +613,7 @@ def pareto_front(space: SearchSpace, accuracy_fn: Predictor, metrics: Mapping[st
     t0 = time.perf_counter()
     if not metrics:
         raise OFABenchError("a Pareto front needs at least one cost (latency or MACs)")
+    limits = check_budget(limits or {})
     genome = Genome(space, resolutions)
     cache = ScoreCache(genome, accuracy_fn, metrics)
     names = cache.metric_names

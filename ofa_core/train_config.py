@@ -91,10 +91,8 @@ def _check_type(where: str, key: str, value, want: type) -> None:
 
 def parse_config(text: str, origin: str = "config") -> TrainConfig:
     """Parse TOML text into a `TrainConfig`; every problem is a one-line `TrainConfigError`."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    import tomllib
+
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -13,11 +13,8 @@ W12 = SearchSpace.get("ofa-mbv3-w1.2")
 
 
 @pytest.fixture(scope="module")
-def official_pth(shared_dir):
-    path = shared_dir / "anchors" / "ofa-mbv3-w12-note10" / "acc_predictor.pth"
-    if not path.is_file():
-        pytest.skip(f"{path} not present")
-    return path
+def official_pth(anchors_dir):
+    return anchors_dir / "ofa-mbv3-w12-note10" / "acc_predictor.pth"
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,17 @@
 """Candidate entries: the official key format, checked against the real Note10 tables."""
 import re
-from pathlib import Path
 
 import pytest
 import yaml
+from _anchors import note10_dir
 
 from bench.candidates import candidates, keys_by_resolution, subnet_keys
 from ofa_core.space import SearchSpace
 
-NOTE10 = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "ofa-mbv3-w12-note10" / "latency_table_note10"
+NOTE10 = note10_dir() / "latency_table_note10"
 
 
 def _note10_files():
-    if not NOTE10.is_dir():
-        return []
     return sorted(NOTE10.glob("*_lookup_table.yaml"))
 
 
@@ -25,10 +23,8 @@ def test_keys_equal_note10_yaml(path):
     assert ours == official
 
 
-def test_note10_tables_present_or_skip():
-    if not _note10_files():
-        pytest.skip("anchors not present")
-    assert len(_note10_files()) == 17
+def test_note10_tables_present():
+    assert len(_note10_files()) == 17, f"{NOTE10}: expected the 17 published tables"
 
 
 def test_first_block_key_w12_224():

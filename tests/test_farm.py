@@ -363,6 +363,7 @@ def test_worker_without_devices_or_unreachable_device(tmp_path):
     def unreachable(device):
         raise ConnectionError(f"{device}: no route to host")
 
+    open_store(tmp_path / "s.sqlite").close()  # a worker serves an existing store
     with pytest.raises(FarmError, match="no route to host"):
         Worker(str(tmp_path / "s.sqlite"), WorkerSettings(("phone",), poll_s=0.01, exit_when_idle=True),
                unreachable).run()
@@ -615,6 +616,7 @@ def test_cli_bad_databases(pg_server, pg_url, capsys, tmp_path):
         (["store", "copy", str(tmp_path / "a.sqlite"), pg_server.url(db, PASSWORD_USER, "wrong")],
          "password authentication"),
     ]
+    open_store(tmp_path / "a.sqlite").close()  # the copy's source exists: the destination is what fails
     notes = tmp_path / "notes.txt"
     notes.write_text("not a database")
     cases.append((["farm", "status", "--store", str(notes)], "not an SQLite database"))

@@ -20,8 +20,8 @@ W12 = SearchSpace.get("ofa-mbv3-w1.2")
 
 
 @pytest.fixture()
-def note10_dir(shared_dir):
-    return shared_dir / "anchors" / "ofa-mbv3-w12-note10" / "latency_table_note10"
+def note10_dir(anchors_dir):
+    return anchors_dir / "ofa-mbv3-w12-note10" / "latency_table_note10"
 
 
 def cli(*args, env=None):
@@ -85,8 +85,11 @@ def test_anchor_fallback_without_store(tmp_path, note10_dir):
 def test_predict_cli_on_anchors(note10_dir, tmp_path):
     import json
 
+    from bench.store import open_store
+
+    open_store(tmp_path / "empty.sqlite").close()  # no tables: the published anchors answer
     r = cli("predict", "--device", "note10", "--space", "ofa-mbv3-w1.2", "--config", "largest", "--json",
-            "--store", tmp_path / "none.sqlite")
+            "--store", tmp_path / "empty.sqlite")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["table_sum_ms"] == doc["latency_ms"] > 0 and doc["table_version"].startswith("anchors-")
@@ -169,7 +172,12 @@ def test_unknown_space_and_device(tmp_path):
     r = cli("lut", "export", "nope", "--out", tmp_path / "o", "--space", "no-such-space", "--store", tmp_path / "s.sqlite")
     assert r.returncode != 0 and "unknown search space" in r.stderr and r.stderr.count("\n") == 1
     r = cli("predict", "--device", "nope", "--space", "ofa-mbv3-fmnist", "--store", tmp_path / "s.sqlite")
-    assert r.returncode != 0 and "no latency table" in r.stderr and r.stderr.count("\n") == 1
+    assert r.returncode != 0 and "does not exist" in r.stderr and r.stderr.count("\n") == 1
     assert not (tmp_path / "s.sqlite").exists()
+    from bench.store import open_store
+
+    open_store(tmp_path / "empty.sqlite").close()
+    r = cli("predict", "--device", "nope", "--space", "ofa-mbv3-fmnist", "--store", tmp_path / "empty.sqlite")
+    assert r.returncode != 0 and "no latency table" in r.stderr and r.stderr.count("\n") == 1
     with pytest.raises(LutError):
         read_yaml_dir(tmp_path)

@@ -96,6 +96,9 @@ def test_nightly_keeps_history_and_flags_injected_step(tmp_path, devices):
 
 
 def test_nightly_unreachable_exits_nonzero(tmp_path, devices):
+    from bench.store import open_store
+
+    open_store(tmp_path / "s.sqlite").close()  # nightly maintains an existing store
     r = cli("nightly", "gone-nightly", "--store", tmp_path / "s.sqlite", "--json")
     assert r.returncode != 0 and "unreachable: gone-nightly" in r.stderr
     doc = json.loads(r.stdout)

@@ -34,14 +34,12 @@ def test_non_dominated_matches_brute_force(n_costs):
 
 
 @pytest.fixture(scope="module")
-def note10(shared_dir):
+def note10(anchors_dir):
     from bench.lut import load_device_table
     from bench.predictor import LatencyPredictor
     from ofa_core.accuracy import AccuracyPredictor
 
-    pth = shared_dir / "anchors" / "ofa-mbv3-w12-note10" / "acc_predictor.pth"
-    if not pth.is_file():
-        pytest.skip("official predictor not present")
+    pth = anchors_dir / "ofa-mbv3-w12-note10" / "acc_predictor.pth"
     return AccuracyPredictor.from_official(pth), LatencyPredictor.from_table(load_device_table("note10", W12), W12)
 
 
@@ -118,9 +116,12 @@ def test_measured_subnets_csv_and_figure(front, note10, tmp_path):
 def test_cli_pareto(note10, capsys, tmp_path):
     from bench.cli import main
 
+    from bench.store import open_store
+
+    open_store(tmp_path / "empty.sqlite").close()  # no tables: the published anchors answer
     rc = main(["pareto", "--device", "note10", "--out", str(tmp_path / "f.png"), "--csv", str(tmp_path / "f.csv"),
                "--generations", "40", "--resolutions", "160,192,224", "--json",
-               "--store", str(tmp_path / "none.sqlite")])
+               "--store", str(tmp_path / "empty.sqlite")])
     out = capsys.readouterr()
     assert rc == 0, out.err
     doc = json.loads(out.out)

@@ -1,7 +1,12 @@
 """LiteRT (`ai-edge-litert`) for `.tflite` files: the interpreter with the profile's thread count, inputs set
 once before timing, `invoke()` timed."""
 import numpy as np
-from ai_edge_litert import interpreter as litert
+
+try:
+    from ai_edge_litert import interpreter as litert
+except ImportError:  # one line, naming what to install (get_runtime turns it into RuntimeUnavailable)
+    raise ImportError("the litert runtime needs ai-edge-litert: pip install ai-edge-litert "
+                      "(on a host: pip install 'ofa-bench[litert]')") from None
 
 from agents.runtimes import Loaded, ModelLoadError, check_file
 

@@ -10,7 +10,6 @@ inside its sandbox) and falls back to /data/local/tmp/ofa-bench, the usual writa
 """
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import socket
@@ -24,7 +23,9 @@ from adb_shell import exceptions as ex
 from adb_shell.adb_device import AdbDevice, AdbDeviceUsb
 from adb_shell.transport.tcp_transport import TcpTransport
 
-from agents.transports.base import CommandResult, Transport, TransportError, quote_argv
+from agents.transports.base import (CommandResult, Transport, TransportError, quote_argv, run_process,
+                                     stoppable)
+from ofa_core.atomic import atomic_path
 
 DEFAULT_WORKDIR = "/data/local/tmp/ofa-bench"
 WORKDIR_PROPERTY = "ro.ofa_bench.workdir"
@@ -176,8 +177,10 @@ class _AdbShellBase(Transport):
 
         with self._lock:
             worker = threading.Thread(target=work, name=f"{self.name} {what}", daemon=True)
-            worker.start()
-            worker.join(timeout_s)
+            # Stopping closes the connection: the device's adbd then ends the command's process.
+            with stoppable(self._drop):
+                worker.start()
+                worker.join(timeout_s)
             if worker.is_alive():
                 self._drop()
                 worker.join(2.0)
@@ -238,16 +241,11 @@ class _AdbShellBase(Transport):
 
     def pull_file(self, remote: str, local: Path, timeout_s: float = 120.0) -> None:
         local = Path(local)
-        part = local.with_name(local.name + ".part")
+        with atomic_path(local) as part:  # a fresh temporary name beside `local`, swapped in once complete
+            def op(device, t: float) -> None:
+                device.pull(remote, str(part), transport_timeout_s=t, read_timeout_s=t + 1.0)
 
-        def op(device, t: float) -> None:
-            device.pull(remote, str(part), transport_timeout_s=t, read_timeout_s=t + 1.0)
-
-        try:
             self._call(f"pulling {remote}", op, timeout_s)
-            os.replace(part, local)
-        finally:
-            part.unlink(missing_ok=True)
 
     def close(self) -> None:
         with self._lock:
@@ -312,7 +310,8 @@ class AdbServerTransport(Transport):
         if serial:
             argv += ["-s", self.serial]
         try:
-            return subprocess.run(argv + args, capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+            code, out, err = run_process(argv + args, timeout_s)
+            return subprocess.CompletedProcess(argv + args, code, out, err)
         except FileNotFoundError:
             raise TransportError(f"{self.name}: the `{self.adb}` command is not installed "
                                  "(Debian: apt install adb; or Android platform-tools)") from None
@@ -369,15 +368,11 @@ class AdbServerTransport(Transport):
 
     def pull_file(self, remote: str, local: Path, timeout_s: float = 120.0) -> None:
         local = Path(local)
-        part = local.with_name(local.name + ".part")
         what = f"pulling {remote}"
         with self._lock:
             self._ensure_ready(min(timeout_s, self.timeout_s))
-            try:
+            with atomic_path(local) as part:
                 proc = self._adb(["pull", remote, str(part)], timeout_s, what)
                 if proc.returncode != 0:
                     self._ready = False
                     raise TransportError(f"{self.name}: {what} failed: {self._last_line(proc)}")
-                os.replace(part, local)
-            finally:
-                part.unlink(missing_ok=True)

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
-from agents.transports.base import CommandResult, Transport, TransportError
+from agents.transports.base import CommandResult, Transport, TransportError, run_process
 
 
 def default_workdir() -> str:
@@ -29,24 +28,12 @@ class LocalTransport(Transport):
         timeout = self.timeout_s if timeout_s is None else timeout_s
         argv = [str(a) for a in argv]
         try:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, cwd=self.workdir if os.path.isdir(self.workdir) else None)
+            code, out, err = run_process(argv, timeout, cwd=self.workdir if os.path.isdir(self.workdir) else None)
         except OSError as exc:
             return CommandResult(127, "", f"{argv[0]}: {exc.strerror or exc}")
-        try:
-            out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self._kill(proc)
             raise TransportError(f"{self.name}: command {argv[0]} timed out after {timeout:g} s") from None
-        return CommandResult(proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
-
-    @staticmethod
-    def _kill(proc: subprocess.Popen) -> None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.communicate()
+        return CommandResult(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
 
     def push_file(self, local: Path, remote: str, timeout_s: float = 120.0) -> None:
         try:

@@ -24,7 +24,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from agents.transports.base import CommandResult, Transport, TransportError, quote_argv
+from agents.transports.base import CommandResult, Transport, TransportError, quote_argv, run_process
+from ofa_core.atomic import atomic_write
 
 DEFAULT_WORKDIR = "~/.cache/ofa-bench"   # resolved to an absolute path on the device at first use
 _PUSH_SCRIPT = 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1"'
@@ -150,12 +151,13 @@ class SshTransport(Transport):
         with self._lock:
             self._ensure_master(min(timeout_s, self.timeout_s))
             try:
-                proc = subprocess.run(self._base_argv() + self._target() + [line], stdin=stdin,
-                                      stdout=stdout, stderr=subprocess.PIPE, timeout=timeout_s)
+                returncode, out, err = run_process(self._base_argv() + self._target() + [line], timeout_s,
+                                                   stdin=stdin, stdout=stdout)
             except FileNotFoundError:
                 raise TransportError(f"{self.name}: the `{self.ssh}` command is not installed") from None
             except subprocess.TimeoutExpired:
                 raise TransportError(f"{self.name}: timed out after {timeout_s:g} s ({what})") from None
+        proc = subprocess.CompletedProcess([], returncode, out, err)
         stderr = proc.stderr.decode("utf-8", "replace")
         found = None
         for found in re.finditer("\n" + re.escape(marker) + r"(-?\d+)\n", stderr):
@@ -196,16 +198,11 @@ class SshTransport(Transport):
 
     def pull_file(self, remote: str, local: Path, timeout_s: float = 120.0) -> None:
         local = Path(local)
-        part = local.with_name(local.name + ".part")
         what = f"pulling {remote}"
-        try:
-            with open(part, "wb") as f:
-                returncode, _, stderr = self._ssh(["cat", "--", remote], timeout_s, what, stdout=f)
+        with atomic_write(local) as f:  # a fresh temporary name beside `local`, swapped in once complete
+            returncode, _, stderr = self._ssh(["cat", "--", remote], timeout_s, what, stdout=f)
             if returncode != 0:
                 raise TransportError(f"{self.name}: {what} failed: {_last_line(stderr.encode()) or returncode}")
-            os.replace(part, local)
-        finally:
-            part.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Stop the master connection (`ssh -O exit`) and remove its socket folder."""

@@ -20,7 +20,8 @@ def register(app: typer.Typer) -> None:
         json_out: bool = JsonOption,
     ) -> None:
         """Profile local-cpu, validate its table, search three latency budgets, draw the Pareto front, export
-        and confirm the chosen subnets, and write a report (about 10 minutes; --quick: about a minute)."""
+        and confirm the chosen subnets, and write a report. Takes several minutes; each step shows its progress
+        and time on stderr."""
         import dataclasses
 
         from bench.demo import DemoSettings, run_demo

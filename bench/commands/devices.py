@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from bench.commands._common import JsonOption, emit_json, info
+from bench.commands._common import JsonOption, at_least_one, emit_json, finite, info, non_negative, positive
 
 KIND_HELP = "local | adb | ssh | fpga"
 
@@ -99,28 +99,29 @@ def register(app: typer.Typer) -> None:
 
     @dev_app.command("add")
     def add_cmd(
-        name: str = typer.Argument(..., help="profile name (no spaces)"),
+        name: str = typer.Argument(..., help="profile name: letters, digits, '.', '_' and '-' (the file NAME.toml)"),
         kind: str = typer.Option(..., "--kind", help=KIND_HELP),
         address: str = typer.Option("", "--address", help="adb: HOST:PORT or serial; ssh: USER@HOST[:PORT]; fpga: board"),
         runtime: str = typer.Option("onnxruntime", "--runtime", help="onnxruntime | litert | torch | null | fpga-model"),
         model_format: str = typer.Option("", "--model-format", help="onnx | tflite | pt2 (default: the runtime's)"),
-        threads: int = typer.Option(1, "--threads"),
+        threads: int = typer.Option(1, "--threads", callback=at_least_one),
         cores: Optional[str] = typer.Option(None, "--cores", help="CPU numbers to pin to, e.g. 4,5,6,7"),
         python: str = typer.Option("python3", "--python", help="interpreter on the device"),
         workdir: str = typer.Option("", "--workdir", help="folder on the device for pushed files"),
         binary: str = typer.Option("", "--binary", help="measuring binary on this host (benchmark_model, ...)"),
         key_path: str = typer.Option("", "--key-path", help="ssh private key"),
         adb_server: bool = typer.Option(False, "--adb-server", help="adb: go through the adb command and server"),
-        cooldown_s: float = typer.Option(0.0, "--cooldown-s"),
-        cooldown_temp_c: Optional[float] = typer.Option(None, "--cooldown-temp-c"),
-        cv_threshold: float = typer.Option(0.05, "--cv-threshold"),
+        cooldown_s: float = typer.Option(0.0, "--cooldown-s", callback=non_negative),
+        cooldown_temp_c: Optional[float] = typer.Option(None, "--cooldown-temp-c", callback=finite),
+        cv_threshold: float = typer.Option(0.05, "--cv-threshold", callback=positive),
         description: str = typer.Option("", "--description"),
         force: bool = typer.Option(False, "--force", help="replace an existing user profile"),
         json_out: bool = JsonOption,
     ) -> None:
         """Write a device profile to the user's profile folder ($OFA_BENCH_DEVICES or ~/.config/ofa-bench/devices)."""
-        from devices import DeviceProfile, write_user_profile
+        from devices import DeviceProfile, check_profile_name, write_user_profile
 
+        check_profile_name(name)  # a name, never a path: the profile is written as NAME.toml in the user's folder
         profile = DeviceProfile(
             name=name, kind=kind, address=address, runtime=runtime, model_format=model_format, threads=threads,
             cores=_parse_cores(cores), python=python, workdir=workdir, binary=binary, key_path=key_path,

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import typer
 
-from bench.commands._common import (JsonOption, SpaceOption, StoreOption, emit_json, info, parse_resolutions,
-                                    resolve_store)
+from bench.commands._common import (JsonOption, SpaceOption, StoreOption, at_least_one, emit_json, info, non_negative,
+                                    parse_resolutions, positive, resolve_store)
 
 MEASURERS = ("agent", "null")
 
@@ -19,16 +19,15 @@ def register(app: typer.Typer) -> None:
         devices: list[str] = typer.Argument(..., help="device names"),
         space: str = SpaceOption,
         resolutions: str = typer.Option(None, "--resolutions", help="R1,R2,... (default: all of the space's)"),
-        max_attempts: int = typer.Option(3, "--max-attempts", help="a job fails for good after this many tries"),
+        max_attempts: int = typer.Option(3, "--max-attempts", callback=at_least_one,
+                                         help="a job fails for good after this many tries"),
         store: str = StoreOption,
         json_out: bool = JsonOption,
     ) -> None:
         """Queue one job per table entry not yet measured (nor queued) for each device."""
-        from bench.farm import FarmError, submit
+        from bench.farm import submit
         from bench.store import open_store
 
-        if max_attempts < 1:
-            raise FarmError(f"--max-attempts must be at least 1, got {max_attempts}")
         res = parse_resolutions(resolutions)
         with open_store(resolve_store(store)) as s:
             doc = submit(s, devices, space, res, max_attempts=max_attempts)
@@ -43,13 +42,15 @@ def register(app: typer.Typer) -> None:
     def worker_cmd(
         devices: str = typer.Option(..., "--devices", help="D[,D...]: the devices attached to this host"),
         store: str = StoreOption,
-        lease_s: float = typer.Option(60.0, "--lease-s", help="lease of a claimed job, renewed while measuring"),
-        poll_s: float = typer.Option(1.0, "--poll-s", help="wait between looks at an empty queue"),
+        lease_s: float = typer.Option(60.0, "--lease-s", callback=positive,
+                                      help="lease of a claimed job, renewed while measuring"),
+        poll_s: float = typer.Option(1.0, "--poll-s", callback=positive, help="wait between looks at an empty queue"),
         exit_when_idle: bool = typer.Option(False, "--exit-when-idle", help="stop once no job is queued or running"),
-        max_jobs: int = typer.Option(None, "--max-jobs", help="stop a device after this many jobs"),
+        max_jobs: int = typer.Option(None, "--max-jobs", callback=at_least_one,
+                                     help="stop a device after this many jobs"),
         measurer: str = typer.Option("agent", "--measurer",
                                      help="agent (measure on the device) | null (simulated: time an empty call)"),
-        null_min_duration_s: float = typer.Option(0.0, "--null-min-duration-s",
+        null_min_duration_s: float = typer.Option(0.0, "--null-min-duration-s", callback=non_negative,
                                                   help="null measurer: measure for at least this long per job"),
         json_out: bool = JsonOption,
     ) -> None:
@@ -63,8 +64,6 @@ def register(app: typer.Typer) -> None:
             raise FarmError("--devices is empty")
         if measurer not in MEASURERS:
             raise FarmError(f"--measurer must be one of {', '.join(MEASURERS)}, got {measurer!r}")
-        if poll_s <= 0:
-            raise FarmError(f"--poll-s must be positive, got {poll_s}")
         if measurer == "null":
             factory = lambda d: NullSession(d, min_duration_s=null_min_duration_s)  # noqa: E731
         else:
@@ -75,7 +74,7 @@ def register(app: typer.Typer) -> None:
             factory = AgentSession
         settings = WorkerSettings(devices=names, lease_s=lease_s, poll_s=poll_s, exit_when_idle=exit_when_idle,
                                   max_jobs=max_jobs)
-        worker = Worker(resolve_store(store), settings, factory,
+        worker = Worker(resolve_store(store, must_exist=True), settings, factory,
                         label=" (simulated null measurer)" if measurer == "null" else "")
         signal.signal(signal.SIGTERM, lambda *_: worker.stop())
         report = worker.run()
@@ -92,7 +91,7 @@ def register(app: typer.Typer) -> None:
         from bench.jobs import farm_status
         from bench.store import open_store
 
-        with open_store(resolve_store(store)) as s:
+        with open_store(resolve_store(store, must_exist=True), create=False) as s:
             doc = farm_status(s)
         if json_out:
             emit_json(doc)

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import typer
 
-from bench.commands._common import JsonOption, SpaceOption, StoreOption, emit_json, info, resolve_store
+from bench.commands._common import (JsonOption, SpaceOption, StoreOption, check_output_folder, check_output_path,
+                                    emit_json, info, resolve_store)
 
 
 def register(app: typer.Typer) -> None:
@@ -30,7 +31,11 @@ def register(app: typer.Typer) -> None:
         if fmt not in ("yaml", "parquet", "csv"):
             raise LutError(f"unknown table format {fmt!r}; use yaml, parquet or csv")
         sp = SearchSpace.get(space)
-        table = load_device_table(device, sp, resolve_store(store), statistic=statistic)
+        if fmt == "yaml":
+            check_output_folder(out, "--out")
+        else:
+            check_output_path(out, "--out")
+        table = load_device_table(device, sp, resolve_store(store, must_exist=True, default_may_be_missing=True), statistic=statistic)
         paths = export_table(table, fmt, out)
         doc = {"device": device, "space": sp.name, "format": fmt, "table_version": table.version,
                "entries": len(table.entries), "resolutions": table.resolutions, "files": [str(p) for p in paths]}

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import typer
 
-from bench.commands._common import JsonOption, StoreOption, emit_json, info, resolve_store
+from bench.commands._common import (JsonOption, StoreOption, check_output_folder, emit_json, info, non_negative,
+                                    positive, resolve_store)
 
 
 def register(app: typer.Typer) -> None:
@@ -16,8 +17,10 @@ def register(app: typer.Typer) -> None:
         devices: list[str] = typer.Argument(None, help="devices (default: every device profiled in the store)"),
         store: str = StoreOption,
         space: list[str] = typer.Option(None, "--space", help="only these spaces (repeatable)"),
-        stale_days: float = typer.Option(30.0, "--stale-days", help="re-measure entries older than this"),
-        threshold: float = typer.Option(0.05, "--threshold", help="relative change that counts as drift"),
+        stale_days: float = typer.Option(30.0, "--stale-days", callback=non_negative,
+                                         help="re-measure entries older than this"),
+        threshold: float = typer.Option(0.05, "--threshold", callback=positive,
+                                        help="relative change that counts as drift"),
         no_rebuild: bool = typer.Option(False, "--no-rebuild", help="report drift without re-profiling"),
         plots: str = typer.Option(None, "--plots", help="folder for drift-history PNGs of drifted entries"),
         json_out: bool = JsonOption,
@@ -29,7 +32,9 @@ def register(app: typer.Typer) -> None:
 
         for d in devices or ():
             get_device(d)  # unknown names: one line, before any store is opened
-        target = resolve_store(store)
+        if plots:
+            check_output_folder(plots, "--plots")
+        target = resolve_store(store, must_exist=True)  # a mistyped --store is an error, not a new empty store
         settings = NightlySettings(stale_days=stale_days, threshold=threshold, rebuild=not no_rebuild,
                                    spaces=tuple(space or ()))
         queued = enqueue_nightly(target, devices, settings)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import typer
 
-from bench.commands._common import JsonOption, SpaceOption, StoreOption, emit_json, resolve_store
+from bench.commands._common import (FIGURE_SUFFIXES, JsonOption, SpaceOption, StoreOption, check_output_path, emit_json,
+                                    resolve_store)
 
 
 def register(app: typer.Typer) -> None:
@@ -24,7 +25,9 @@ def register(app: typer.Typer) -> None:
         from bench.predictor import LatencyPredictor
 
         sp = SearchSpace.get(space)
-        table = load_device_table(device, sp, resolve_store(store), statistic=statistic)
+        if breakdown:
+            check_output_path(breakdown, "--breakdown", FIGURE_SUFFIXES)
+        table = load_device_table(device, sp, resolve_store(store, must_exist=True, default_may_be_missing=True), statistic=statistic)
         pred = LatencyPredictor.from_table(table, sp)
         text = config.strip()
         if text in ("largest", "smallest"):

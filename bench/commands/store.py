@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         from bench.store import open_store
         from bench.store_copy import copy_store
 
-        with open_store(src) as a, open_store(dst) as b:
+        with open_store(src, create=False) as a, open_store(dst) as b:
             report = copy_store(a, b)
             doc = {"source": a.target, "destination": b.target, "tables": report,
                    "source_counts": a.counts(), "destination_counts": b.counts()}
@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         """Backend, schema version and row counts of a store."""
         from bench.store import open_store
 
-        with open_store(resolve_store(store)) as s:
+        with open_store(resolve_store(store), create=False) as s:
             doc = {"store": s.target, "backend": s.backend, "schema_version": s.version, "counts": s.counts(),
                    "devices": s.devices()}
         if json_out:

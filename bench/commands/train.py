@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from bench.commands._common import JsonOption, emit_json, info
+from bench.commands._common import JsonOption, check_output_path, emit_json, info, non_negative
 
 FMNIST_SPACE = "ofa-mbv3-fmnist"
 
@@ -26,6 +26,9 @@ def register(app: typer.Typer) -> None:
         from ofa_core.train import export_weights, train
         from ofa_core.train_config import load_config
 
+        check_output_path(checkpoint, "--checkpoint")
+        if export:
+            check_output_path(export, "--export")
         cfg = load_config(config)
         trainer = train(cfg, checkpoint, fresh=fresh)
         if not trainer.dist.main:
@@ -47,9 +50,12 @@ def register(app: typer.Typer) -> None:
         space: str = typer.Option(FMNIST_SPACE, "--space", help="search space name"),
         checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="weights (default: the shipped ones)"),
         split: str = typer.Option("test", "--split", help="val | test"),
-        recal_images: int = typer.Option(2000, "--recal-images", help="training images for BN recalibration"),
-        seed: int = typer.Option(0, "--seed", help="seed of the validation split and recalibration sample"),
-        limit: int = typer.Option(0, "--limit", help="score only the first N images of the split (quick checks)"),
+        recal_images: int = typer.Option(2000, "--recal-images", callback=non_negative,
+                                         help="training images for BN recalibration"),
+        seed: int = typer.Option(0, "--seed", callback=non_negative,
+                                 help="seed of the validation split and recalibration sample"),
+        limit: int = typer.Option(0, "--limit", callback=non_negative,
+                                  help="score only the first N images of the split (quick checks)"),
         json_out: bool = JsonOption,
     ) -> None:
         """Top-1 of one subnet of a trained supernet, after recalibrating its BN statistics."""

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import typer
 
-from bench.commands._common import JsonOption, SpaceOption, StoreOption, emit_json, info, parse_resolutions, resolve_store
+from bench.commands._common import (FIGURE_SUFFIXES, JsonOption, SpaceOption, StoreOption, at_least_one,
+                                    check_output_path, emit_json, info, non_negative, number_check, parse_resolutions,
+                                    resolve_store)
 
 
 def register(app: typer.Typer) -> None:
@@ -11,15 +13,18 @@ def register(app: typer.Typer) -> None:
     def validate_cmd(
         device: str = typer.Argument(..., help="device profile name or address"),
         space: str = SpaceOption,
-        subnets: int = typer.Option(60, "--subnets", help="random subnets to measure"),
-        seed: int = typer.Option(0, "--seed"),
+        subnets: int = typer.Option(60, "--subnets", callback=number_check(ge=2), help="random subnets to measure"),
+        seed: int = typer.Option(0, "--seed", callback=non_negative),
         resolutions: str = typer.Option(None, "--resolutions", help="R1,R2,... (default: the table's)"),
         remeasure: bool = typer.Option(False, "--remeasure", help="time every subnet twice (noise floor)"),
-        rounds: int = typer.Option(3, "--rounds"),
-        batch: int = typer.Option(6, "--batch", help="subnets per runner invocation"),
-        min_duration_s: float = typer.Option(None, "--min-duration-s", help="timing budget per subnet and pass"),
-        passes: int = typer.Option(3, "--passes", help="separate invocations that time each subnet (at least)"),
-        max_passes: int = typer.Option(6, "--max-passes", help="more passes, up to this, while a subnet's disagree"),
+        rounds: int = typer.Option(3, "--rounds", callback=at_least_one),
+        batch: int = typer.Option(6, "--batch", callback=at_least_one, help="subnets per runner invocation"),
+        min_duration_s: float = typer.Option(None, "--min-duration-s", callback=non_negative,
+                                             help="timing budget per subnet and pass"),
+        passes: int = typer.Option(3, "--passes", callback=at_least_one,
+                                   help="separate invocations that time each subnet (at least)"),
+        max_passes: int = typer.Option(6, "--max-passes", callback=at_least_one,
+                                       help="more passes, up to this, while a subnet's disagree"),
         no_reference: bool = typer.Option(False, "--no-reference", help="no drift reference model"),
         plot: str = typer.Option(None, "--plot", help="write a predicted-vs-measured PNG here"),
         statistic: str = typer.Option("median", "--statistic", help="median | p25 | p10 | min of the raw samples"),
@@ -30,10 +35,15 @@ def register(app: typer.Typer) -> None:
         """Predicted vs measured latency on N random subnets: MAPE, RMSE, share within ±5%/±10%, Kendall tau."""
         from ofa_core.space import SearchSpace
 
-        from bench.validate import ValidateSettings, validate_device
+        from bench.validate import ValidateError, ValidateSettings, validate_device
 
         sp = SearchSpace.get(space)
         res = parse_resolutions(resolutions)
+        if max_passes < passes:
+            raise ValidateError(f"--max-passes ({max_passes}) must be at least --passes ({passes})")
+        if plot:
+            check_output_path(plot, "--plot", FIGURE_SUFFIXES)
+        target = resolve_store(store, must_exist=True)
         settings = ValidateSettings(n=subnets, seed=seed, resolutions=tuple(res) if res else None,
                                     remeasure=remeasure, rounds=rounds, batch_size=batch,
                                     min_duration_s=min_duration_s, reference=not no_reference,
@@ -45,9 +55,9 @@ def register(app: typer.Typer) -> None:
         if rescore:
             from bench.validate import rescore as rescore_fn
 
-            doc = rescore_fn(device, sp, resolve_store(store), statistic, seed, plot_path=plot)
+            doc = rescore_fn(device, sp, target, statistic, seed, plot_path=plot)
         else:
-            doc = validate_device(device, sp, resolve_store(store), settings, plot_path=plot, progress=progress)
+            doc = validate_device(device, sp, target, settings, plot_path=plot, progress=progress)
         if json_out:
             emit_json(doc)
         else:

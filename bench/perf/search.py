@@ -117,14 +117,14 @@ def run_official(acc, lat, budget_ms: float, seed: int, population: int, generat
 
 
 # ---- ours ---------------------------------------------------------------------------------------------
-def _ours(shared: Path):
+def _ours(anchors: Path):
     from bench.lut import load_device_table
     from bench.predictor import LatencyPredictor
     from ofa_core.accuracy import AccuracyPredictor
     from ofa_core.space import SearchSpace
 
     space = SearchSpace.get("ofa-mbv3-w1.2")
-    acc = AccuracyPredictor.from_official(shared / "anchors" / "ofa-mbv3-w12-note10" / "acc_predictor.pth")
+    acc = AccuracyPredictor.from_official(anchors / "acc_predictor.pth")
     lat = LatencyPredictor.from_table(load_device_table("note10", space), space)
     return space, acc, lat
 
@@ -146,11 +146,16 @@ def main(argv: list[str]) -> int:
 
     from ofa_core.search import SearchParams, evolution_search, evolution_search_many
 
+    from bench.lut import anchors_missing, anchors_root
+
     torch.set_num_threads(1)
-    shared = Path(__file__).resolve().parents[3] / "shared"
-    anchors = shared / "anchors" / "ofa-mbv3-w12-note10"
+    anchors = anchors_root() / "ofa-mbv3-w12-note10"
+    for needed in (anchors / "acc_predictor.pth", anchors / "latency_table_note10"):
+        if not needed.exists():
+            print(f"python -m bench.perf search: {anchors_missing(needed)}", file=sys.stderr)
+            return 2
     budgets = [float(b) for b in args.budgets.split(",")]
-    space, acc, lat = _ours(shared)
+    space, acc, lat = _ours(anchors)
     params = SearchParams(population=args.population, generations=args.generations)
     if args.restarts:
         params = SearchParams(population=args.population, generations=args.generations, restarts=args.restarts)
