@@ -124,6 +124,10 @@ def merge_summaries(records: list[dict]) -> dict:
     mins = [r["min_ms"] for r in records if r.get("min_ms") is not None]
     maxs = [r["max_ms"] for r in records if r.get("max_ms") is not None]
     env = dict(records[-1]["env"])
+    for key in ("p5_ms", "p95_ms"):  # the tool's own percentiles, count-weighted like the median
+        values = [r["env"].get(key) for r in records]
+        if all(isinstance(v, (int, float)) for v in values):
+            env[key] = sum(v * n for v, n in zip(values, ns)) / total
     env["median_from"] = f"{env.get('median_from', 'median')}, count-weighted over {len(records)} rounds"
     return {"samples_ms": [], "n": sum(r["n"] for r in records), "median_ms": weighted("median_ms"),
             "p10_ms": weighted("p10_ms"), "p90_ms": weighted("p90_ms"), "mean_ms": mean, "std_ms": std,

@@ -27,10 +27,16 @@ class Measurement:
     @property
     def robust_cv(self) -> float | None:
         """Spread that preemption outliers cannot inflate: the normal-equivalent sigma from p10..p90 over the
-        median. Falls back to `cv` where a tool gave no percentiles."""
-        if self.p10_ms is None or self.p90_ms is None or not self.median_ms:
+        median, or from p5..p95 where a tool prints those (LiteRT `benchmark_model`). Falls back to `cv` where a
+        tool gave no percentiles."""
+        if not self.median_ms:
             return self.cv
-        return (self.p90_ms - self.p10_ms) / (2 * 1.2816 * self.median_ms)
+        if self.p10_ms is not None and self.p90_ms is not None:
+            return (self.p90_ms - self.p10_ms) / (2 * 1.2816 * self.median_ms)
+        p5, p95 = self.env.get("p5_ms"), self.env.get("p95_ms")
+        if isinstance(p5, (int, float)) and isinstance(p95, (int, float)) and p95 >= p5:
+            return (p95 - p5) / (2 * 1.6449 * self.median_ms)
+        return self.cv
 
     @property
     def latency_ms(self) -> float:

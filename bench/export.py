@@ -13,14 +13,15 @@ import json
 import os
 from pathlib import Path
 
+from ofa_core.atomic import atomic_path
 from ofa_core.errors import OFABenchError
+from ofa_core.onnx_export import EXPORT_LOCK, OPSET
 from ofa_core.space import SearchSpace, SubnetConfig
 
 from bench.candidates import Entry
 
 CACHE_ENV = "OFA_BENCH_CACHE"
 FORMATS = ("onnx", "tflite")
-OPSET = 17
 EXPORTER_TAG = "bench.export/1"
 
 
@@ -115,7 +116,7 @@ def _write_onnx(module, input_shape, path: Path) -> None:
     import warnings
 
     x = torch.randn(*input_shape)
-    with torch.no_grad(), warnings.catch_warnings():
+    with EXPORT_LOCK, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is chosen on purpose: fast
         torch.onnx.export(module, (x,), str(path), opset_version=OPSET, dynamo=False,
                           input_names=["input"], output_names=["output"], do_constant_folding=True)
@@ -129,21 +130,17 @@ def _write_tflite(module, input_shape, path: Path) -> None:
                           "(pip install 'ofa-bench[convert]')") from None
     import torch
 
-    edge = litert_torch.convert(module, (torch.randn(*input_shape),))
-    edge.export(str(path))
+    with EXPORT_LOCK:
+        edge = litert_torch.convert(module, (torch.randn(*input_shape),))
+        edge.export(str(path))
 
 
 def _materialise(path: Path, write, module, input_shape) -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
+    with atomic_path(path) as tmp:  # a fresh name per writer: concurrent profilers never share one
         write(module, input_shape, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

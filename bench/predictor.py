@@ -2,8 +2,8 @@
 
 The table is laid out as arrays: `fixed_ms[r]` (first conv, first block, tail) and `block_ms[r, slot, kernel,
 expand]`; a batch's latency is a masked sum over slots, no per-config Python loop. Table sums miss what only a
-whole graph shows (fused residual adds, per-call overhead counted once per isolated block), so a per-resolution
-linear fit of measured whole subnets against their table sums corrects them (`Calibration`).
+whole graph shows (fused residual adds, per-call overhead counted once per isolated block), so a calibration
+with few parameters, fitted on measured whole subnets and monotone in work, corrects them (`Calibration`).
 """
 from __future__ import annotations
 
@@ -34,103 +34,144 @@ def _tagged(values: np.ndarray, version: str) -> Latencies:
     return out
 
 
+# Calibration models, simplest first; `fit` keeps the simplest whose cross-validated error is not beaten clearly.
+MODELS = ("ratio", "affine", "overhead")
+MIN_POINTS = {"ratio": 1, "affine": 4, "overhead": 8}
+ASSUMED_UPPER_REL = 0.10  # prediction interval when too few subnets to estimate it (said so in `interval`)
+
+
 @dataclass(frozen=True)
 class Calibration:
-    """Per resolution `latency = scale * table_sum + per_block_ms * n_blocks + offset_ms`.
+    """Whole-subnet latency from the table: `scale * (table_sum - overhead_ms * n_entries) + offset_ms`.
 
-    `n_blocks` counts the elastic blocks a subnet runs: each isolated block measurement pays the runtime's
-    per-call overhead and misses the whole graph's fusions once, so the error of a plain sum grows with it.
-    The block term is kept only where leave-one-out error says it helps. Between and beyond the calibrated
-    resolutions the coefficients are interpolated (clamped at the ends).
+    Each table entry was timed in isolation and so carries the runtime's per-call overhead, which a whole
+    graph pays once: `overhead_ms` (between 0 and the smallest block entry) is taken off each of the
+    `n_entries` entries summed, `scale` (> 0) takes what fusion and caching change, and `offset_ms` (>= 0) is
+    the whole graph's own cost per inference. One set of coefficients for every resolution, so more work never
+    predicts less time: a larger entry raises the prediction, one more block adds `scale * (its entry -
+    overhead_ms) >= 0`, there are no negative offsets, and subnets keep the order of their table sums across
+    resolutions. `model` says which terms are in use (`ratio`: the scale alone, which cannot extrapolate below
+    what was measured; `affine`: plus the offset; `overhead`: plus the per-entry overhead), chosen by
+    cross-validation on the measured subnets. `upper_rel` is the prediction interval's upper side, the 90%
+    quantile of the held-out relative errors: `upper = predicted * (1 + upper_rel)`.
     """
 
-    resolutions: tuple[int, ...] = ()
-    scale: tuple[float, ...] = ()
-    offset_ms: tuple[float, ...] = ()
-    per_block_ms: tuple[float, ...] = ()
+    model: str = "identity"
+    scale: float = 1.0
+    overhead_ms: float = 0.0
+    offset_ms: float = 0.0
     n_subnets: int = 0
+    upper_rel: float = 0.0
+    interval: str = "none"           # "cross-validated" | "assumed" (too few subnets) | "none" (identity)
+    cv_mape_pct: float | None = None  # held-out mean absolute error of the chosen model (%)
+    resolutions: tuple[int, ...] = ()  # where the subnets it rests on were measured
 
     @property
     def is_identity(self) -> bool:
-        return not self.resolutions
+        return self.model == "identity"
 
-    def apply(self, r: np.ndarray, table_sum_ms: np.ndarray, n_blocks: np.ndarray | None = None) -> np.ndarray:
+    def apply(self, r: np.ndarray | None, table_sum_ms: np.ndarray, n_entries: np.ndarray | None = None) -> np.ndarray:
+        """Predicted latency (ms) from table sums and the number of entries each sums. `r` is accepted for the
+        callers' symmetry; the coefficients are shared by every resolution."""
         x = np.asarray(table_sum_ms, dtype=np.float64)
         if self.is_identity:
             return x
-        rr = np.asarray(r, dtype=np.float64)
-        xs = np.asarray(self.resolutions, dtype=np.float64)
-        out = np.interp(rr, xs, np.asarray(self.scale)) * x + np.interp(rr, xs, np.asarray(self.offset_ms))
-        if n_blocks is not None and self.per_block_ms and any(self.per_block_ms):
-            out = out + np.interp(rr, xs, np.asarray(self.per_block_ms)) * np.asarray(n_blocks, dtype=np.float64)
-        return out
+        if self.overhead_ms:
+            if n_entries is None:
+                raise ValueError("this calibration needs the number of table entries of each subnet")
+            x = x - self.overhead_ms * np.asarray(n_entries, dtype=np.float64)
+        return self.scale * x + self.offset_ms
+
+    def upper(self, r: np.ndarray | None, table_sum_ms: np.ndarray, n_entries: np.ndarray | None = None) -> np.ndarray:
+        """The prediction interval's upper bound (ms): what a budget must hold."""
+        return self.apply(r, table_sum_ms, n_entries) * (1.0 + self.upper_rel)
 
     def to_dict(self) -> dict:
-        return {"resolutions": list(self.resolutions), "scale": list(self.scale), "offset_ms": list(self.offset_ms),
-                "per_block_ms": list(self.per_block_ms), "n_subnets": self.n_subnets}
+        return {"model": self.model, "scale": self.scale, "overhead_ms": self.overhead_ms,
+                "offset_ms": self.offset_ms, "n_subnets": self.n_subnets, "upper_rel": self.upper_rel,
+                "interval": self.interval, "cv_mape_pct": self.cv_mape_pct, "resolutions": list(self.resolutions)}
+
+    def describe(self) -> str:
+        if self.is_identity:
+            return "no calibration (plain table sums): no measured whole subnets"
+        return (f"{self.model} calibration on {self.n_subnets} measured subnet(s)"
+                + (f", held-out error {self.cv_mape_pct:.1f}%" if self.cv_mape_pct is not None else "")
+                + f", upper bound +{100 * self.upper_rel:.1f}% ({self.interval})")
 
     @classmethod
     def fit(cls, r: Sequence[int], table_sum_ms: Sequence[float], measured_ms: Sequence[float],
-            n_blocks: Sequence[int] | None = None, min_points: int = 6) -> "Calibration":
-        """Fit per resolution: a line with `min_points` or more subnets (plus the block term when it lowers the
-        leave-one-out error), else a ratio (scale only)."""
+            n_entries: Sequence[int] | None = None, max_overhead_ms: float = 0.0,
+            min_points: int = 6) -> "Calibration":
+        """Fit every model the number of subnets allows, score each by leave-one-out (10-fold past 40
+        subnets) relative error, keep the simplest within 3% of the best. `max_overhead_ms`: the smallest
+        block entry of the table (the per-entry overhead cannot exceed it); `min_points`: fewer subnets fit
+        a ratio only."""
         r = np.asarray(r, dtype=np.int64)
         x = np.asarray(table_sum_ms, dtype=np.float64)
         y = np.asarray(measured_ms, dtype=np.float64)
-        nb = np.zeros(len(r)) if n_blocks is None else np.asarray(n_blocks, dtype=np.float64)
-        if len(r) == 0:
+        ne = np.zeros(len(x)) if n_entries is None else np.asarray(n_entries, dtype=np.float64)
+        ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+        r, x, y, ne = r[ok], x[ok], y[ok], ne[ok]
+        n = len(x)
+        if n == 0:
             return cls()
-        res, scales, offsets, blocks = [], [], [], []
-        for rv in sorted(set(r.tolist())):
-            m = r == rv
-            a, c, b = _fit_one(x[m], nb[m], y[m], min_points)
-            res.append(int(rv))
-            scales.append(a)
-            blocks.append(c)
-            offsets.append(b)
-        return cls(tuple(res), tuple(scales), tuple(offsets), tuple(blocks), int(len(r)))
+        res = tuple(sorted({int(v) for v in r}))
+        if n < 3:  # nothing to cross-validate: a ratio with an assumed interval
+            coef = _fit_model("ratio", x, ne, y, 0.0)
+            rel = np.abs(y / _predict(coef, x, ne) - 1)
+            return cls("ratio", *coef, n_subnets=n, upper_rel=max(ASSUMED_UPPER_REL, float(rel.max())),
+                       interval="assumed", resolutions=res)
+        models = [m for m in MODELS if m == "ratio" or (
+            n >= max(MIN_POINTS[m], min_points) and np.ptp(x) > 0
+            and not (m == "overhead" and (max_overhead_ms <= 0 or np.ptp(ne) == 0)))]
+        folds = np.arange(n) % 10 if n > 40 else np.arange(n)
+        scored = {}
+        for m in models:
+            held = np.empty(n)
+            for f in np.unique(folds):
+                test = folds == f
+                coef = _fit_model(m, x[~test], ne[~test], y[~test], max_overhead_ms)
+                held[test] = _predict(coef, x[test], ne[test])
+            scored[m] = (y - held) / held  # relative error of each held-out prediction (+: slower than predicted)
+        rms = {m: float(np.sqrt(np.mean(e ** 2))) for m, e in scored.items()}
+        model = next(m for m in models if rms[m] <= min(rms.values()) * 1.03)
+        errs = scored[model]
+        upper = float(np.quantile(errs, 0.9)) if n >= 10 else float(errs.max())
+        return cls(model, *_fit_model(model, x, ne, y, max_overhead_ms), n_subnets=n, upper_rel=max(upper, 0.0),
+                   interval="cross-validated", cv_mape_pct=round(100 * float(np.mean(np.abs(errs))), 3),
+                   resolutions=res)
 
 
-def _loo_mse(X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-    """Least squares and its leave-one-out mean squared error (from the hat matrix, no refits)."""
-    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-    resid = y - X @ coef
-    h = np.einsum("ij,ji->i", X, np.linalg.pinv(X.T @ X) @ X.T)
-    loo = resid / np.clip(1.0 - h, 1e-6, None)
-    return float(np.mean(loo ** 2)), coef
+def _fit_model(model: str, x: np.ndarray, ne: np.ndarray, y: np.ndarray,
+               max_overhead_ms: float) -> tuple[float, float, float]:
+    """(scale, overhead_ms, offset_ms) minimising the squared relative error (rows weighted by 1/y) under the
+    model's constraints; a ratio is the median of measured / table sum, which one slow outlier does not move."""
+    if model == "ratio" or len(x) < 2:
+        return float(np.median(y / x)), 0.0, 0.0
+    from scipy.optimize import nnls
+
+    best = None
+    grid = np.linspace(0.0, max_overhead_ms, 33) if model == "overhead" else [0.0]
+    for o in grid:  # linear in (scale, offset) for a given overhead: non-negative least squares on a grid
+        z = x - o * ne
+        A = np.column_stack([z, np.ones_like(z)]) / y[:, None]
+        coef, resid = nnls(A, np.ones_like(y))
+        if coef[0] > 0 and (best is None or resid < best[0]):
+            best = (resid, (float(coef[0]), float(o), float(coef[1])))
+    if best is None:  # no positive scale: the data say nothing about how latency grows with work
+        return float(np.median(y / x)), 0.0, 0.0
+    return best[1]
 
 
-def _fit_one(x: np.ndarray, nb: np.ndarray, y: np.ndarray, min_points: int) -> tuple[float, float, float]:
-    """(scale, per_block_ms, offset_ms) for one resolution; outliers beyond 3 robust sigmas are dropped once."""
-    ratio = float(np.median(y / x))
-    if len(x) < min_points or np.ptp(x) < 0.05 * np.mean(x):
-        return ratio, 0.0, 0.0
-    keep = np.ones(len(x), dtype=bool)
-    for _ in range(2):
-        X2 = np.column_stack([x[keep], np.ones(keep.sum())])
-        mse2, c2 = _loo_mse(X2, y[keep])
-        coef = (float(c2[0]), 0.0, float(c2[1]))
-        if keep.sum() >= max(min_points, 10) and np.ptp(nb[keep]) > 0:
-            X3 = np.column_stack([x[keep], nb[keep], np.ones(keep.sum())])
-            mse3, c3 = _loo_mse(X3, y[keep])
-            if mse3 < mse2 and c3[0] > 0:
-                coef = (float(c3[0]), float(c3[1]), float(c3[2]))
-        resid = y - (coef[0] * x + coef[1] * nb + coef[2])
-        mad = float(np.median(np.abs(resid - np.median(resid)))) * 1.4826
-        new_keep = np.abs(resid) <= max(3 * mad, 1e-9)
-        if new_keep.sum() < min_points or (new_keep == keep).all():
-            break
-        keep = new_keep
-    if coef[0] <= 0:  # a fit that falls with the table sum cannot be right: keep the ratio
-        return ratio, 0.0, 0.0
-    return coef
+def _predict(coef: tuple[float, float, float], x: np.ndarray, ne: np.ndarray) -> np.ndarray:
+    return coef[0] * (x - coef[1] * ne) + coef[2]
 
 
 class LatencyPredictor:
     """Scores ConfigBatches (or lists of SubnetConfig) against one device's table."""
 
     def __init__(self, space: SearchSpace, resolutions: Sequence[int], fixed_ms: np.ndarray, block_ms: np.ndarray,
-                 version: str, calibration: Calibration | None = None, device: str = "") -> None:
+                 version: str, calibration: Calibration | None = None, device: str = "", n_fixed: int = 0) -> None:
         self.space = space
         self._res = np.asarray(sorted(resolutions), dtype=np.int64)
         self.fixed_ms = np.asarray(fixed_ms, dtype=np.float64)
@@ -138,6 +179,7 @@ class LatencyPredictor:
         self.version = version
         self.calibration = calibration or Calibration()
         self.device = device
+        self.n_fixed = n_fixed  # table entries every subnet sums besides its blocks (first conv, tail)
         self._k_index = _index_map(space.ks_list)
         self._e_index = _index_map(space.expand_list)
 
@@ -167,7 +209,8 @@ class LatencyPredictor:
                 for ki, k in enumerate(space.ks_list):
                     for ei, e in enumerate(space.expand_list):
                         blocks[i, spec.slot, ki, ei] = table.entries[(r, mbconv_key(space, spec, r, k, e))].value_ms
-        pred = cls(space, res, fixed, blocks, table.version, None, table.device)
+        pred = cls(space, res, fixed, blocks, table.version, None, table.device,
+                   n_fixed=len(fixed_entries(space, res[0])))
         if calibration is None:
             calibration = pred.fit_calibration(table, min_points=min_points)
         pred.calibration = calibration
@@ -181,9 +224,22 @@ class LatencyPredictor:
         if not pairs:
             return Calibration()
         cfgs = [SubnetConfig.from_string(s, self.space.max_depth) for _, s, _ in pairs]
-        sums = self.table_sum(cfgs)
-        return Calibration.fit([c.r for c in cfgs], sums, [v for _, _, v in pairs], n_blocks=[sum(c.d) for c in cfgs],
-                               min_points=min_points)
+        return self.fit(cfgs, [v for _, _, v in pairs], min_points=min_points)
+
+    def fit(self, cfgs: Sequence[SubnetConfig], measured_ms: Sequence[float], min_points: int = 6) -> Calibration:
+        """A calibration of this table from whole subnets measured at `measured_ms`."""
+        return Calibration.fit([c.r for c in cfgs], self.table_sum(cfgs), measured_ms, self.n_entries(cfgs),
+                               max_overhead_ms=self.min_block_ms, min_points=min_points)
+
+    @property
+    def min_block_ms(self) -> float:
+        """The smallest block entry of the table: no per-call overhead can exceed it."""
+        return float(self.block_ms.min()) if self.block_ms.size else 0.0
+
+    def n_entries(self, cfgs: ConfigBatch | Sequence[SubnetConfig] | SubnetConfig) -> np.ndarray:
+        """How many table entries each config's table sum adds up (its blocks plus the fixed entries)."""
+        b = self._batch(cfgs)
+        return b.d.sum(axis=1) + self.n_fixed
 
     # ---- prediction ----------------------------------------------------------------------------------
     def _batch(self, cfgs) -> ConfigBatch:
@@ -213,9 +269,14 @@ class LatencyPredictor:
     def predict(self, cfgs: ConfigBatch | Sequence[SubnetConfig] | SubnetConfig) -> Latencies:
         """Calibrated latency per config (ms), shape (N,)."""
         b = self._batch(cfgs)
-        return _tagged(self.calibration.apply(b.r, self.table_sum(b), b.d.sum(axis=1)), self.version)
+        return _tagged(self.calibration.apply(b.r, self.table_sum(b), self.n_entries(b)), self.version)
 
     __call__ = predict
+
+    def upper(self, cfgs: ConfigBatch | Sequence[SubnetConfig] | SubnetConfig) -> Latencies:
+        """The prediction interval's upper bound per config (ms): the latency a budget must hold."""
+        b = self._batch(cfgs)
+        return _tagged(self.calibration.upper(b.r, self.table_sum(b), self.n_entries(b)), self.version)
 
 
 def _index_map(values: Sequence[int]) -> np.ndarray:

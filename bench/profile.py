@@ -16,11 +16,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
+from agents.transports.base import clear_interrupt, interrupt_calls
 from ofa_core.errors import OFABenchError
-from ofa_core.space import SearchSpace
+from ofa_core.space import SearchSpace, SubnetConfig
 
 from bench.candidates import Entry, candidates, mbconv_key
 from bench.lut import sample_stats
+from bench.progress import StderrProgress
+from bench.workers import Workers
 
 REFERENCE_PREFIX = "reference:"
 #: an ImageNet space has 25 resolutions (2400 entries); without --resolutions these three are profiled
@@ -47,6 +52,23 @@ class MeasureSettings:
     precision: float = 0.01  # re-measure while the median's relative standard error exceeds this
     retries: int = 2
     reference: bool = True
+    # Whole subnets measured once the table is complete (smallest, largest, a spread between), so that a
+    # freshly profiled device already has a calibration; 0 leaves it to `validate`.
+    calibration_subnets: int = 8
+
+    def __post_init__(self) -> None:
+        """Bad settings fail here, before a store is opened or a model exported."""
+        if self.rounds < 1 or self.batch_size < 1 or self.retries < 0:
+            raise ProfileError(f"need rounds >= 1, batch_size >= 1 and retries >= 0, got {self.rounds}, "
+                               f"{self.batch_size} and {self.retries}")
+        if self.calibration_subnets < 0:
+            raise ProfileError(f"calibration_subnets must be >= 0, got {self.calibration_subnets}")
+        if self.max_remeasure is not None and self.max_remeasure < 0:
+            raise ProfileError(f"max_remeasure must be >= 0, got {self.max_remeasure}")
+        for name in ("warmup_s", "min_duration_s", "precision"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ProfileError(f"{name} must be a finite number >= 0, got {value}")
 
 
 @dataclass
@@ -62,6 +84,8 @@ class DeviceReport:
     entries_noisy: int = 0
     entries_remeasured: int = 0
     batches_redone: int = 0  # invocations run again because their reference was disturbed
+    subnets_measured: int = 0  # whole subnets measured for the calibration
+    calibration: dict | None = None  # the calibration the table has after this run
     duration_s: float = 0.0
     export_s: float = 0.0
     status: str = "running"
@@ -328,6 +352,7 @@ def profile_device(device, space: SearchSpace, store_target: str, resolutions: S
         if progress:
             progress(profile.name, 0, len(todo))
         if not todo:
+            measure_calibration_subnets(profile, space, res, store, fp_id, settings, report, stop)
             report.status = "done"
             return report
         report.run_id = store.start_run(profile.name, fp_id, space.name, "profile",
@@ -363,6 +388,8 @@ def profile_device(device, space: SearchSpace, store_target: str, resolutions: S
             report.batches_redone = watch.redone if watch is not None else 0
             if progress:
                 progress(profile.name, len(chunk), len(todo))
+        if report.entries_noisy == 0:
+            measure_calibration_subnets(profile, space, res, store, fp_id, settings, report, stop)
         store.finish_run(report.run_id, "done")
         report.status = "done" if report.entries_noisy == 0 else "incomplete"
         return report
@@ -384,6 +411,61 @@ def profile_device(device, space: SearchSpace, store_target: str, resolutions: S
         store.close()
 
 
+def calibration_configs(space: SearchSpace, resolutions: Sequence[int], table_sum, n: int,
+                        rng: np.random.Generator) -> list[SubnetConfig]:
+    """`n` whole subnets that span the table: the smallest and the largest at the lowest and the highest
+    resolution, then subnets at evenly spaced quantiles of the table sum of 512 random ones (distinct)."""
+    lo, hi = min(resolutions), max(resolutions)
+    ends = [space.smallest(lo), space.largest(hi), space.smallest(hi), space.largest(lo)]
+    out = list(dict.fromkeys(ends))[:n]
+    if len(out) < n:
+        pool = space.sample(rng, 512, list(resolutions))
+        sums = np.asarray(table_sum(pool))
+        order = np.argsort(sums)
+        for q in np.linspace(0, len(pool) - 1, n - len(out) + 2)[1:-1]:
+            cfg = pool[int(order[int(round(q))])]
+            if cfg not in out:
+                out.append(cfg)
+    return out
+
+
+def measure_calibration_subnets(profile, space: SearchSpace, res: Sequence[int], store, fp_id: str,
+                                settings: MeasureSettings, report: DeviceReport,
+                                stop: threading.Event | None = None) -> None:
+    """Measure the calibration subnets the table does not have yet, the way `validate` measures (passes beside
+    the reference block, a fresh agent with validate's timing settings), into the profile's run."""
+    if settings.calibration_subnets <= 0:
+        return
+    from agents import connect
+    from bench.lut import load_device_table
+    from bench.predictor import Calibration, LatencyPredictor
+    from bench.validate import ValidateSettings, measure_subnets
+
+    table = load_device_table(profile.name, space, store)
+    plain = LatencyPredictor.from_table(table, space, calibration=Calibration())
+    usable = [r for r in res if r in plain.resolutions]
+    if not usable:
+        return
+    cfgs = calibration_configs(space, usable, plain.table_sum, settings.calibration_subnets,
+                               np.random.default_rng(len(usable)))
+    todo = [c for c in cfgs if (c.r, c.to_string()) not in table.subnets]
+    if todo:
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
+        if report.run_id is None:
+            report.run_id = store.start_run(profile.name, fp_id, space.name, "profile",
+                                            {"resolutions": list(res), **settings.__dict__},
+                                            {"calibration_subnets": len(todo), "profile": profile.to_dict()})
+        vs = ValidateSettings(n=len(todo), reference=settings.reference)
+        with connect(agent_profile(profile, vs.measure_settings(profile))) as agent:
+            measure_subnets(agent, store, report.run_id, fp_id, space, todo, vs, 0.01, profile.model_format,
+                            value_nominal=table.nominal_ms, rng=np.random.default_rng(1),
+                            watch=ReferenceWatch() if settings.reference else None)
+        report.subnets_measured = len(todo)
+        table = load_device_table(profile.name, space, store)
+    report.calibration = LatencyPredictor.from_table(table, space).calibration.to_dict()
+
+
 def profile_devices(devices: Sequence[str], space: SearchSpace, store_target: str,
                     resolutions: Sequence[int] | None, settings: MeasureSettings = MeasureSettings(),
                     show_progress: bool = True) -> list[DeviceReport]:
@@ -398,7 +480,7 @@ def profile_devices(devices: Sequence[str], space: SearchSpace, store_target: st
     stop = threading.Event()
     reports: dict[int, DeviceReport] = {}
     errors: dict[int, BaseException] = {}
-    bar = _Bars(show_progress)
+    bar = StderrProgress(show_progress, unit="entries")
 
     def work(i: int, prof) -> None:
         try:
@@ -407,53 +489,21 @@ def profile_devices(devices: Sequence[str], space: SearchSpace, store_target: st
             errors[i] = exc
 
     with bar:
-        threads = [threading.Thread(target=work, args=(i, p), name=f"profile-{p.name}", daemon=True)
-                   for i, p in enumerate(profiles)]
-        for t in threads:
-            t.start()
+        workers = Workers()
+        for i, prof in enumerate(profiles):
+            workers.start(f"profile-{prof.name}", work, i, prof)
         try:
-            for t in threads:
-                while t.is_alive():
-                    t.join(0.2)
+            workers.wait()
         except KeyboardInterrupt:
+            # Stop the runner calls in flight (their processes run in sessions of their own, out of Ctrl-C's
+            # reach), so that every worker ends its run as interrupted now, not after its current batch.
             stop.set()
-            for t in threads:
-                t.join()
+            interrupt_calls()
+            try:
+                workers.wait()
+            finally:
+                clear_interrupt()
             raise
     for i in sorted(errors):
         raise errors[i]
     return [reports[i] for i in range(len(profiles))]
-
-
-class _Bars:
-    """rich progress bars (one per device) with ETA on stderr; silent when disabled."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self._tasks: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._progress = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
-
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                      console=Console(stderr=True), transient=False)
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self._progress is not None:
-            self._progress.stop()
-
-    def update(self, device: str, advance: int, total: int) -> None:
-        if self._progress is None:
-            return
-        with self._lock:
-            if device not in self._tasks:
-                self._tasks[device] = self._progress.add_task(f"{device}", total=total)
-            self._progress.update(self._tasks[device], advance=advance)

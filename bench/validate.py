@@ -101,6 +101,7 @@ def cross_validated(predictor, table, cfgs: Sequence[SubnetConfig], measured_ms:
     fold_of = rng.permutation(n) % max(1, min(folds, n))
     out = np.empty(n)
     sums = predictor.table_sum(cfgs)
+    entries = predictor.n_entries(cfgs)
     for f in np.unique(fold_of):
         train = dict(older)
         for i in np.flatnonzero(fold_of != f):
@@ -108,7 +109,7 @@ def cross_validated(predictor, table, cfgs: Sequence[SubnetConfig], measured_ms:
         t = LatencyTable(table.device, table.fingerprint_id, table.space, table.version, table.entries, train)
         cal = predictor.fit_calibration(t) if train else Calibration()
         idx = np.flatnonzero(fold_of == f)
-        out[idx] = cal.apply(np.array([cfgs[i].r for i in idx]), sums[idx], np.array([sum(cfgs[i].d) for i in idx]))
+        out[idx] = cal.apply(np.array([cfgs[i].r for i in idx]), sums[idx], entries[idx])
     return out
 
 
@@ -180,6 +181,7 @@ def measure_subnets(agent, store, run_id: int, fp_id: str, space: SearchSpace, c
         todo = [i for i, t in enumerate(out) if p < min_passes or t.precision > settings.precision]
         if not todo:
             break
+        total = max(len(cfgs) * min_passes, done + len(todo))  # an extra pass adds its timings to the total
         order = [todo[j] for j in rng.permutation(len(todo))]
         for b in range(0, len(order), settings.batch_size):
             chunk = order[b:b + settings.batch_size]
@@ -199,7 +201,7 @@ def measure_subnets(agent, store, run_id: int, fp_id: str, space: SearchSpace, c
                     out[i].loads.append(float(load[0]))
             done += len(chunk)
             if progress:
-                progress(min(done, len(cfgs) * min_passes), len(cfgs) * min_passes)
+                progress(done, total)
     return out
 
 
@@ -266,8 +268,7 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
            "table_sum": accuracy_metrics(sums, measured),
            "drift_normalised": bool(settings.reference), "statistic": settings.statistic,
            # what `predict` and `search` use from now on: fitted on every subnet measured here
-           "calibration": Calibration.fit([c.r for c in cfgs], sums, measured,
-                                          n_blocks=[sum(c.d) for c in cfgs]).to_dict(),
+           "calibration": plain.fit(cfgs, measured).to_dict(),
            "loadavg_1min": _mean_load(first),
            "invocations_redone": watch.redone if watch is not None else 0,
            "passes": {"min": settings.passes, "max": settings.max_passes, "mean": float(np.mean([len(t.values_ms) for t in first])),

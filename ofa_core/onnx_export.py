@@ -8,12 +8,16 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
 from ofa_core.errors import OFABenchError
 
 OPSET = 17
+# torch's exporters keep global state (`GLOBALS.in_onnx_export`): two threads exporting at once (profile
+# workers of two devices) fail with "in_onnx_export must be False". Every export in the project takes this.
+EXPORT_LOCK = threading.Lock()
 
 
 class OnnxExportError(OFABenchError):
@@ -49,7 +53,7 @@ def _export(module, path: Path, input_shape: tuple[int, ...], check: bool, atol:
     x = torch.randn(input_shape, generator=gen).to(device)
     buf = io.BytesIO()
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with EXPORT_LOCK, torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter announces its retirement
             torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=opset, input_names=["input"],
                               output_names=["output"], do_constant_folding=True)

@@ -46,6 +46,25 @@ def test_new_format_with_info_prefix_percentiles_and_delegate():
     assert r["env"]["init_ms"] == pytest.approx(5.685)
 
 
+def test_benchmark_model_spread_comes_from_its_percentiles():
+    """std/mean of this capture is 0.055, above the default 0.05 threshold: every entry was re-measured and
+    flagged noisy. Its p5..p95 give the outlier-proof spread instead."""
+    from agents.measurement import Measurement
+
+    r = parse_benchmark_model(_read("benchmark_model_new_xnnpack.txt"))
+    m = Measurement(model="x.tflite", samples_ms=(), median_ms=r["median_ms"], p10_ms=None, p90_ms=None,
+                    mean_ms=r["mean_ms"], std_ms=r["std_ms"], cv=r["cv"], n=r["n"], env=r["env"])
+    assert r["cv"] > 0.05
+    assert m.robust_cv == pytest.approx((0.372 - 0.331) / (2 * 1.6449 * 0.340))
+    assert m.robust_cv < 0.05
+    old = parse_benchmark_model(_read("benchmark_model_old_plain.txt"))  # no percentiles: std/mean as before
+    m_old = Measurement(model="x", samples_ms=(), median_ms=old["median_ms"], p10_ms=None, p90_ms=None,
+                        mean_ms=old["mean_ms"], std_ms=old["std_ms"], cv=old["cv"], n=old["n"], env=old["env"])
+    assert m_old.robust_cv == pytest.approx(old["cv"])
+    merged = merge_summaries([r, {**r, "env": {**r["env"], "p5_ms": 0.351, "p95_ms": 0.392}}])
+    assert merged["env"]["p5_ms"] == pytest.approx(0.341) and merged["env"]["p95_ms"] == pytest.approx(0.382)
+
+
 def test_new_format_scientific_values_and_partial_delegation():
     r = parse_benchmark_model(_read("benchmark_model_new_gpu_large.txt"))
     assert r["n"] == 5 and r["mean_ms"] == pytest.approx(1240.27) and r["median_ms"] == pytest.approx(1239.66)

@@ -31,11 +31,11 @@ def test_predictor_equals_reference_sum(name):
     assert pred.resolutions == sorted(res)
 
 
-def test_note10_anchor_predicts_hand_sum(shared_dir):
+def test_note10_anchor_predicts_hand_sum():
     from bench.lut import load_device_table
 
     space = SearchSpace.get("ofa-mbv3-w1.2")
-    table = load_device_table("note10", space)  # no store: the anchors beside the repo
+    table = load_device_table("note10", space)  # no store: the published anchors ($OFA_BENCH_ANCHORS, set by conftest)
     pred = LatencyPredictor.from_table(table, space)
     assert pred.resolutions == list(range(160, 225, 4))
     cfg = space.largest(224)
@@ -74,44 +74,93 @@ def test_incomplete_resolution_excluded():
     assert pred.resolutions == [24]
 
 
-def test_calibration_recovers_linear_relation():
+def _with_subnets(table, space, cfgs, measured):
+    subnets = {(c.r, c.to_string()): EntryStats(float(m), float(m), 0.0, 5) for c, m in zip(cfgs, measured)}
+    return LatencyTable("dev", "fp", space.name, "v3", table.entries, subnets)
+
+
+def test_calibration_recovers_a_shared_relation():
+    """Whole subnets = scale * (table sum - overhead per entry) + offset, the same at every resolution."""
     space = SearchSpace.get("ofa-mbv3-fmnist")
     res = [24, 28, 36]
     table = random_table(space, res)
     plain = LatencyPredictor.from_table(table, space)
     cfgs = space.sample(np.random.default_rng(3), 60, res)
-    sums = plain.table_sum(cfgs)
-    coef = {24: (1.1, 0.2), 28: (1.0, 0.1), 36: (0.9, -0.1)}
-    measured = np.array([coef[c.r][0] * s + coef[c.r][1] for c, s in zip(cfgs, sums)])
-    subnets = {(c.r, c.to_string()): EntryStats(float(m), float(m), 0.0, 5) for c, m in zip(cfgs, measured)}
-    table2 = LatencyTable("dev", "fp", space.name, "v3", table.entries, subnets)
-    pred = LatencyPredictor.from_table(table2, space)
-    assert pred.calibration.n_subnets == 60
+    overhead = plain.min_block_ms * 24 / 32  # on the fit's grid
+    truth = lambda p, c: 1.1 * (p.table_sum(c) - overhead * p.n_entries(c)) + 0.2  # noqa: E731
+    pred = LatencyPredictor.from_table(_with_subnets(table, space, cfgs, truth(plain, cfgs)), space)
+    cal = pred.calibration
+    assert (cal.model, cal.n_subnets, cal.resolutions) == ("overhead", 60, (24, 28, 36))
+    assert (cal.scale, cal.overhead_ms, cal.offset_ms) == pytest.approx((1.1, overhead, 0.2), rel=1e-6)
     test = space.sample(np.random.default_rng(4), 50, res)
-    want = [coef[c.r][0] * s + coef[c.r][1] for c, s in zip(test, pred.table_sum(test))]
-    np.testing.assert_allclose(pred(test), want, rtol=1e-9)
-    # interpolated between calibrated resolutions
-    mid = pred.calibration.apply(np.array([32]), np.array([10.0]))[0]
-    assert mid == pytest.approx(((1.0 + 0.9) / 2) * 10 + 0.0)
-    assert LatencyPredictor.from_table(table2, space, calibration=Calibration()).calibration.is_identity
+    np.testing.assert_allclose(pred(test), truth(pred, test), rtol=1e-6)
+    assert cal.upper_rel == pytest.approx(0.0, abs=1e-6) and cal.interval == "cross-validated"
+    np.testing.assert_allclose(pred.upper(test), pred(test), rtol=1e-6)
+    assert pred.n_entries(test).tolist() == [sum(c.d) + pred.n_fixed for c in test] and pred.n_fixed > 0
+    uncalibrated = LatencyPredictor.from_table(_with_subnets(table, space, cfgs, truth(plain, cfgs)), space,
+                                               calibration=Calibration())
+    assert uncalibrated.calibration.is_identity
 
 
-def test_calibration_with_few_points_is_a_ratio():
+def test_calibration_never_predicts_less_for_more_work():
+    """Per-resolution fits once gave r32 a scale of 1.39 and an offset of -0.138 ms: the smallest subnet then
+    predicted faster at 32 px than at 24 px. Data shaped like that still give a fit in which one more block, or
+    a larger entry, never lowers the prediction, and the smallest subnets keep their order across resolutions."""
+    space = SearchSpace.get("ofa-mbv3-fmnist")
+    res = [24, 28, 32, 36]
+    table = random_table(space, res)
+    plain = LatencyPredictor.from_table(table, space)
+    rng = np.random.default_rng(7)
+    cfgs = space.sample(rng, 40, res)
+    sums = plain.table_sum(cfgs)
+    coef = {24: (0.8, 0.05), 28: (1.0, 0.0), 32: (1.39, -0.138 * sums.mean()), 36: (0.9, 0.1)}
+    measured = np.array([coef[c.r][0] * s + coef[c.r][1] for c, s in zip(cfgs, sums)]) * rng.lognormal(0, 0.03, 40)
+    pred = LatencyPredictor.from_table(_with_subnets(table, space, cfgs, np.maximum(measured, 1e-3)), space)
+    cal = pred.calibration
+    assert cal.scale > 0 and 0 <= cal.overhead_ms <= plain.min_block_ms and cal.offset_ms >= 0
+    probe = space.sample(np.random.default_rng(8), 200, res)
+    x, ne = plain.table_sum(probe), plain.n_entries(probe)
+    y = cal.apply(None, x, ne)
+    assert (cal.apply(None, x + plain.min_block_ms, ne + 1) >= y - 1e-12).all()  # one more (smallest) block
+    assert (cal.apply(None, x + 0.5, ne) > y).all()  # a larger entry
+    smallest = [space.smallest(r) for r in res]
+    assert np.array_equal(np.argsort(pred(smallest), kind="stable"), np.argsort(plain.table_sum(smallest), kind="stable"))
+    assert (pred(smallest) > 0).all()
+
+
+def test_calibration_with_few_points_is_a_ratio_with_an_assumed_interval():
     cal = Calibration.fit([160, 160], [10.0, 20.0], [11.0, 22.0])
-    assert cal.scale == (pytest.approx(1.1),) and cal.offset_ms == (0.0,)
+    assert (cal.model, cal.scale, cal.offset_ms, cal.interval) == ("ratio", pytest.approx(1.1), 0.0, "assumed")
+    assert cal.upper_rel == pytest.approx(0.10)
+    assert "ratio calibration on 2 measured subnet(s)" in cal.describe()
+    assert Calibration.fit([], [], []).is_identity
+    few = Calibration.fit([160] * 5, [10, 12, 14, 16, 18], [11, 13.2, 15.4, 17.6, 19.8])  # under min_points
+    assert few.model == "ratio"
 
 
-def test_calibration_block_term_kept_only_when_it_helps():
+def test_calibration_overhead_term_kept_only_when_it_helps():
     rng = np.random.default_rng(5)
     n = 40
     sums = rng.uniform(5, 20, n)
-    nb = rng.integers(10, 21, n)
+    ne = rng.integers(10, 21, n)
     r = np.full(n, 160)
-    with_blocks = 0.95 * sums + 0.08 * nb + 0.3
-    cal = Calibration.fit(r, sums, with_blocks, n_blocks=nb)
-    assert cal.per_block_ms[0] == pytest.approx(0.08, abs=1e-6) and cal.scale[0] == pytest.approx(0.95)
-    np.testing.assert_allclose(cal.apply(r, sums, nb), with_blocks, rtol=1e-9)
-    noisy_line = 1.05 * sums + 0.2 + rng.normal(0, 0.05, n)  # no dependence on the block count
-    cal2 = Calibration.fit(r, sums, noisy_line, n_blocks=nb)
-    assert abs(cal2.per_block_ms[0]) < 0.02
-    assert cal2.scale[0] == pytest.approx(1.05, abs=0.02)
+    with_overhead = 0.95 * (sums - 0.08 * ne) + 0.3
+    cal = Calibration.fit(r, sums, with_overhead, n_entries=ne, max_overhead_ms=0.32)
+    assert cal.model == "overhead"
+    assert (cal.scale, cal.overhead_ms, cal.offset_ms) == pytest.approx((0.95, 0.08, 0.3), rel=1e-6)
+    np.testing.assert_allclose(cal.apply(r, sums, ne), with_overhead, rtol=1e-9)
+    noisy_line = (1.05 * sums + 0.2) * rng.lognormal(0, 0.01, n)  # no dependence on the entry count
+    cal2 = Calibration.fit(r, sums, noisy_line, n_entries=ne, max_overhead_ms=0.32)
+    assert cal2.model in ("ratio", "affine")
+    assert cal2.scale == pytest.approx(1.05, abs=0.05)
+
+
+def test_upper_bound_covers_about_nine_in_ten_fresh_measurements():
+    rng = np.random.default_rng(11)
+    sums = rng.uniform(5, 20, 60)
+    truth = lambda s: 1.2 * s + 0.5  # noqa: E731
+    cal = Calibration.fit([160] * 60, sums, truth(sums) * rng.lognormal(0, 0.04, 60))
+    assert cal.interval == "cross-validated" and 0.02 < cal.upper_rel < 0.15
+    fresh = rng.uniform(5, 20, 2000)
+    covered = np.mean(truth(fresh) * rng.lognormal(0, 0.04, 2000) <= cal.upper(None, fresh))
+    assert 0.8 <= covered <= 0.97

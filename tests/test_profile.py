@@ -76,11 +76,13 @@ def test_profile_then_resume_is_free(tmp_path, null_device):
     doc = json.loads(r.stdout)
     assert doc["entries_total"] == len(FULL) == doc["entries_measured"] and doc["entries_reused"] == 0
     assert doc["simulated"] is True
+    assert doc["subnets_measured"] == 8 and doc["calibration"]["n_subnets"] == 8  # calibrated from the start
     rows = block_rows(store)
     assert {(r_, k) for r_, k, _ in rows} == FULL and len(rows) == len(FULL)
     r = subprocess.run(profile_cmd(store), cwd=REPO, capture_output=True, text=True, timeout=300)
     doc = json.loads(r.stdout)
     assert doc["entries_measured"] == 0 and doc["entries_reused"] == len(FULL)
+    assert doc["subnets_measured"] == 0 and doc["calibration"]["n_subnets"] == 8
     assert len(block_rows(store)) == len(FULL)
     # the profiled table feeds the predictor
     from bench.lut import load_device_table
@@ -90,6 +92,9 @@ def test_profile_then_resume_is_free(tmp_path, null_device):
     assert set(table.entries) == FULL and table.nominal_ms is not None
     pred = LatencyPredictor.from_table(table, SPACE)
     assert pred.resolutions == [RES] and pred(SPACE.largest(RES))[0] > 0
+    measured = {s for _, s in table.subnets}
+    assert len(measured) == 8 and {SPACE.smallest(RES).to_string(), SPACE.largest(RES).to_string()} <= measured
+    assert pred.calibration.n_subnets == 8 and not pred.calibration.is_identity
 
 
 def test_resume_after_sigkill(tmp_path, null_device):
@@ -169,6 +174,20 @@ def test_store_not_sqlite_untouched(tmp_path, null_device):
     r = subprocess.run(profile_cmd(store), cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     assert store.read_bytes() == before
+
+
+def test_calibration_configs_span_the_table():
+    import numpy as np
+
+    from bench.profile import calibration_configs
+
+    sums = lambda cfgs: np.array([sum(c.d) + sum(c.ks) + sum(c.e) + c.r for c in cfgs], dtype=float)  # noqa: E731
+    cfgs = calibration_configs(SPACE, [24, 36], sums, 8, np.random.default_rng(0))
+    assert len(cfgs) == len(set(cfgs)) == 8
+    assert cfgs[:4] == [SPACE.smallest(24), SPACE.largest(36), SPACE.smallest(36), SPACE.largest(24)]
+    middle = sums(cfgs[4:])
+    assert (np.diff(middle) >= 0).all() and sums([SPACE.smallest(24)])[0] < middle[0] < middle[-1] < sums([SPACE.largest(36)])[0]
+    assert calibration_configs(SPACE, [24], sums, 2, np.random.default_rng(0)) == [SPACE.smallest(24), SPACE.largest(24)]
 
 
 def test_default_resolutions():

@@ -169,14 +169,12 @@ def test_cache_is_exact():
 
 # ---- the real Note10 tables and the official predictor --------------------------------------------------
 @pytest.fixture(scope="module")
-def note10(shared_dir):
+def note10(anchors_dir):
     from bench.lut import load_device_table
     from bench.predictor import LatencyPredictor
     from ofa_core.accuracy import AccuracyPredictor
 
-    pth = shared_dir / "anchors" / "ofa-mbv3-w12-note10" / "acc_predictor.pth"
-    if not pth.is_file():
-        pytest.skip("official predictor not present")
+    pth = anchors_dir / "ofa-mbv3-w12-note10" / "acc_predictor.pth"
     return AccuracyPredictor.from_official(pth), LatencyPredictor.from_table(load_device_table("note10", W12), W12)
 
 
@@ -200,10 +198,18 @@ def _cli(capsys, *args):
     return rc, out.out, out.err
 
 
+def _empty_store(path) -> str:
+    """A store without tables: the device's published anchors answer (a missing store is an error)."""
+    from bench.store import open_store
+
+    open_store(path).close()
+    return str(path)
+
+
 def test_cli_search_json(note10, capsys, tmp_path):
     rc, out, err = _cli(capsys, "search", "--device", "note10", "--latency-ms", "20", "--generations", "30",
                         "--restarts", "1", "--resolutions", "160,176,192", "--json",
-                        "--store", str(tmp_path / "none.sqlite"))
+                        "--store", _empty_store(tmp_path / "empty.sqlite"))
     assert rc == 0, err
     doc = json.loads(out)
     assert doc["space"] == "ofa-mbv3-w1.2" and doc["predicted_latency_ms"] <= 20
@@ -218,7 +224,7 @@ def test_cli_search_json(note10, capsys, tmp_path):
 
 
 def test_cli_errors_are_one_line(note10, capsys, tmp_path):
-    store = str(tmp_path / "none.sqlite")
+    store = _empty_store(tmp_path / "empty.sqlite")
     rc, out, err = _cli(capsys, "search", "--device", "note10", "--latency-ms", "3", "--store", store)
     assert rc == 2 and err.startswith("ofa-bench: error: no subnet") and err.count("\n") == 1
     rc, out, err = _cli(capsys, "search", "--device", "nowhere-device", "--latency-ms", "3", "--store", store)
@@ -252,8 +258,9 @@ def fpga_store(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("fpga") / "store.sqlite"
     cpu = _profile("local-cpu", path, MeasureSettings(rounds=1, reference=False, warmup_s=0.02,
-                                                      min_duration_s=0.05, max_remeasure=0, precision=0.5))
-    fpga = _profile("fpga-zu9eg", path, MeasureSettings(rounds=1, reference=False))
+                                                      min_duration_s=0.05, max_remeasure=0, precision=0.5,
+                                                      calibration_subnets=0))
+    fpga = _profile("fpga-zu9eg", path, MeasureSettings(rounds=1, reference=False, calibration_subnets=0))
     return str(path), fpga, cpu
 
 
@@ -299,6 +306,8 @@ def test_cli_search_export_and_confirm_on_fpga_model(fpga_store, note10, capsys,
     doc = json.loads(stdout)
     assert doc["space"] == "ofa-mbv3-w1.0" and doc["simulated"] is True and doc["predicted_latency_ms"] <= 0.9
     assert out.is_file() and doc["export"]["weights"] == "random" and "random" in err
+    assert doc["predicted_upper_ms"] <= 0.9 and doc["rounds"][-1]["measured_latency_ms"] == doc["measured_latency_ms"]
+    assert doc["budget_met"] == (doc["measured_latency_ms"] <= 0.9) and 1 <= len(doc["rounds"]) <= 3
     c = doc["confirm"]
     assert c["simulated"] is True and c["measured_latency_ms"] > 0
     assert abs(c["error_pct"]) < 50  # the table sum of a whole net is close to the model's estimate of it
@@ -309,7 +318,7 @@ def test_cli_search_export_and_confirm_on_fpga_model(fpga_store, note10, capsys,
         rows = st.latest_measurements(c["fingerprint_id"], "ofa-mbv3-w1.0", kind="subnet")
     finally:
         st.close()
-    assert [r["key"] for r in rows] == [f"subnet:{doc['config_string']}"]
+    assert {r["key"] for r in rows} == {f"subnet:{r['config_string']}" for r in doc["rounds"]}
 
 
 def test_index_fast_path_equals_the_predictor(note10):
@@ -320,3 +329,59 @@ def test_index_fast_path_equals_the_predictor(note10):
     assert cache._fast is not None
     rows = cache.rows(genes)
     np.testing.assert_allclose(cache.accuracy(rows), acc(g.decode(genes)), atol=1e-6)
+
+
+# ---- the budget holds the upper bound; --confirm closes the loop -----------------------------------------
+def test_search_holds_the_upper_bound_of_a_calibrated_table(note10, tmp_path, monkeypatch):
+    """The Note10 table with measured subnets 5-15% slower than their sums: the calibration's interval is
+    wide, and the answer's upper bound, not its point prediction, stays within the budget."""
+    import bench.commands.search as search_cmd
+    from bench.lut import EntryStats, LatencyTable, load_device_table
+    from bench.predictor import LatencyPredictor
+
+    space = SearchSpace.get("ofa-mbv3-w1.2")
+    table = load_device_table("note10", space)
+    plain = LatencyPredictor.from_table(table, space)
+    rng = np.random.default_rng(0)
+    cfgs = space.sample(rng, 30, [160, 176, 192])
+    slow = plain.table_sum(cfgs) * rng.uniform(1.05, 1.15, 30)
+    subnets = {(c.r, c.to_string()): EntryStats(float(v), float(v), 0.0, 3) for c, v in zip(cfgs, slow)}
+    calibrated = LatencyTable(table.device, table.fingerprint_id, table.space, table.version, table.entries, subnets)
+    monkeypatch.setattr(search_cmd, "device_table", lambda *a, **k: (space, calibrated))
+    doc = search_cmd.run_search("note10", 20.0, None, None, str(tmp_path / "s"), None, [160, 176, 192], 0, 50, 30, 1)
+    assert doc["calibration"]["n_subnets"] == 30 and doc["calibration"]["upper_rel"] > 0.01
+    assert doc["predicted_latency_ms"] < doc["predicted_upper_ms"] <= 20.0
+    assert doc["budget_margin_ms"] == pytest.approx(20.0 - doc["predicted_upper_ms"])
+    with pytest.raises(search_cmd.SearchSetupError, match="ask for at least"):
+        search_cmd.run_search("note10", 5.0, None, None, str(tmp_path / "s"), None, [160], 0, 50, 30, 1)
+
+
+def test_confirm_searches_again_while_the_measurement_is_over_budget(monkeypatch, tmp_path):
+    import bench.commands.search as search_cmd
+
+    searches, measured = [], iter([12.0, 10.5, 9.0])
+
+    def fake_search(*args):
+        searches.append(args)
+        n = len(searches)
+        return {"space": "ofa-mbv3-w1.2", "config": {}, "config_string": f"cfg{n}", "predicted_latency_ms": 9.5 - n,
+                "predicted_upper_ms": 9.9 - n, "predicted_accuracy": 0.8 - n / 100, "calibration_text": "x"}
+
+    monkeypatch.setattr(search_cmd, "run_search", fake_search)
+    monkeypatch.setattr(search_cmd, "export_subnet_onnx", lambda space, cfg, out: {"path": str(out), "note": ""})
+    monkeypatch.setattr(search_cmd, "confirm_on_device",
+                        lambda device, path, doc, store, min_duration_s=None: {"measured_latency_ms": next(measured),
+                                                                                  "simulated": True})
+    said = []
+    doc = search_cmd.search_confirmed("d", 10.0, None, None, "s", None, None, 0, 10, 5, None, confirm=True,
+                                      rounds=3, say=said.append)
+    assert len(searches) == 3 and doc["budget_met"] is True and doc["measured_latency_ms"] == 9.0
+    assert [r["measured_latency_ms"] for r in doc["rounds"]] == [12.0, 10.5, 9.0]
+    assert [r["config_string"] for r in doc["rounds"]] == ["cfg1", "cfg2", "cfg3"]
+    assert sum("over the 10 ms budget" in s for s in said) == 2
+    measured = iter([12.0, 11.0])
+    searches.clear()
+    doc = search_cmd.search_confirmed("d", 10.0, None, None, "s", None, None, 0, 10, 5, None, confirm=True,
+                                      rounds=2, say=said.append)
+    assert len(searches) == 2 and doc["budget_met"] is False and len(doc["rounds"]) == 2
+    assert "still over" in said[-1]

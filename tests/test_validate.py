@@ -86,9 +86,12 @@ def test_validate_end_to_end(tmp_path, ort_device):
     from bench.predictor import LatencyPredictor
 
     table = load_device_table(ort_device, SPACE, str(store))
-    assert len(table.subnets) == 8
+    validated = {s["config"] for s in doc["subnets"]}
+    held = {s for _, s in table.subnets}
+    # profile measured 8 calibration subnets (smallest, largest, a spread); validate added its own 8
+    assert validated <= held and len(held - validated) == 8 and SPACE.smallest(24).to_string() in held
     pred = LatencyPredictor.from_table(table, SPACE)
-    assert pred.calibration.n_subnets == 8
+    assert pred.calibration.n_subnets == len(held)
     r = cli("predict", "--device", ort_device, "--space", SPACE.name, "--config", "largest", "--store", store, "--json")
     assert r.returncode == 0, r.stderr
     p = json.loads(r.stdout)
@@ -97,10 +100,16 @@ def test_validate_end_to_end(tmp_path, ort_device):
 
 def test_validate_without_table_is_one_line(tmp_path, ort_device):
     r = cli("validate", ort_device, "--space", SPACE.name, "--subnets", "4", "--store", tmp_path / "s.sqlite")
+    assert r.returncode != 0 and "does not exist" in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "s.sqlite").exists()
+    from bench.store import open_store
+
+    open_store(tmp_path / "s.sqlite").close()
+    r = cli("validate", ort_device, "--space", SPACE.name, "--subnets", "4", "--store", tmp_path / "s.sqlite")
     assert r.returncode != 0 and "no latency table" in r.stderr and r.stderr.count("\n") == 1
 
 
-def test_plots_write_png(tmp_path, shared_dir):
+def test_plots_write_png(tmp_path):
     from bench.lut import load_device_table
     from bench.plots import drift_history, predicted_vs_measured, subnet_stage_breakdown
 
@@ -163,10 +172,13 @@ def test_passes_repeat_until_the_median_is_precise(tmp_path):
     try:
         fp = store.register_fingerprint("fake", {"host": "test"})
         run = store.start_run("fake", fp, SPACE.name, "validate", {}, {})
+        calls = []
         got = measure_subnets(agent, store, run, fp, SPACE, cfgs, ValidateSettings(batch_size=2), 0.01, "onnx",
-                              value_nominal=1.0)
+                              progress=lambda done, total: calls.append((done, total)), value_nominal=1.0)
         store.finish_run(run, "done")
         assert [len(t.values_ms) for t in got] == [3, 5, 6]
+        # progress: 3 subnets x 3 passes planned, then each extra pass adds its timings to the total
+        assert calls == [(2, 9), (3, 9), (5, 9), (6, 9), (8, 9), (9, 9), (11, 11), (13, 13), (14, 14)]
         assert got[0].value_ms == pytest.approx(2.0, rel=1e-3) and got[1].value_ms == pytest.approx(3.0, rel=1e-3)
         assert got[2].value_ms == pytest.approx(4.0, rel=1e-3)
         # every pass is stored; the table's subnet value is the median over the run's passes

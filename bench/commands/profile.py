@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import typer
 
-from bench.commands._common import JsonOption, SpaceOption, StoreOption, emit_json, info, parse_resolutions, resolve_store
+from bench.commands._common import (JsonOption, SpaceOption, StoreOption, at_least_one, emit_json, info, non_negative,
+                                    number_check, parse_resolutions, resolve_store)
 
 
 def register(app: typer.Typer) -> None:
@@ -14,12 +15,20 @@ def register(app: typer.Typer) -> None:
         resolutions: str = typer.Option(None, "--resolutions", help="R1,R2,... (default: all for small spaces; "
                                         "160,192,224 for ImageNet spaces)"),
         store: str = StoreOption,
-        rounds: int = typer.Option(3, "--rounds", help="interleave each batch round-robin this many times"),
-        batch: int = typer.Option(16, "--batch", help="entries per runner invocation (committed together)"),
-        min_duration_s: float = typer.Option(0.3, "--min-duration-s", help="timing budget per entry (s, all rounds); "
+        rounds: int = typer.Option(3, "--rounds", callback=at_least_one,
+                                   help="interleave each batch round-robin this many times"),
+        batch: int = typer.Option(16, "--batch", callback=at_least_one,
+                                  help="entries per runner invocation (committed together)"),
+        min_duration_s: float = typer.Option(0.3, "--min-duration-s", callback=non_negative,
+                                             help="timing budget per entry (s, all rounds); "
                                              "the profile's min_runs still holds"),
-        warmup_s: float = typer.Option(0.1, "--warmup-s", help="warm-up per entry (s, all rounds)"),
+        warmup_s: float = typer.Option(0.1, "--warmup-s", callback=non_negative,
+                                       help="warm-up per entry (s, all rounds)"),
         no_reference: bool = typer.Option(False, "--no-reference", help="do not time the drift reference model"),
+        calibration_subnets: int = typer.Option(8, "--calibration-subnets", callback=number_check(ge=0),
+                                                help="whole subnets measured once the table is complete (smallest, "
+                                                     "largest, a spread between), so that predictions are "
+                                                     "calibrated from the start; 0: leave it to validate"),
         json_out: bool = JsonOption,
     ) -> None:
         """Profile devices: export, measure and store every table entry not yet measured (resumes after a crash)."""
@@ -28,10 +37,9 @@ def register(app: typer.Typer) -> None:
         from bench.profile import MeasureSettings, ProfileError, profile_devices
 
         sp = SearchSpace.get(space)
-        if rounds < 1 or batch < 1:
-            raise ProfileError("--rounds and --batch must be >= 1")
         settings = MeasureSettings(rounds=rounds, batch_size=batch, min_duration_s=min_duration_s,
-                                   warmup_s=warmup_s, reference=not no_reference)
+                                   warmup_s=warmup_s, reference=not no_reference,
+                                   calibration_subnets=calibration_subnets)
         target = resolve_store(store)
         reports = profile_devices(devices, sp, target, parse_resolutions(resolutions), settings)
         failed = [r for r in reports if r.status == "failed"]
@@ -45,7 +53,12 @@ def register(app: typer.Typer) -> None:
             for r in reports:
                 sim = " (simulated)" if r.simulated else ""
                 info(f"{r.device}{sim}: {r.status}; {r.entries_total} entries, {r.entries_measured} measured, "
-                     f"{r.entries_reused} reused, {r.entries_noisy} noisy, {r.duration_s:.1f} s"
-                     + (f"; error: {r.error}" if r.error else ""))
+                     f"{r.entries_reused} reused, {r.entries_noisy} noisy, {r.subnets_measured} whole subnets "
+                     f"measured, {r.duration_s:.1f} s" + (f"; error: {r.error}" if r.error else ""))
+                if r.calibration:
+                    from bench.predictor import Calibration
+
+                    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in r.calibration.items()}
+                    info(f"{r.device}: latency model: {Calibration(**fields).describe()}")
         if failed:
             raise ProfileError(f"{len(failed)} device(s) failed: " + "; ".join(f"{r.device}: {r.error}" for r in failed))

@@ -7,7 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from bench.commands._common import JsonOption, StoreOption, emit_json, info, parse_resolutions, resolve_store
+from bench.commands._common import (FIGURE_SUFFIXES, JsonOption, StoreOption, at_least_one, check_output_path,
+                                    emit_json, info, non_negative, number_check, parse_resolutions, positive,
+                                    resolve_store)
 from ofa_core.errors import OFABenchError
 
 SpaceChoice = typer.Option(None, "--space", help="search space (default: the space of the device's table)")
@@ -102,34 +104,55 @@ def run_search(device: str, latency_ms: float | None, macs: float | None, space_
     import numpy as np
 
     from bench.predictor import LatencyPredictor
-    from ofa_core.search import SearchParams, evolution_search
+    from ofa_core.search import SearchParams, check_budget, evolution_search
 
     if latency_ms is None and macs is None:
         raise SearchSetupError("give a budget: --latency-ms and/or --macs")
+    check_budget({k: v for k, v in (("latency_ms", latency_ms), ("macs", macs)) if v is not None})
     space, table = device_table(device, space_name, store)
     latency = LatencyPredictor.from_table(table, space)
     acc, acc_path = accuracy_predictor(space, predictor_path)
     res = search_resolutions(latency, resolutions, device)
-    metrics = {"latency_ms": latency, "macs": space.macs}
     limits = {}
     if latency_ms is not None:
         limits["latency_ms"] = float(latency_ms)
+        check_reachable(latency, res, float(latency_ms), device)
     if macs is not None:
         limits["macs"] = float(macs)
+    # The budget holds the prediction interval's upper bound, not the point prediction.
+    metrics = {"latency_ms": latency.upper, "macs": space.macs}
     params = SearchParams(population=population, generations=generations,
                           **({"restarts": restarts} if restarts else {}))
     result = evolution_search(space, acc, metrics, limits, np.random.default_rng(seed), params, res)
     cfg = result.config
-    return {
+    upper = float(result.values["latency_ms"])
+    doc = {
         "device": device, "space": space.name, "simulated": _simulated(device),
         "config": cfg.to_ofa_dict(), "config_string": cfg.to_string(),
-        "predicted_accuracy": result.accuracy, "predicted_latency_ms": result.values["latency_ms"],
+        "predicted_accuracy": result.accuracy, "predicted_latency_ms": float(latency.predict(cfg)[0]),
+        "predicted_upper_ms": upper, "table_sum_ms": float(latency.table_sum(cfg)[0]),
         "macs": int(result.values["macs"]), "budget": limits, "search_seconds": round(result.seconds, 4),
         "restart_accuracies": list(result.restart_accuracies), "seed": seed, "population": population,
         "generations": generations, "restarts": params.restarts, "resolutions": res,
         "accuracy_predictor": str(acc_path), "table_version": latency.version, "table_source": table.source,
         "table_device": table.device, "calibrated": not latency.calibration.is_identity,
+        "calibration": latency.calibration.to_dict(), "calibration_text": latency.calibration.describe(),
     }
+    if latency_ms is not None:
+        doc["budget_margin_ms"] = float(latency_ms) - upper
+    return doc
+
+
+def check_reachable(latency, resolutions: list[int], budget_ms: float, device: str) -> None:
+    """A budget below the fastest subnet's upper bound is a one-line error naming what can be reached."""
+    from ofa_core.search import smallest_achievable
+
+    fastest, upper = smallest_achievable(latency.space, latency.upper, resolutions)
+    if upper > budget_ms:
+        raise SearchSetupError(
+            f"no subnet of {latency.space.name} fits {budget_ms:g} ms on {device}: the fastest, "
+            f"{fastest.to_string()}, predicts {float(latency.predict(fastest)[0]):.4g} ms with an upper bound of "
+            f"{upper:.4g} ms ({latency.calibration.describe()}); ask for at least {upper:.4g} ms")
 
 
 def export_subnet_onnx(space_name: str, cfg_dict: dict, out: Path) -> dict:
@@ -175,7 +198,7 @@ def confirm_on_device(device: str, path: Path, doc: dict, store: str, passes: in
     settings = ValidateSettings(n=1, passes=passes, max_passes=2 * passes, min_duration_s=min_duration_s,
                                 warmup_s=MeasureSettings.warmup_s)  # the agent's default warm-up, as before
     ms = settings.measure_settings(profile)
-    st = open_store(store)
+    st = open_store(store, create=False)
     try:
         with connect(agent_profile(profile, ms)) as agent:
             fp = agent.fingerprint()
@@ -199,58 +222,107 @@ def confirm_on_device(device: str, path: Path, doc: dict, store: str, passes: in
             "simulated": bool(fp.get("simulated", profile.simulated)), "fingerprint_id": fp_id}
 
 
+def search_confirmed(device: str, latency_ms: float | None, macs: float | None, space_name: str | None, store: str,
+                     predictor_path: str | None, resolutions: list[int] | None, seed: int, population: int,
+                     generations: int, restarts: int | None, export: Path | None = None, confirm: bool = False,
+                     rounds: int = 3, say=None, confirm_min_duration_s: float | None = None) -> dict:
+    """Search; with `confirm`, export the subnet, time it on the device, and while it measures over the latency
+    budget, search again on the calibration refitted with that measurement (the confirm run stores it as a
+    measured subnet), up to `rounds` times. The document is the last round's search with `measured_latency_ms`,
+    `budget_met` and every round under `rounds`."""
+    import tempfile
+
+    say = say or info
+    history = []
+    for n in range(1, max(1, rounds) + 1):
+        doc = run_search(device, latency_ms, macs, space_name, store, predictor_path, resolutions, seed,
+                         population, generations, restarts)
+        if export is None and not confirm:
+            return doc
+        out = export if export is not None else Path(tempfile.mkdtemp(prefix="ofa-bench-search-")) / "subnet.onnx"
+        say(f"exporting {doc['config_string']} to {out}")
+        doc["export"] = export_subnet_onnx(doc["space"], doc["config"], out)
+        if doc["export"]["note"]:
+            say(doc["export"]["note"])
+        if not confirm:
+            return doc
+        say(f"round {n}: measuring {doc['config_string']} on {device} (predicted {doc['predicted_latency_ms']:.4g} ms, "
+            f"upper bound {doc['predicted_upper_ms']:.4g} ms) ...")
+        doc["confirm"] = confirm_on_device(device, Path(doc["export"]["path"]), doc, store,
+                                           min_duration_s=confirm_min_duration_s)
+        measured = doc["confirm"]["measured_latency_ms"]
+        history.append({"round": n, "config_string": doc["config_string"],
+                        "predicted_latency_ms": doc["predicted_latency_ms"],
+                        "predicted_upper_ms": doc["predicted_upper_ms"], "measured_latency_ms": measured,
+                        "predicted_accuracy": doc["predicted_accuracy"],
+                        "calibration": doc["calibration_text"]})
+        doc["measured_latency_ms"] = measured
+        doc["budget_met"] = latency_ms is None or measured <= latency_ms
+        doc["rounds"] = history
+        if doc["budget_met"]:
+            return doc
+        if n < rounds:
+            say(f"round {n}: measured {measured:.4g} ms is over the {latency_ms:g} ms budget; refitting the "
+                f"calibration with this measurement and searching again")
+    say(f"after {len(history)} round(s) the measured latency {doc['measured_latency_ms']:.4g} ms is still over "
+        f"the {latency_ms:g} ms budget")
+    return doc
+
+
 # ---- commands -----------------------------------------------------------------------------------------
 def register(app: typer.Typer) -> None:
     @app.command("search")
     def search_cmd(
         device: str = typer.Option(..., "--device", help="device whose latency table constrains the search"),
-        latency_ms: Optional[float] = typer.Option(None, "--latency-ms", help="latency budget (ms)"),
-        macs: Optional[float] = typer.Option(None, "--macs", help="MACs budget (e.g. 3e8)"),
+        latency_ms: Optional[float] = typer.Option(None, "--latency-ms", callback=positive, help="latency budget (ms)"),
+        macs: Optional[float] = typer.Option(None, "--macs", callback=positive, help="MACs budget (e.g. 3e8)"),
         space: Optional[str] = SpaceChoice,
         predictor: Optional[str] = PredictorOption,
         resolutions: Optional[str] = ResolutionsOption,
-        seed: int = typer.Option(0, "--seed"),
-        population: int = typer.Option(100, "--population"),
-        generations: int = typer.Option(500, "--generations"),
-        restarts: Optional[int] = typer.Option(None, "--restarts", help="independent searches side by side, best kept (default 1)"),
+        seed: int = typer.Option(0, "--seed", callback=non_negative),
+        population: int = typer.Option(100, "--population", callback=number_check(ge=2)),
+        generations: int = typer.Option(500, "--generations", callback=non_negative),
+        restarts: Optional[int] = typer.Option(None, "--restarts", callback=at_least_one,
+                                               help="independent searches side by side, best kept (default 1)"),
         export: Optional[Path] = typer.Option(None, "--export", help="write the subnet as ONNX here"),
-        confirm: bool = typer.Option(False, "--confirm", help="measure the subnet on the device and compare"),
+        confirm: bool = typer.Option(False, "--confirm", help="measure the subnet on the device and compare; "
+                                     "over the budget, refit with that measurement and search again"),
+        confirm_rounds: int = typer.Option(3, "--confirm-rounds", callback=at_least_one,
+                                           help="most search-measure rounds of --confirm"),
         store: str = StoreOption,
         json_out: bool = JsonOption,
     ) -> None:
-        """Find the most accurate subnet (predicted) within a latency and/or MACs budget on a device."""
-        target = resolve_store(store)
-        doc = run_search(device, latency_ms, macs, space, target, predictor, parse_resolutions(resolutions), seed,
-                         population, generations, restarts)
-        if not json_out:
-            sim = " [simulated device]" if doc["simulated"] else ""
-            typer.echo(f"{doc['device']}{sim} ({doc['space']}), budget "
-                       + ", ".join(f"{k} <= {v:g}" for k, v in doc["budget"].items()))
-            typer.echo(f"best: {doc['config_string']}")
-            typer.echo(f"      {doc['config']}")
-            typer.echo(f"predicted accuracy {100 * doc['predicted_accuracy']:.2f}%, predicted latency "
-                       f"{doc['predicted_latency_ms']:.3f} ms, {doc['macs'] / 1e6:.1f}M MACs "
-                       f"(search {doc['search_seconds']:.2f} s)")
-        if export is not None or confirm:
-            import tempfile
-
-            out = export if export is not None else Path(tempfile.mkdtemp(prefix="ofa-bench-search-")) / "subnet.onnx"
-            info(f"exporting {doc['config_string']} to {out}")
-            doc["export"] = export_subnet_onnx(doc["space"], doc["config"], out)
-            if doc["export"]["note"]:
-                info(doc["export"]["note"])
-            if not json_out:
-                typer.echo(f"exported to {doc['export']['path']} ({doc['export']['weights']} weights)")
-        if confirm:
-            info(f"measuring on {device} ...")
-            doc["confirm"] = confirm_on_device(device, Path(doc["export"]["path"]), doc, target)
-            if not json_out:
-                c = doc["confirm"]
-                sim = " (simulated)" if c["simulated"] else ""
-                typer.echo(f"measured{sim} {c['measured_latency_ms']:.3f} ms vs predicted "
-                           f"{c['predicted_latency_ms']:.3f} ms ({c['error_pct']:+.1f}%)")
+        """Find the most accurate subnet (predicted) within a latency and/or MACs budget on a device. The budget
+        holds the prediction interval's upper bound; --confirm measures the answer on the device."""
+        if latency_ms is None and macs is None:
+            raise SearchSetupError("give a budget: --latency-ms and/or --macs")
+        if export is not None:
+            check_output_path(export, "--export", (".onnx",))
+        target = resolve_store(store, must_exist=True, default_may_be_missing=True)
+        doc = search_confirmed(device, latency_ms, macs, space, target, predictor, parse_resolutions(resolutions),
+                               seed, population, generations, restarts, export, confirm, confirm_rounds)
         if json_out:
             emit_json(doc)
+            return
+        sim = " [simulated device]" if doc["simulated"] else ""
+        typer.echo(f"{doc['device']}{sim} ({doc['space']}), budget "
+                   + ", ".join(f"{k} <= {v:g}" for k, v in doc["budget"].items()))
+        typer.echo(f"best: {doc['config_string']}")
+        typer.echo(f"      {doc['config']}")
+        typer.echo(f"predicted accuracy {100 * doc['predicted_accuracy']:.2f}%, predicted latency "
+                   f"{doc['predicted_latency_ms']:.3f} ms (upper bound {doc['predicted_upper_ms']:.3f} ms), "
+                   f"{doc['macs'] / 1e6:.1f}M MACs (search {doc['search_seconds']:.2f} s)")
+        typer.echo(f"latency model: {doc['calibration_text']}")
+        if "export" in doc:
+            typer.echo(f"exported to {doc['export']['path']} ({doc['export']['weights']} weights)")
+        for r in doc.get("rounds", []):
+            sim = " (simulated)" if doc["confirm"]["simulated"] else ""
+            typer.echo(f"round {r['round']}: {r['config_string']} measured{sim} {r['measured_latency_ms']:.3f} ms vs "
+                       f"predicted {r['predicted_latency_ms']:.3f} ms "
+                       f"({100 * (r['predicted_latency_ms'] / r['measured_latency_ms'] - 1):+.1f}%)")
+        if "budget_met" in doc and latency_ms is not None:
+            typer.echo(f"budget {latency_ms:g} ms " + ("met" if doc["budget_met"] else "NOT met") +
+                       f": measured {doc['measured_latency_ms']:.3f} ms")
 
     @app.command("pareto")
     def pareto_cmd(
@@ -260,9 +332,9 @@ def register(app: typer.Typer) -> None:
         space: Optional[str] = SpaceChoice,
         predictor: Optional[str] = PredictorOption,
         resolutions: Optional[str] = ResolutionsOption,
-        seed: int = typer.Option(0, "--seed"),
-        population: int = typer.Option(100, "--population"),
-        generations: int = typer.Option(150, "--generations"),
+        seed: int = typer.Option(0, "--seed", callback=non_negative),
+        population: int = typer.Option(100, "--population", callback=number_check(ge=2)),
+        generations: int = typer.Option(150, "--generations", callback=at_least_one),
         with_macs: bool = typer.Option(False, "--macs", help="MACs as a third objective"),
         store: str = StoreOption,
         json_out: bool = JsonOption,
@@ -273,7 +345,10 @@ def register(app: typer.Typer) -> None:
         from bench.pareto import DeviceFront, device_front, measured_subnets, plot_fronts, write_csv
         from bench.predictor import LatencyPredictor
 
-        target = resolve_store(store)
+        check_output_path(out, "--out", FIGURE_SUFFIXES)
+        if csv_path is not None:
+            check_output_path(csv_path, "--csv")
+        target = resolve_store(store, must_exist=True, default_may_be_missing=True)
         requested = parse_resolutions(resolutions)
         fronts = []
         for dev in device:
