@@ -332,6 +332,11 @@ class Worker:
             try:
                 record = session.measure_job(job)
                 check_record(record)
+                if record.get("noisy"):  # kept for the record, but not good enough for the table: not done
+                    store.add_measurements(runs[job.space], [{**record, "resolution": job.resolution,
+                                                              "key": job.key, "kind": job.kind}])
+                    raise NoisyMeasurement(f"too noisy for the table (spread {_spread(record)}); measured again "
+                                           f"while attempts remain")
             except Exception as exc:  # a failed attempt: recorded on the job, the worker carries on
                 rep.failed_attempts += 1
                 failures[0] += 1
@@ -342,11 +347,24 @@ class Worker:
                 self.stop_event.wait(min(s.max_backoff_s, s.poll_s * 2 ** min(failures[0] - 1, 10)))
                 return True
             failures[0] = 0
+            take = getattr(session, "take_reference_records", None)
+            references = take() if take is not None else []
+            if references:  # the device's speed during this job, as profile records it
+                store.add_measurements(runs[job.space], references)
             complete(store, job, self.name, runs[job.space], record)
             rep.done += 1
             return True
         finally:  # done, failed, lost or abandoned after an error: the heartbeat stops renewing it either way
             self._hold(device, None)
+
+
+class NoisyMeasurement(FarmError):
+    """A job's measurement whose spread stayed above the device's threshold: a failed attempt, not a result."""
+
+
+def _spread(record: dict) -> str:
+    value = record.get("robust_cv") if record.get("robust_cv") is not None else record.get("cv")
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "unknown"
 
 
 def check_record(record: dict) -> None:

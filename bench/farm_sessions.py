@@ -67,19 +67,24 @@ def _nothing() -> None:
 
 
 class AgentSession:
-    """A real device: the entry's model is exported (cached) and measured with `agents.connect(profile)`."""
+    """A real device, measured through the project's one protocol (`bench.measure`), as `profile` measures:
+    each entry's model (exported, cached) is timed beside the reference block and re-measured until its median
+    settles, so farm cells and profile cells are the same kind of cell. The reference timings go to the store
+    too (`take_reference_records`), where they give the device's current speed."""
 
-    def __init__(self, device: str, rounds: int = 1):
+    def __init__(self, device: str, rounds: int | None = None, settings=None):
         from agents import connect
+        from bench.export import exporter_versions
+        from bench.measure import MeasureSettings, ReferenceWatch, agent_profile
         from devices import get_device
 
         self.profile = get_device(device)
-        self.rounds = rounds
-        from bench.export import exporter_versions
-
+        self.settings = settings or (MeasureSettings(rounds=rounds) if rounds else MeasureSettings())
         exporter_versions(self.profile.model_format)  # import the exporters now, not during the first job
-        self._agent = connect(self.profile)
+        self._agent = connect(agent_profile(self.profile, self.settings))
         self._entries: dict[tuple[str, int], dict] = {}
+        self._watch = ReferenceWatch() if self.settings.reference else None
+        self._references: list[dict] = []
 
     def fingerprint(self) -> dict:
         return self._agent.fingerprint()
@@ -100,12 +105,23 @@ class AgentSession:
 
     def measure_job(self, job: Job) -> dict:
         from bench.export import export_entry
+        from bench.measure import measure_models, reference_entry, reference_records, to_record
         from ofa_core.space import SearchSpace
 
-        entry = self._entry(job.space, job.resolution, job.key)
-        path = export_entry(SearchSpace.get(job.space), entry, fmt=self.profile.model_format)
-        (m,) = self._agent.measure([path], rounds=self.rounds)
-        return m.to_record()
+        space = SearchSpace.get(job.space)
+        fmt = self.profile.model_format
+        path = export_entry(space, self._entry(job.space, job.resolution, job.key), fmt=fmt)
+        ref_path = export_entry(space, reference_entry(space), fmt=fmt) if self.settings.reference else None
+        s = self.settings
+        max_rem = s.max_remeasure if s.max_remeasure is not None else self.profile.max_remeasure
+        (timed,), refs = measure_models(self._agent, [path], ref_path, s.rounds, s.precision, max_rem, self._watch)
+        self._references.extend(reference_records(space, refs, None))
+        return to_record(timed, job.resolution, job.key, job.kind, None)
+
+    def take_reference_records(self) -> list[dict]:
+        """The reference timings of the jobs measured since the last call (the worker stores them)."""
+        out, self._references = self._references, []
+        return out
 
     def close(self) -> None:
         self._agent.close()

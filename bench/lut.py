@@ -20,6 +20,8 @@ from ofa_core.errors import OFABenchError
 from ofa_core.space import SearchSpace
 
 from bench.candidates import candidates, keys_by_resolution
+from bench.measure.reference import current_reference_ms, row_value
+from bench.measure.stats import DEFAULT_STATISTIC, STATISTICS, sample_statistic, sample_stats  # noqa: F401
 
 YAML_NAME_RE = re.compile(r"^(\d+)_lookup_table\.yaml$")
 TABLE_COLUMNS = ("resolution", "key", "latency_ms", "mean_ms", "std_ms", "count", "normalised_ms")
@@ -27,30 +29,10 @@ TABLE_COLUMNS = ("resolution", "key", "latency_ms", "mean_ms", "std_ms", "count"
 KNOWN_ANCHORS = {"note10": ("ofa-mbv3-w1.2", Path("ofa-mbv3-w12-note10") / "latency_table_note10")}
 
 
-#: per-entry statistics a table can be built from (all computed from the stored raw samples)
-STATISTICS = ("median", "p25", "p10", "min")
-DEFAULT_STATISTIC = "median"
 
 
-def sample_statistic(samples_ms, statistic: str) -> float | None:
-    """`statistic` of raw samples (None without samples). Low quantiles resist preemption on a loaded host."""
-    if statistic not in STATISTICS:
-        raise LutError(f"unknown statistic {statistic!r}; use one of {', '.join(STATISTICS)}")
-    xs = sorted(float(v) for v in samples_ms or ())
-    if not xs:
-        return None
-    if statistic == "min":
-        return xs[0]
-    q = {"median": 0.5, "p25": 0.25, "p10": 0.1}[statistic]
-    pos = (len(xs) - 1) * q
-    lo = int(math.floor(pos))
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def sample_stats(samples_ms) -> dict:
-    """Every statistic of `STATISTICS` of the samples (stored beside a measurement for its reference)."""
-    return {k: sample_statistic(samples_ms, k) for k in STATISTICS}
 
 
 class LutError(OFABenchError, ValueError):
@@ -114,15 +96,6 @@ def table_version(ids) -> str:
     return f"m{ids[-1] if ids else 0}-n{len(ids)}-{digest}"
 
 
-def row_value(row: Mapping, statistic: str = DEFAULT_STATISTIC) -> tuple[float, float | None]:
-    """(the row's latency under `statistic`, its reference's latency under the same statistic or None)."""
-    value = sample_statistic(row.get("samples_ms"), statistic) if statistic != "median" else None
-    value = float(row["latency_ms"]) if value is None else value
-    env = row.get("env") or {}
-    ref = (env.get("reference_stats") or {}).get(statistic)
-    if ref is None and statistic == "median":
-        ref = env.get("reference_ms")
-    return value, (float(ref) if ref else None)
 
 
 def stats_from_row(row: Mapping, nominal_ms: float | None = None, statistic: str = DEFAULT_STATISTIC) -> EntryStats:
@@ -360,6 +333,11 @@ def table_from_store(store, device: str, space: SearchSpace, fingerprint_id: str
     if not rows:
         return None
     nominal, ref_ids = current_reference_ms(store, fingerprint_id, space, statistic)
+    raw = sum(1 for row in rows if not row_value(row, statistic)[1])
+    if nominal is not None and 0 < raw < len(rows):  # normalised and raw cells are different kinds of number
+        raise LutError(f"the table of {device} ({space.name}) would mix {raw} cells timed without the reference "
+                       f"block with {len(rows) - raw} normalised ones; measure those again with the reference: "
+                       f"ofa-bench profile {device} --space {space.name} --remeasure-raw")
     entries = {(int(row["resolution"]), row["key"]): stats_from_row(row, nominal, statistic) for row in rows}
     subnets, subnet_rows = subnet_stats(store, fingerprint_id, space, nominal, statistic)
     ids = [row["id"] for row in rows] + [row["id"] for row in subnet_rows] + ref_ids
@@ -368,23 +346,8 @@ def table_from_store(store, device: str, space: SearchSpace, fingerprint_id: str
                         entries=entries, subnets=subnets, nominal_ms=nominal, statistic=statistic)
 
 
-#: the device's current speed is the median reference latency of its most recent invocations
-REFERENCE_WINDOW = 9
 
 
-def current_reference_ms(store, fingerprint_id: str, space: SearchSpace,
-                         statistic: str = DEFAULT_STATISTIC) -> tuple[float | None, list[int]]:
-    """Median of the latest reference latencies (and their ids): the speed the table is expressed at."""
-    from bench.profile import reference_key
-
-    rows = store.history(fingerprint_id, space.name, key=reference_key(space), kind="reference")
-    rows = [r for r in rows if not r.get("noisy")][-REFERENCE_WINDOW:]
-    if not rows:
-        return None, []
-    values = sorted(row_value(r, statistic)[0] for r in rows)
-    mid = len(values) // 2
-    median = values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
-    return median, [int(r["id"]) for r in rows]
 
 
 def _store_exists(store_path: str) -> bool:

@@ -22,7 +22,7 @@ from ofa_core.space import SearchSpace
 
 from bench.candidates import Entry, candidates
 from bench.drift import detect_step
-from bench.profile import (MeasureSettings, agent_profile, commit, measure_models, reference_entry, reference_key,
+from bench.measure import (MeasureSettings, agent_profile, commit, measure_models, reference_entry, reference_key,
                            reference_nominal_ms, reference_records, to_record)
 
 
@@ -79,7 +79,6 @@ def profiled_spaces(store, device: str, fp_id: str) -> list[str]:
 def nightly_device(device: str, store_target: str, settings: NightlySettings = NightlySettings()) -> dict:
     """One device's nightly pass; returns its report (status ok | drifted | unreachable | failed)."""
     from agents import connect
-    from bench.profile import profile_device
     from bench.store import open_store
     from devices import get_device
 

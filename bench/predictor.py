@@ -35,23 +35,28 @@ def _tagged(values: np.ndarray, version: str) -> Latencies:
 
 
 # Calibration models, simplest first; `fit` keeps the simplest whose cross-validated error is not beaten clearly.
-MODELS = ("ratio", "affine", "overhead")
-MIN_POINTS = {"ratio": 1, "affine": 4, "overhead": 8}
+MODELS = ("ratio", "affine", "overhead", "overhead+weights")
+MIN_POINTS = {"ratio": 1, "affine": 4, "overhead": 8, "overhead+weights": 10}
 ASSUMED_UPPER_REL = 0.10  # prediction interval when too few subnets to estimate it (said so in `interval`)
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Whole-subnet latency from the table: `scale * (table_sum - overhead_ms * n_entries) + offset_ms`.
+    """Whole-subnet latency from the table: `scale * (table_sum - overhead_ms * n_entries) + per_mparam_ms *
+    mparams + offset_ms`.
 
     Each table entry was timed in isolation and so carries the runtime's per-call overhead, which a whole
     graph pays once: `overhead_ms` (between 0 and the smallest block entry) is taken off each of the
     `n_entries` entries summed, `scale` (> 0) takes what fusion and caching change, and `offset_ms` (>= 0) is
-    the whole graph's own cost per inference. One set of coefficients for every resolution, so more work never
+    the whole graph's own cost per inference. `per_mparam_ms` (>= 0, per million weights) is what isolated
+    timing hides: a block timed over and over keeps its weights in cache, a whole graph streams all of them,
+    so large subnets run slower than the sum of their blocks. One set of coefficients for every resolution, so
+    more work never
     predicts less time: a larger entry raises the prediction, one more block adds `scale * (its entry -
     overhead_ms) >= 0`, there are no negative offsets, and subnets keep the order of their table sums across
     resolutions. `model` says which terms are in use (`ratio`: the scale alone, which cannot extrapolate below
-    what was measured; `affine`: plus the offset; `overhead`: plus the per-entry overhead), chosen by
+    what was measured; `affine`: plus the offset; `overhead`: plus the per-entry overhead;
+    `overhead+weights`: plus the weights term), chosen by
     cross-validation on the measured subnets. `upper_rel` is the prediction interval's upper side, the 90%
     quantile of the held-out relative errors: `upper = predicted * (1 + upper_rel)`.
     """
@@ -60,6 +65,7 @@ class Calibration:
     scale: float = 1.0
     overhead_ms: float = 0.0
     offset_ms: float = 0.0
+    per_mparam_ms: float = 0.0
     n_subnets: int = 0
     upper_rel: float = 0.0
     interval: str = "none"           # "cross-validated" | "assumed" (too few subnets) | "none" (identity)
@@ -70,9 +76,10 @@ class Calibration:
     def is_identity(self) -> bool:
         return self.model == "identity"
 
-    def apply(self, r: np.ndarray | None, table_sum_ms: np.ndarray, n_entries: np.ndarray | None = None) -> np.ndarray:
-        """Predicted latency (ms) from table sums and the number of entries each sums. `r` is accepted for the
-        callers' symmetry; the coefficients are shared by every resolution."""
+    def apply(self, r: np.ndarray | None, table_sum_ms: np.ndarray, n_entries: np.ndarray | None = None,
+              mparams: np.ndarray | None = None) -> np.ndarray:
+        """Predicted latency (ms) from table sums, the number of entries each sums and the subnets' weights
+        (millions). `r` is accepted for the callers' symmetry; the coefficients are shared by every resolution."""
         x = np.asarray(table_sum_ms, dtype=np.float64)
         if self.is_identity:
             return x
@@ -80,15 +87,25 @@ class Calibration:
             if n_entries is None:
                 raise ValueError("this calibration needs the number of table entries of each subnet")
             x = x - self.overhead_ms * np.asarray(n_entries, dtype=np.float64)
-        return self.scale * x + self.offset_ms
+        out = self.scale * x + self.offset_ms
+        if self.per_mparam_ms:
+            if mparams is None:
+                raise ValueError("this calibration needs the subnets' parameter counts")
+            out = out + self.per_mparam_ms * np.asarray(mparams, dtype=np.float64)
+        return out
 
-    def upper(self, r: np.ndarray | None, table_sum_ms: np.ndarray, n_entries: np.ndarray | None = None) -> np.ndarray:
+    def upper(self, r: np.ndarray | None, table_sum_ms: np.ndarray, n_entries: np.ndarray | None = None,
+              mparams: np.ndarray | None = None) -> np.ndarray:
         """The prediction interval's upper bound (ms): what a budget must hold."""
-        return self.apply(r, table_sum_ms, n_entries) * (1.0 + self.upper_rel)
+        return self.apply(r, table_sum_ms, n_entries, mparams) * (1.0 + self.upper_rel)
+
+    @property
+    def needs_params(self) -> bool:
+        return bool(self.per_mparam_ms)
 
     def to_dict(self) -> dict:
         return {"model": self.model, "scale": self.scale, "overhead_ms": self.overhead_ms,
-                "offset_ms": self.offset_ms, "n_subnets": self.n_subnets, "upper_rel": self.upper_rel,
+                "offset_ms": self.offset_ms, "per_mparam_ms": self.per_mparam_ms, "n_subnets": self.n_subnets, "upper_rel": self.upper_rel,
                 "interval": self.interval, "cv_mape_pct": self.cv_mape_pct, "resolutions": list(self.resolutions)}
 
     def describe(self) -> str:
@@ -101,7 +118,7 @@ class Calibration:
     @classmethod
     def fit(cls, r: Sequence[int], table_sum_ms: Sequence[float], measured_ms: Sequence[float],
             n_entries: Sequence[int] | None = None, max_overhead_ms: float = 0.0,
-            min_points: int = 6) -> "Calibration":
+            min_points: int = 6, mparams: Sequence[float] | None = None) -> "Calibration":
         """Fit every model the number of subnets allows, score each by leave-one-out (10-fold past 40
         subnets) relative error, keep the simplest within 3% of the best. `max_overhead_ms`: the smallest
         block entry of the table (the per-entry overhead cannot exceed it); `min_points`: fewer subnets fit
@@ -110,61 +127,64 @@ class Calibration:
         x = np.asarray(table_sum_ms, dtype=np.float64)
         y = np.asarray(measured_ms, dtype=np.float64)
         ne = np.zeros(len(x)) if n_entries is None else np.asarray(n_entries, dtype=np.float64)
+        mp = np.zeros(len(x)) if mparams is None else np.asarray(mparams, dtype=np.float64)
         ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-        r, x, y, ne = r[ok], x[ok], y[ok], ne[ok]
+        r, x, y, ne, mp = r[ok], x[ok], y[ok], ne[ok], mp[ok]
         n = len(x)
         if n == 0:
             return cls()
         res = tuple(sorted({int(v) for v in r}))
         if n < 3:  # nothing to cross-validate: a ratio with an assumed interval
-            coef = _fit_model("ratio", x, ne, y, 0.0)
-            rel = np.abs(y / _predict(coef, x, ne) - 1)
+            coef = _fit_model("ratio", x, ne, mp, y, 0.0)
+            rel = np.abs(y / _predict(coef, x, ne, mp) - 1)
             return cls("ratio", *coef, n_subnets=n, upper_rel=max(ASSUMED_UPPER_REL, float(rel.max())),
                        interval="assumed", resolutions=res)
         models = [m for m in MODELS if m == "ratio" or (
             n >= max(MIN_POINTS[m], min_points) and np.ptp(x) > 0
-            and not (m == "overhead" and (max_overhead_ms <= 0 or np.ptp(ne) == 0)))]
+            and not (m.startswith("overhead") and (max_overhead_ms <= 0 or np.ptp(ne) == 0))
+            and not (m == "overhead+weights" and np.ptp(mp) == 0))]
         folds = np.arange(n) % 10 if n > 40 else np.arange(n)
         scored = {}
         for m in models:
             held = np.empty(n)
             for f in np.unique(folds):
                 test = folds == f
-                coef = _fit_model(m, x[~test], ne[~test], y[~test], max_overhead_ms)
-                held[test] = _predict(coef, x[test], ne[test])
+                coef = _fit_model(m, x[~test], ne[~test], mp[~test], y[~test], max_overhead_ms)
+                held[test] = _predict(coef, x[test], ne[test], mp[test])
             scored[m] = (y - held) / held  # relative error of each held-out prediction (+: slower than predicted)
         rms = {m: float(np.sqrt(np.mean(e ** 2))) for m, e in scored.items()}
         model = next(m for m in models if rms[m] <= min(rms.values()) * 1.03)
         errs = scored[model]
         upper = float(np.quantile(errs, 0.9)) if n >= 10 else float(errs.max())
-        return cls(model, *_fit_model(model, x, ne, y, max_overhead_ms), n_subnets=n, upper_rel=max(upper, 0.0),
+        return cls(model, *_fit_model(model, x, ne, mp, y, max_overhead_ms), n_subnets=n, upper_rel=max(upper, 0.0),
                    interval="cross-validated", cv_mape_pct=round(100 * float(np.mean(np.abs(errs))), 3),
                    resolutions=res)
 
 
-def _fit_model(model: str, x: np.ndarray, ne: np.ndarray, y: np.ndarray,
-               max_overhead_ms: float) -> tuple[float, float, float]:
-    """(scale, overhead_ms, offset_ms) minimising the squared relative error (rows weighted by 1/y) under the
-    model's constraints; a ratio is the median of measured / table sum, which one slow outlier does not move."""
+def _fit_model(model: str, x: np.ndarray, ne: np.ndarray, mp: np.ndarray, y: np.ndarray,
+               max_overhead_ms: float) -> tuple[float, float, float, float]:
+    """(scale, overhead_ms, offset_ms, per_mparam_ms) minimising the squared relative error (rows weighted by
+    1/y) under the model's constraints; a ratio is the median of measured / table sum, which one slow outlier
+    does not move."""
     if model == "ratio" or len(x) < 2:
-        return float(np.median(y / x)), 0.0, 0.0
+        return float(np.median(y / x)), 0.0, 0.0, 0.0
     from scipy.optimize import nnls
 
     best = None
-    grid = np.linspace(0.0, max_overhead_ms, 33) if model == "overhead" else [0.0]
-    for o in grid:  # linear in (scale, offset) for a given overhead: non-negative least squares on a grid
+    grid = np.linspace(0.0, max_overhead_ms, 33) if model.startswith("overhead") else [0.0]
+    for o in grid:  # linear in the other coefficients for a given overhead: non-negative least squares
         z = x - o * ne
-        A = np.column_stack([z, np.ones_like(z)]) / y[:, None]
-        coef, resid = nnls(A, np.ones_like(y))
+        cols = [z, np.ones_like(z)] + ([mp] if model == "overhead+weights" else [])
+        coef, resid = nnls(np.column_stack(cols) / y[:, None], np.ones_like(y))
         if coef[0] > 0 and (best is None or resid < best[0]):
-            best = (resid, (float(coef[0]), float(o), float(coef[1])))
+            best = (resid, (float(coef[0]), float(o), float(coef[1]), float(coef[2]) if len(coef) > 2 else 0.0))
     if best is None:  # no positive scale: the data say nothing about how latency grows with work
-        return float(np.median(y / x)), 0.0, 0.0
+        return float(np.median(y / x)), 0.0, 0.0, 0.0
     return best[1]
 
 
-def _predict(coef: tuple[float, float, float], x: np.ndarray, ne: np.ndarray) -> np.ndarray:
-    return coef[0] * (x - coef[1] * ne) + coef[2]
+def _predict(coef: tuple[float, float, float, float], x: np.ndarray, ne: np.ndarray, mp: np.ndarray) -> np.ndarray:
+    return coef[0] * (x - coef[1] * ne) + coef[2] + coef[3] * mp
 
 
 class LatencyPredictor:
@@ -229,12 +249,17 @@ class LatencyPredictor:
     def fit(self, cfgs: Sequence[SubnetConfig], measured_ms: Sequence[float], min_points: int = 6) -> Calibration:
         """A calibration of this table from whole subnets measured at `measured_ms`."""
         return Calibration.fit([c.r for c in cfgs], self.table_sum(cfgs), measured_ms, self.n_entries(cfgs),
-                               max_overhead_ms=self.min_block_ms, min_points=min_points)
+                               max_overhead_ms=self.min_block_ms, min_points=min_points,
+                               mparams=self.mparams(cfgs))
 
     @property
     def min_block_ms(self) -> float:
         """The smallest block entry of the table: no per-call overhead can exceed it."""
         return float(self.block_ms.min()) if self.block_ms.size else 0.0
+
+    def mparams(self, cfgs: ConfigBatch | Sequence[SubnetConfig] | SubnetConfig) -> np.ndarray:
+        """Each config's weights, in millions (the calibration's weights term)."""
+        return np.asarray(self.space.params(self._batch(cfgs)), dtype=np.float64) / 1e6
 
     def n_entries(self, cfgs: ConfigBatch | Sequence[SubnetConfig] | SubnetConfig) -> np.ndarray:
         """How many table entries each config's table sum adds up (its blocks plus the fixed entries)."""
@@ -269,14 +294,16 @@ class LatencyPredictor:
     def predict(self, cfgs: ConfigBatch | Sequence[SubnetConfig] | SubnetConfig) -> Latencies:
         """Calibrated latency per config (ms), shape (N,)."""
         b = self._batch(cfgs)
-        return _tagged(self.calibration.apply(b.r, self.table_sum(b), self.n_entries(b)), self.version)
+        mp = self.mparams(b) if self.calibration.needs_params else None
+        return _tagged(self.calibration.apply(b.r, self.table_sum(b), self.n_entries(b), mp), self.version)
 
     __call__ = predict
 
     def upper(self, cfgs: ConfigBatch | Sequence[SubnetConfig] | SubnetConfig) -> Latencies:
         """The prediction interval's upper bound per config (ms): the latency a budget must hold."""
         b = self._batch(cfgs)
-        return _tagged(self.calibration.upper(b.r, self.table_sum(b), self.n_entries(b)), self.version)
+        mp = self.mparams(b) if self.calibration.needs_params else None
+        return _tagged(self.calibration.upper(b.r, self.table_sum(b), self.n_entries(b), mp), self.version)
 
 
 def _index_map(values: Sequence[int]) -> np.ndarray:

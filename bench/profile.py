@@ -9,12 +9,10 @@ in one transaction, so after a crash or kill -9 the same command measures exactl
 """
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,53 +20,16 @@ from agents.transports.base import clear_interrupt, interrupt_calls
 from ofa_core.errors import OFABenchError
 from ofa_core.space import SearchSpace, SubnetConfig
 
-from bench.candidates import Entry, candidates, mbconv_key
-from bench.lut import sample_stats
+from bench.candidates import candidates
+from bench.measure import (MeasureSettings, ProfileError, ReferenceWatch, agent_profile, commit,  # noqa: F401
+                           measure_models, reference_entry, reference_nominal_ms, reference_records, to_record)
 from bench.progress import StderrProgress
 from bench.workers import Workers
 
-REFERENCE_PREFIX = "reference:"
 #: an ImageNet space has 25 resolutions (2400 entries); without --resolutions these three are profiled
 DEFAULT_IMAGENET_RESOLUTIONS = (160, 192, 224)
 #: spaces with at most this many resolutions are profiled whole by default
 SMALL_SPACE_RESOLUTIONS = 8
-#: absolute spread (ms) below which an entry is never called noisy: timer and scheduler granularity
-SPREAD_FLOOR_MS = 0.004
-
-
-class ProfileError(OFABenchError):
-    """Profiling could not proceed (bad resolutions, device failed after retries)."""
-
-
-@dataclass(frozen=True)
-class MeasureSettings:
-    """How batches are measured. None means: take the device profile's value."""
-
-    rounds: int = 3
-    batch_size: int = 16
-    warmup_s: float | None = 0.1        # per entry over all rounds; None = the device profile's
-    min_duration_s: float | None = 0.3  # per entry over all rounds (min_runs of the profile still holds)
-    max_remeasure: int | None = None
-    precision: float = 0.01  # re-measure while the median's relative standard error exceeds this
-    retries: int = 2
-    reference: bool = True
-    # Whole subnets measured once the table is complete (smallest, largest, a spread between), so that a
-    # freshly profiled device already has a calibration; 0 leaves it to `validate`.
-    calibration_subnets: int = 8
-
-    def __post_init__(self) -> None:
-        """Bad settings fail here, before a store is opened or a model exported."""
-        if self.rounds < 1 or self.batch_size < 1 or self.retries < 0:
-            raise ProfileError(f"need rounds >= 1, batch_size >= 1 and retries >= 0, got {self.rounds}, "
-                               f"{self.batch_size} and {self.retries}")
-        if self.calibration_subnets < 0:
-            raise ProfileError(f"calibration_subnets must be >= 0, got {self.calibration_subnets}")
-        if self.max_remeasure is not None and self.max_remeasure < 0:
-            raise ProfileError(f"max_remeasure must be >= 0, got {self.max_remeasure}")
-        for name in ("warmup_s", "min_duration_s", "precision"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value >= 0):
-                raise ProfileError(f"{name} must be a finite number >= 0, got {value}")
 
 
 @dataclass
@@ -94,199 +55,6 @@ class DeviceReport:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-# ---- the reference model ---------------------------------------------------------------------------------
-def reference_entry(space: SearchSpace) -> Entry:
-    """A fixed mid-sized block (third stage, second slot, k5 e4, middle resolution) timed in every batch."""
-    r = sorted(space.resolutions)[len(space.resolutions) // 2]
-    spec = space.blocks()[2 * space.max_depth + 1]
-    key = mbconv_key(space, spec, r, 5 if 5 in space.ks_list else space.ks_list[0],
-                     4 if 4 in space.expand_list else space.expand_list[0])
-    return next(e for e in candidates(space, [r]) if e.key == key)
-
-
-def reference_key(space: SearchSpace) -> str:
-    return REFERENCE_PREFIX + reference_entry(space).key
-
-
-def reference_nominal_ms(store, fp_id: str, space: SearchSpace) -> float | None:
-    """The device's current speed: median reference latency of its latest invocations (None before any)."""
-    from bench.lut import current_reference_ms
-
-    return current_reference_ms(store, fp_id, space)[0]
-
-
-# ---- measuring -------------------------------------------------------------------------------------------
-def spread_ms(m) -> float:
-    """Robust standard deviation from the 10-90% range (a normal's p90 - p10 is 2.563 sigma)."""
-    if m.p10_ms is None or m.p90_ms is None:
-        return m.std_ms or 0.0
-    return (m.p90_ms - m.p10_ms) / 2.563
-
-
-def median_rel_se(m) -> float:
-    """Relative standard error of the median: how precise the table value is, which is what matters, rather
-    than how wide single runs spread. Distribution-free (order statistics n/2 -+ sqrt(n)/2 bound a one-sigma
-    interval of the median), so the heavy tail of preempted runs on a loaded machine does not inflate it."""
-    xs = sorted(m.samples_ms)
-    n = len(xs)
-    if n >= 8:
-        h = math.sqrt(n) / 2
-        lo, hi = xs[max(0, int(math.floor(n / 2 - h)))], xs[min(n - 1, int(math.ceil(n / 2 + h)))]
-        return (hi - lo) / 2 / max(m.latency_ms, 1e-9)
-    return 1.2533 * spread_ms(m) / math.sqrt(max(m.n, 1)) / max(m.latency_ms, 1e-9)
-
-
-def is_settled(m, threshold: float) -> bool:
-    return median_rel_se(m) <= threshold or spread_ms(m) <= SPREAD_FLOOR_MS
-
-
-@dataclass
-class Timed:
-    """One model's result with the reference latency of the invocation it came from."""
-
-    measurement: object
-    ref_ms: float | None
-    attempts: int = 1
-    settled: bool = True
-    value_ms: float | None = None  # normalised latency once recorded
-    ref_stats: dict | None = None  # the reference's statistics in the same invocation
-
-
-class ReferenceWatch:
-    """The reference latencies of a run so far, and which invocations to run again.
-
-    On this kind of shared host a runner process is, for stretches of 10-20 s, either fast or slow: the
-    reference block takes 0.165 ms or about 0.20 ms (+20%), and a whole subnet in the same invocation is
-    ~15% slower, so normalising by the reference leaves several percent of error in the slow stretches. Half
-    of a profile's invocations were slow on a bad afternoon, so the median of recent references is no baseline;
-    the fast mode is: `baseline` is a low quantile (20%) of the last `window` references. An invocation whose
-    reference is more than `tolerance` above it is run again, up to `max_tries` attempts in all, and the
-    fastest attempt is kept; a lasting change of speed moves the baseline after a few invocations."""
-
-    def __init__(self, tolerance: float = 0.02, window: int = 16, min_history: int = 3, max_tries: int = 3,
-                 quantile: float = 0.2) -> None:
-        self.tolerance, self.window, self.min_history = tolerance, window, min_history
-        self.max_tries, self.quantile = max_tries, quantile
-        self.recent: list[float] = []
-        self.redone = 0
-
-    def baseline(self) -> float | None:
-        if len(self.recent) < self.min_history:
-            return None
-        xs = sorted(self.recent)
-        return xs[int(self.quantile * (len(xs) - 1))]
-
-    def excess(self, ref_ms: float) -> float:
-        """How far `ref_ms` is above the baseline (ref / baseline - 1); 0 until `min_history` are known."""
-        base = self.baseline()
-        return 0.0 if base is None else ref_ms / base - 1.0
-
-    def disturbed(self, ref_ms: float) -> bool:
-        return self.excess(ref_ms) > self.tolerance
-
-    def add(self, ref_ms: float) -> None:
-        self.recent = (self.recent + [float(ref_ms)])[-self.window:]
-
-
-def _measure_once(agent, batch: Sequence[Path], ref_path: Path | None, rounds: int, refs: list,
-                  watch: ReferenceWatch | None) -> tuple[list, float | None, dict | None]:
-    """One invocation of `batch` (with the reference first, when given); with a `watch`, run again while the
-    reference says the invocation ran in a slow stretch, keeping the attempt with the fastest reference."""
-    tries = watch.max_tries if watch is not None and ref_path is not None else 1
-    best = None
-    for k in range(tries):
-        got = agent.measure(([ref_path] if ref_path is not None else []) + list(batch), rounds=rounds)
-        if ref_path is None:
-            return got, None, None
-        refs.append(got[0])
-        ref_ms = got[0].latency_ms
-        if best is None or ref_ms < best[0].latency_ms:
-            best = got
-        if watch is None or not watch.disturbed(ref_ms):
-            break
-        if k + 1 < tries:
-            watch.redone += 1
-    got = best
-    ref_ms = got[0].latency_ms
-    if watch is not None:
-        for m in refs[-(k + 1):]:
-            watch.add(m.latency_ms)
-    ref_stats = sample_stats(got[0].samples_ms) if got[0].samples_ms else {"median": ref_ms}
-    return got[1:], ref_ms, ref_stats
-
-
-def measure_models(agent, paths: Sequence[Path], ref_path: Path | None, rounds: int, threshold: float,
-                   max_remeasure: int, watch: ReferenceWatch | None = None) -> tuple[list[Timed], list]:
-    """Measure `paths` (with the reference first, when given); re-measure unsettled ones with the reference
-    again, keeping each model's tightest attempt. With a `watch`, an invocation whose reference was disturbed
-    is run again. Returns per-model results and every reference measurement."""
-    refs = []
-    best: dict[int, Timed] = {}
-    pending = list(range(len(paths)))
-    for attempt in range(1 + max(0, max_remeasure)):
-        got, ref_ms, ref_stats = _measure_once(agent, [paths[i] for i in pending], ref_path, rounds, refs, watch)
-        still = []
-        for i, m in zip(pending, got):
-            settled = is_settled(m, threshold)
-            prev = best.get(i)
-            if prev is None or median_rel_se(m) < median_rel_se(prev.measurement):
-                best[i] = Timed(m, ref_ms, attempt + 1, settled, ref_stats=ref_stats)
-            else:
-                best[i].attempts = attempt + 1
-            if not settled:
-                still.append(i)
-        pending = still
-        if not pending:
-            break
-    out = [best[i] for i in range(len(paths))]
-    for t in out:
-        # after every attempt: noisy only if even the best attempt is far off (4x the threshold)
-        t.settled = t.settled or is_settled(t.measurement, 4 * threshold)
-    return out, refs
-
-
-def to_record(t: Timed, resolution: int, key: str, kind: str, nominal_ms: float | None) -> dict:
-    rec = t.measurement.to_record()
-    rec.pop("model", None)
-    rec.update({"resolution": int(resolution), "key": key, "kind": kind, "noisy": not t.settled})
-    rec["env"] = {**rec.get("env", {}), "attempts": t.attempts, "reference_ms": t.ref_ms,
-                  "reference_stats": t.ref_stats}
-    if nominal_ms is not None and t.ref_ms:
-        rec["normalised_ms"] = rec["latency_ms"] * nominal_ms / t.ref_ms
-    return rec
-
-
-def reference_records(space: SearchSpace, refs: list, nominal_ms: float | None) -> list[dict]:
-    ent = reference_entry(space)
-    out = []
-    for m in refs:
-        t = Timed(m, m.latency_ms, ref_stats=sample_stats(m.samples_ms) if m.samples_ms else None)
-        out.append(to_record(t, ent.resolution, REFERENCE_PREFIX + ent.key, "reference", nominal_ms))
-    return out
-
-
-def agent_profile(profile, settings: MeasureSettings):
-    """The device profile with this run's overrides; re-measuring is done here (with the reference), not by the agent."""
-    changes = {"max_remeasure": 0}
-    if settings.warmup_s is not None:
-        changes["warmup_s"] = settings.warmup_s
-    if settings.min_duration_s is not None:
-        changes["min_duration_s"] = settings.min_duration_s
-    return profile.replace(**changes)
-
-
-def commit(store, run_id: int, fp_id: str, space: SearchSpace, records: list[dict], dedupe: bool = True) -> list[dict]:
-    """Write a batch in one transaction; with `dedupe`, entries another profiler committed meanwhile are dropped.
-    Reference records always go in. Returns the block records actually written."""
-    with store.transaction():
-        if dedupe:
-            done = store.measured_keys(fp_id, space.name)
-            records = [r for r in records if r["kind"] != "block" or r["noisy"]
-                       or (r["resolution"], r["key"]) not in done]
-        store._insert_measurements(run_id, records)
-    return [r for r in records if r["kind"] == "block"]
 
 
 # ---- profiling -------------------------------------------------------------------------------------------
@@ -347,6 +115,10 @@ def profile_device(device, space: SearchSpace, store_target: str, resolutions: S
         fp_id = store.register_fingerprint(profile.name, fp)
         report.fingerprint_id = fp_id
         done = store.measured_keys(fp_id, space.name, res)
+        if settings.remeasure_raw and settings.reference:
+            done -= {(int(row["resolution"]), row["key"]) for row in store.latest_measurements(fp_id, space.name,
+                                                                                              kind="block")
+                     if not (row.get("env") or {}).get("reference_ms")}
         todo = [e for e in entries if (e.resolution, e.key) not in done]
         report.entries_reused = len(entries) - len(todo)
         if progress:
@@ -380,7 +152,7 @@ def profile_device(device, space: SearchSpace, store_target: str, resolutions: S
                 nominal = refs[0].latency_ms
             records = reference_records(space, refs, nominal)
             records += [to_record(t, e.resolution, e.key, "block", nominal) for t, e in zip(timed, chunk)]
-            written = commit(store, report.run_id, fp_id, space, records)
+            written = commit(store, report.run_id, fp_id, space, records, dedupe=not settings.remeasure_raw)
             report.entries_measured += sum(1 for r in written if not r["noisy"])
             report.entries_noisy += sum(1 for r in written if r["noisy"])
             report.entries_reused += len(chunk) - len(written)

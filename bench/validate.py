@@ -25,7 +25,7 @@ import numpy as np
 from ofa_core.errors import OFABenchError
 from ofa_core.space import SearchSpace, SubnetConfig
 
-from bench.profile import (MeasureSettings, ReferenceWatch, Timed, agent_profile, measure_models, reference_entry,
+from bench.measure import (MeasureSettings, ReferenceWatch, Timed, agent_profile, measure_models, reference_entry,
                            reference_nominal_ms, reference_records, to_record)
 
 SUBNET_PREFIX = "subnet:"
@@ -102,6 +102,7 @@ def cross_validated(predictor, table, cfgs: Sequence[SubnetConfig], measured_ms:
     out = np.empty(n)
     sums = predictor.table_sum(cfgs)
     entries = predictor.n_entries(cfgs)
+    mparams = predictor.mparams(cfgs)
     for f in np.unique(fold_of):
         train = dict(older)
         for i in np.flatnonzero(fold_of != f):
@@ -109,14 +110,14 @@ def cross_validated(predictor, table, cfgs: Sequence[SubnetConfig], measured_ms:
         t = LatencyTable(table.device, table.fingerprint_id, table.space, table.version, table.entries, train)
         cal = predictor.fit_calibration(t) if train else Calibration()
         idx = np.flatnonzero(fold_of == f)
-        out[idx] = cal.apply(np.array([cfgs[i].r for i in idx]), sums[idx], entries[idx])
+        out[idx] = cal.apply(np.array([cfgs[i].r for i in idx]), sums[idx], entries[idx], mparams[idx])
     return out
 
 
 # ---- measuring subnets -----------------------------------------------------------------------------------
 def subnet_value(t: Timed, statistic: str, nominal_ms: float | None) -> float:
     """A measured subnet's latency under `statistic`, rescaled to the table's reference speed when known."""
-    from bench.lut import sample_statistic
+    from bench.measure import sample_statistic
 
     value = sample_statistic(t.measurement.samples_ms, statistic) or t.measurement.latency_ms
     ref = (t.ref_stats or {}).get(statistic) or (t.ref_ms if statistic == "median" else None)

@@ -254,6 +254,32 @@ def test_record_the_store_refuses_is_a_failed_attempt(store_target):
         assert s.counts()["measurements"] == 0
 
 
+class NoisySession(NullSession):
+    """Its measurement of one key never settles (the agent's noise policy marked it noisy)."""
+
+    def measure_job(self, job):
+        record = super().measure_job(job)
+        return {**record, "noisy": True, "robust_cv": 0.12} if job.key == "key-001" else record
+
+
+def test_a_noisy_measurement_is_not_a_done_job(store_target):
+    """It was: 96 jobs 'done' while 21 never entered the table. Now the attempt fails, is measured again while
+    attempts remain, and the job ends failed; the noisy rows stay in the store for the record."""
+    with open_store(store_target) as s:
+        register_sim(s, sim("a"))
+        enqueue(s, sim("a"), SPACE, entries(4), max_attempts=3)
+    settings = WorkerSettings((sim("a"),), lease_s=5, poll_s=0.01, exit_when_idle=True)
+    report = Worker(store_target, settings, NoisySession).run()
+    assert report.devices[sim("a")].done == 3 and report.devices[sim("a")].failed_attempts == 3
+    with open_store(store_target) as s:
+        (d,) = farm_status(s)["devices"]
+        assert (d["done"], d["failed"]) == (3, 1) and d["failed_jobs"][0]["key"] == "key-001"
+        assert "too noisy for the table (spread 12.0%)" in d["failed_jobs"][0]["last_error"]
+        rows = s.query("SELECT key, noisy FROM measurements")
+        assert sorted((r["key"], bool(r["noisy"])) for r in rows if r["key"] == "key-001") == [("key-001", True)] * 3
+        assert len(rows) == 6
+
+
 @pytest.mark.postgres
 def test_worker_survives_dropped_connections(pg_server, pg_url):
     """The server drops every worker connection mid-table: the worker reconnects and finishes, nothing twice."""
@@ -389,6 +415,10 @@ def test_agent_session_measures_real_entries(tmp_path, monkeypatch):
         hist = s.history(fp["id"], SPACE)
         assert [h["resolution"] for h in hist] == [128, 128] and all(h["n"] >= 5 for h in hist)
         assert farm_status(s)["totals"]["queued"] == doc["queued"] - 2
+        # measured as profile measures: beside the reference block, whose timings are stored too
+        assert all(h["env"]["protocol"] == "reference/1" and h["env"]["reference_ms"] for h in hist)
+        refs = s.query("SELECT COUNT(*) AS n FROM measurements WHERE kind = 'reference'")[0]["n"]
+        assert refs >= 2
 
 
 # -------------------------------------------------------------------- real processes

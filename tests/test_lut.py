@@ -181,3 +181,29 @@ def test_unknown_space_and_device(tmp_path):
     assert r.returncode != 0 and "no latency table" in r.stderr and r.stderr.count("\n") == 1
     with pytest.raises(LutError):
         read_yaml_dir(tmp_path)
+
+
+def test_incomplete_table_exports_only_when_asked(tmp_path):
+    """A table missing entries is refused with what is missing (it used to export 75 of 96 entries, exit 0);
+    --partial writes it and says how many are missing."""
+    import json
+
+    from bench.candidates import candidates
+
+    space = SearchSpace.get("ofa-mbv3-fmnist")
+    some = candidates(space, [24])[:10]
+    src = tmp_path / "t.csv"
+    src.write_text("resolution,key,latency_ms\n" + "".join(f"{e.resolution},{e.key},0.5\n" for e in some))
+    store = tmp_path / "s.sqlite"
+    assert cli("lut", "import", "dev", src, "--space", space.name, "--store", store).returncode == 0
+    r = cli("lut", "export", "dev", "--space", space.name, "--format", "csv", "--out", tmp_path / "o.csv",
+            "--store", store)
+    total = len(candidates(space, [24]))
+    assert r.returncode == 2 and f"misses {total - 10} of {total} entries (at 24)" in r.stderr
+    assert "--partial" in r.stderr and not (tmp_path / "o.csv").exists()
+    r = cli("lut", "export", "dev", "--space", space.name, "--format", "csv", "--out", tmp_path / "o.csv",
+            "--store", store, "--partial", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["entries"], doc["missing"], doc["complete"]) == (10, total - 10, False)
+    assert len((tmp_path / "o.csv").read_text().strip().splitlines()) == 11

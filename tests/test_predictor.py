@@ -164,3 +164,24 @@ def test_upper_bound_covers_about_nine_in_ten_fresh_measurements():
     fresh = rng.uniform(5, 20, 2000)
     covered = np.mean(truth(fresh) * rng.lognormal(0, 0.04, 2000) <= cal.upper(None, fresh))
     assert 0.8 <= covered <= 0.97
+
+
+def test_weights_term_recovers_what_isolated_blocks_hide():
+    """A block timed over and over keeps its weights in cache, a whole graph streams them: large subnets run
+    slower than the sum of their blocks. The weights term (>= 0) takes it when cross-validation says so."""
+    space = SearchSpace.get("ofa-mbv3-fmnist")
+    res = [24, 28, 32, 36]
+    table = random_table(space, res)
+    plain = LatencyPredictor.from_table(table, space)
+    cfgs = space.sample(np.random.default_rng(9), 40, res)
+    overhead = plain.min_block_ms * 16 / 32
+    truth = lambda p, c: 0.9 * (p.table_sum(c) - overhead * p.n_entries(c)) + 0.8 * p.mparams(c) + 0.05  # noqa: E731
+    pred = LatencyPredictor.from_table(_with_subnets(table, space, cfgs, truth(plain, cfgs)), space)
+    cal = pred.calibration
+    assert cal.model == "overhead+weights" and cal.needs_params
+    assert (cal.scale, cal.overhead_ms, cal.offset_ms, cal.per_mparam_ms) == pytest.approx((0.9, overhead, 0.05, 0.8),
+                                                                                          rel=1e-5)
+    test = space.sample_batch(np.random.default_rng(10), 30, res)
+    np.testing.assert_allclose(pred(test), truth(pred, test), rtol=1e-6)
+    with pytest.raises(ValueError, match="parameter counts"):
+        cal.apply(None, plain.table_sum(test), plain.n_entries(test))

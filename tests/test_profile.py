@@ -176,6 +176,33 @@ def test_store_not_sqlite_untouched(tmp_path, null_device):
     assert store.read_bytes() == before
 
 
+def test_a_table_never_mixes_raw_and_normalised_cells(tmp_path, null_device):
+    """A cell timed without the reference block (an older farm worker) among normalised ones: the table is
+    refused with the fix, and `profile --remeasure-raw` measures that entry again beside the reference."""
+    from bench.lut import LutError, load_device_table
+    from bench.store import open_store
+
+    store = tmp_path / "s.sqlite"
+    r = subprocess.run(profile_cmd(store, "--calibration-subnets", "0"), cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    with open_store(store) as s:
+        fp = s.latest_fingerprint("null-test")["id"]
+        row = s.latest_measurements(fp, SPACE.name, kind="block")[0]
+        run = s.start_run("null-test", fp, SPACE.name, "farm", {}, {})
+        raw = {k: row[k] for k in ("resolution", "key", "kind", "latency_ms", "mean_ms", "std_ms", "n", "samples_ms")}
+        s.add_measurements(run, [{**raw, "env": {"protocol": "raw/1"}, "noisy": False}])
+        s.finish_run(run, "done")
+    with pytest.raises(LutError, match=r"mix 1 cells timed without the reference .* --remeasure-raw"):
+        load_device_table("null-test", SPACE, str(store))
+    r = subprocess.run(profile_cmd(store, "--calibration-subnets", "0", "--remeasure-raw"), cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["entries_measured"] == 1
+    table = load_device_table("null-test", SPACE, str(store))
+    assert set(table.entries) == FULL
+
+
 def test_calibration_configs_span_the_table():
     import numpy as np
 

@@ -21,9 +21,11 @@ def register(app: typer.Typer) -> None:
         space: str = SpaceOption,
         store: str = StoreOption,
         statistic: str = typer.Option("median", "--statistic", help="median | p25 | p10 | min of the raw samples"),
+        partial: bool = typer.Option(False, "--partial", help="write a table that misses entries (say how many) "
+                                     "instead of refusing it"),
         json_out: bool = JsonOption,
     ) -> None:
-        """Write the device's table (latest good measurement per key)."""
+        """Write the device's table (latest good measurement per key); an incomplete table only with --partial."""
         from ofa_core.space import SearchSpace
 
         from bench.lut import LutError, export_table, load_device_table
@@ -36,13 +38,21 @@ def register(app: typer.Typer) -> None:
         else:
             check_output_path(out, "--out")
         table = load_device_table(device, sp, resolve_store(store, must_exist=True, default_may_be_missing=True), statistic=statistic)
+        missing = table.missing(sp, [r for r in table.resolutions if r in sp.resolutions])
+        if missing and not partial:
+            at = sorted({r for r, _ in missing})
+            raise LutError(f"the table of {device} ({sp.name}) misses {len(missing)} of "
+                           f"{len(missing) + len(table.entries)} entries (at {', '.join(map(str, at))}); "
+                           f"profile it again to measure them, or pass --partial to export what there is")
         paths = export_table(table, fmt, out)
         doc = {"device": device, "space": sp.name, "format": fmt, "table_version": table.version,
-               "entries": len(table.entries), "resolutions": table.resolutions, "files": [str(p) for p in paths]}
+               "entries": len(table.entries), "missing": len(missing), "complete": not missing,
+               "resolutions": table.resolutions, "files": [str(p) for p in paths]}
         if json_out:
             emit_json(doc)
         else:
-            info(f"wrote {len(table.entries)} entries of {device} ({sp.name}) to {len(paths)} file(s) under {out}")
+            info(f"wrote {len(table.entries)} entries of {device} ({sp.name}) to {len(paths)} file(s) under {out}"
+                 + (f"; {len(missing)} entries missing (partial table)" if missing else ""))
 
     @lut.command("import")
     def import_cmd(

@@ -25,6 +25,8 @@ def register(app: typer.Typer) -> None:
         warmup_s: float = typer.Option(0.1, "--warmup-s", callback=non_negative,
                                        help="warm-up per entry (s, all rounds)"),
         no_reference: bool = typer.Option(False, "--no-reference", help="do not time the drift reference model"),
+        remeasure_raw: bool = typer.Option(False, "--remeasure-raw", help="measure again, beside the reference "
+                                           "block, entries whose cell was timed without it"),
         calibration_subnets: int = typer.Option(8, "--calibration-subnets", callback=number_check(ge=0),
                                                 help="whole subnets measured once the table is complete (smallest, "
                                                      "largest, a spread between), so that predictions are "
@@ -39,7 +41,7 @@ def register(app: typer.Typer) -> None:
         sp = SearchSpace.get(space)
         settings = MeasureSettings(rounds=rounds, batch_size=batch, min_duration_s=min_duration_s,
                                    warmup_s=warmup_s, reference=not no_reference,
-                                   calibration_subnets=calibration_subnets)
+                                   calibration_subnets=calibration_subnets, remeasure_raw=remeasure_raw)
         target = resolve_store(store)
         reports = profile_devices(devices, sp, target, parse_resolutions(resolutions), settings)
         failed = [r for r in reports if r.status == "failed"]
