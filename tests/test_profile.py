@@ -76,13 +76,16 @@ def test_profile_then_resume_is_free(tmp_path, null_device):
     doc = json.loads(r.stdout)
     assert doc["entries_total"] == len(FULL) == doc["entries_measured"] and doc["entries_reused"] == 0
     assert doc["simulated"] is True
-    assert doc["subnets_measured"] == 8 and doc["calibration"]["n_subnets"] == 8  # calibrated from the start
+    assert doc["subnets_measured"] == 8  # calibrated from the start
+    # a subnet whose every pass stayed noisy (a busy moment) is not in the table: the next run measures it again
+    settled = doc["calibration"]["n_subnets"]
+    assert 6 <= settled <= 8
     rows = block_rows(store)
     assert {(r_, k) for r_, k, _ in rows} == FULL and len(rows) == len(FULL)
     r = subprocess.run(profile_cmd(store), cwd=REPO, capture_output=True, text=True, timeout=300)
     doc = json.loads(r.stdout)
     assert doc["entries_measured"] == 0 and doc["entries_reused"] == len(FULL)
-    assert doc["subnets_measured"] == 0 and doc["calibration"]["n_subnets"] == 8
+    assert doc["subnets_measured"] == 8 - settled
     assert len(block_rows(store)) == len(FULL)
     # the profiled table feeds the predictor
     from bench.lut import load_device_table
@@ -93,8 +96,8 @@ def test_profile_then_resume_is_free(tmp_path, null_device):
     pred = LatencyPredictor.from_table(table, SPACE)
     assert pred.resolutions == [RES] and pred(SPACE.largest(RES))[0] > 0
     measured = {s for _, s in table.subnets}
-    assert len(measured) == 8 and {SPACE.smallest(RES).to_string(), SPACE.largest(RES).to_string()} <= measured
-    assert pred.calibration.n_subnets == 8 and not pred.calibration.is_identity
+    assert len(measured) >= 6 and {SPACE.smallest(RES).to_string(), SPACE.largest(RES).to_string()} & measured
+    assert pred.calibration.n_subnets == len(measured) and not pred.calibration.is_identity
 
 
 def test_resume_after_sigkill(tmp_path, null_device):
