@@ -38,8 +38,9 @@ def register(app: typer.Typer) -> None:
         doc = {
             "device": device, "space": sp.name, "config": cfg.to_string(), "config_dict": cfg.to_ofa_dict(),
             "resolution": cfg.r, "table_sum_ms": float(pred.table_sum([cfg])[0]),
-            "latency_ms": float(pred([cfg])[0]), "table_version": pred.version,
-            "calibration": pred.calibration.to_dict(), "table_source": table.source,
+            "latency_ms": float(pred([cfg])[0]), "upper_ms": float(pred.upper([cfg])[0]),
+            "table_version": pred.version, "calibration": pred.calibration.to_dict(),
+            "calibration_text": pred.calibration.describe(), "table_source": table.source,
             "fingerprint_id": table.fingerprint_id,
         }
         if breakdown:
@@ -50,4 +51,5 @@ def register(app: typer.Typer) -> None:
             emit_json(doc)
         else:
             typer.echo(f"{device} {cfg.to_string()}: table sum {doc['table_sum_ms']:.3f} ms, "
-                       f"calibrated {doc['latency_ms']:.3f} ms (table {pred.version})")
+                       f"calibrated {doc['latency_ms']:.3f} ms, upper bound {doc['upper_ms']:.3f} ms "
+                       f"(table {pred.version}; {doc['calibration_text']})")
