@@ -106,3 +106,18 @@ def test_ctrl_c_marks_the_run_interrupted_and_stops_the_runner(tmp_path, command
     with sqlite3.connect(store) as db:
         statuses = [s for (s,) in db.execute("SELECT status FROM runs")]
     assert statuses and set(statuses) == {"interrupted"}, statuses
+
+
+def test_ctrl_c_in_the_main_thread_kills_the_device_process(tmp_path):
+    """validate, nightly and confirm call the device from the main thread: Ctrl-C arrives there, and the process
+    (in a session of its own, out of the terminal's reach) must not outlive the command."""
+    transport = LocalTransport(workdir=str(tmp_path))
+    pid_file = tmp_path / "pid"
+    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        transport.run(["sh", "-c", f"echo $$ > {pid_file}; exec sleep 30"], timeout_s=60)
+    pid = int(pid_file.read_text())
+    time.sleep(0.1)
+    assert not _alive(pid)
+    assert base.calls_in_flight() == 0
