@@ -80,11 +80,12 @@ def run_demo(out_dir: str | Path, store: str | None = None, settings: DemoSettin
     """Run every step, write `report.md`, `report.json` and the figures into `out_dir`; returns the report.
     `log` takes the step lines (stderr by default); progress bars always go to stderr."""
     from bench.commands.search import confirm_on_device, device_table, export_subnet_onnx, search_confirmed
-    from bench.pareto import DeviceFront, device_front, measured_subnets, plot_fronts
+    from bench.pareto import build_device_front, chosen_subnets, measured_subnets, plot_fronts, write_csv
     from bench.predictor import LatencyPredictor
     from bench.profile import MeasureSettings, profile_devices
     from bench.validate import ValidateSettings, validate_device
-    from ofa_core.accuracy import default_predictor_path
+    from ofa_core.accuracy import AccuracyPredictor, default_predictor_path
+    from ofa_core.search import SearchParams
     from ofa_core.checkpoint import shipped_weights_path
     from ofa_core.space import SearchSpace
 
@@ -100,6 +101,7 @@ def run_demo(out_dir: str | Path, store: str | None = None, settings: DemoSettin
         raise DemoError(f"the shipped {SPACE} supernet or its accuracy predictor is missing (ofa_core/weights/)")
     store = store or str(out / "store.sqlite")
     res = list(settings.resolutions)
+    acc = AccuracyPredictor.load(predictor)
     steps = DemoSteps(log)
     doc: dict = {"space": SPACE, "device": DEVICE, "store": store, "out": str(out), "settings": settings.__dict__,
                  "weights": str(weights), "predictor": str(predictor), "steps_s": steps.times}
@@ -158,7 +160,15 @@ def run_demo(out_dir: str | Path, store: str | None = None, settings: DemoSettin
                                             min_duration_s=settings.validate_min_duration_s)
             doc["extremes"].append(e)
             bar.set("search", len(doc["searches"]) + len(doc["extremes"]), n_chosen)
-    small, large = (e["confirm"]["measured_latency_ms"] for e in doc["extremes"])
+    # Every measured number from here on comes from one place: the final table's value of each measured subnet
+    # (median of the passes of the latest run that timed it, at the table's reference speed), the value the
+    # calibration fits on. The confirm step's own reading stays under each subnet's "confirm".
+    _, table = device_table(DEVICE, SPACE, store)
+    latency = LatencyPredictor.from_table(table, space)
+    measured = measured_subnets(store, table.device, space, acc, latency, table=table)
+    one_source(doc, measured)
+    doc["calibration_final"] = latency.calibration.describe()
+    small, large = (e["measured_latency_ms"] for e in doc["extremes"])
     doc["latency_ratio_largest_to_smallest"] = large / small
 
     if settings.score_accuracy:
@@ -172,19 +182,21 @@ def run_demo(out_dir: str | Path, store: str | None = None, settings: DemoSettin
                 log(f"   skipped: {exc}")
                 doc["accuracy_skipped"] = str(exc)
 
-    with steps("pareto", "drawing the Pareto front"):
-        from ofa_core.accuracy import AccuracyPredictor
-
-        acc = AccuracyPredictor.load(predictor)
-        front = device_front(space, acc, latency, np.random.default_rng(settings.seed), res,
-                             settings.front_population, settings.front_generations)
-        measured = measured_subnets(store, table.device, space, acc, latency)
-        plot_fronts([DeviceFront(DEVICE, SPACE, front, latency.version, False, measured)], out / "pareto.png",
-                    title=f"{SPACE} on {DEVICE}")
-    doc["front"] = {"n_points": len(front), "latency_ms": [float(front.values["latency_ms"].min()),
-                                                           float(front.values["latency_ms"].max())],
-                    "accuracy": [float(front.accuracy.min()), float(front.accuracy.max())],
-                    "measured_subnets": len(measured)}
+    with steps("pareto", "drawing the Pareto front from both ends of the range"):
+        chosen = chosen_subnets([dict(s, label=f"budget {s['budget']['latency_ms']:g} ms") for s in doc["searches"]]
+                                + [dict(e, label=e["name"], predicted_accuracy=float(acc([space.parse_config(
+                                    e["config_string"])])[0])) for e in doc["extremes"]], measured)
+        dev = build_device_front(DEVICE, space, acc, latency, np.random.default_rng(settings.seed), res,
+                                 settings.front_population, settings.front_generations, measured=measured,
+                                 chosen=chosen, end_params=SearchParams(population=settings.population,
+                                                                        generations=settings.generations))
+        plot_fronts([dev], out / "pareto.png", title=f"{SPACE} on {DEVICE}")
+        csv_path = write_csv([dev], out / "front.csv")
+    whole = dev.to_dict()
+    doc["front"] = {"n_points": whole["n_points"], "latency_ms": whole["latency_ms"], "accuracy": whole["accuracy"],
+                    "measured_subnets": len(measured), "chosen": len(chosen), "ends": whole["ends"],
+                    "floor": whole["floor"], "csv": str(csv_path), "points": whole["points"]}
+    doc["accuracy_predictor"] = accuracy_summary(acc, space, res)
     doc["total_s"] = round(time.perf_counter() - t_all, 1)
     (out / "report.json").write_text(json.dumps(doc, indent=1, default=_plain) + "\n")
     (out / "report.md").write_text(render_report(doc))
@@ -210,6 +222,40 @@ def _score_chosen(space, searches: list[dict], progress=None) -> None:
             progress(i + 1, len(cfgs))
 
     evaluate_many(net, cfgs, data.test, data.train, progress=False, on_result=scored)
+
+
+def one_source(doc: dict, measured: list[dict]) -> None:
+    """Give every chosen subnet of the report the measured latency of its `measured_subnets` record, the one
+    number that report.md, report.json and front.csv show for it, and judge its budget by it (the confirm
+    step's own readings stay under "confirm" and "rounds"); keep the records as `measured_subnets`."""
+    from bench.pareto import MEASURED_STATISTIC
+
+    meas = {m["config_string"]: m["measured_latency_ms"] for m in measured}
+    for s in doc.get("searches", []) + doc.get("extremes", []):
+        if s["config_string"] in meas:
+            s["measured_latency_ms"] = meas[s["config_string"]]
+            budget = (s.get("budget") or {}).get("latency_ms")
+            if budget is not None and "budget_met" in s:  # met or not by the number shown beside it
+                s["budget_met"] = s["measured_latency_ms"] <= budget
+    doc["measured_subnets"] = measured
+    doc["measured_statistic"] = MEASURED_STATISTIC
+
+
+def accuracy_summary(acc, space, resolutions) -> dict:
+    """The accuracy predictor at both ends of the searched range: its prediction, the MLP's alone, and the
+    validation top-1 measured for that subnet where the predictor's anchors hold it."""
+    corr = getattr(acc, "correction", None)
+    known = ((corr.metadata.get("ends_before_correction") or {}) if corr is not None else {})
+    ends = []
+    for name, cfg in (("smallest", space.smallest(min(resolutions))), ("largest", space.largest(max(resolutions)))):
+        tag = f"{name} r{cfg.r}"
+        e = {"name": tag, "config_string": cfg.to_string(), "predicted": float(acc([cfg])[0])}
+        if corr is not None:
+            e["mlp_alone"] = float(acc.predict_mlp([cfg])[0])
+        if "val_top1" in known.get(tag, {}):
+            e["measured_val_top1"] = float(known[tag]["val_top1"])
+        ends.append(e)
+    return {"corrected": corr is not None, "correction": corr.describe() if corr is not None else None, "ends": ends}
 
 
 def _plain(obj):
@@ -260,16 +306,90 @@ def render_report(doc: dict) -> str:
     for e in doc["extremes"]:
         top1 = f"{100 * e['test_top1']:.2f}%" if "test_top1" in e else "–"
         cfg = e["config_string"].replace("|", "\\|")
-        lines.append(f"| {e['name']} | `{cfg}` | {top1} | {e['confirm']['measured_latency_ms']:.3f} | "
-                     f"{e['macs'] / 1e6:.2f}M |")
+        ms = e.get("measured_latency_ms", e["confirm"]["measured_latency_ms"])
+        lines.append(f"| {e['name']} | `{cfg}` | {top1} | {ms:.3f} | {e['macs'] / 1e6:.2f}M |")
     lines += [
         "", f"The largest subnet takes {doc['latency_ratio_largest_to_smallest']:.1f}x the smallest's latency.",
         "", "Each chosen subnet was extracted from the supernet, exported to ONNX (`subnet-*.onnx` here) and timed "
         "on the device.", "",
-        "## Pareto front", "",
-        f"{f['n_points']} points, {f['latency_ms'][0]:.3f}–{f['latency_ms'][1]:.3f} ms, predicted accuracy "
-        f"{100 * f['accuracy'][0]:.2f}–{100 * f['accuracy'][1]:.2f}%; {f['measured_subnets']} measured subnets marked.", "",
-        "![Pareto front](pareto.png)", "",
-        "Steps (s): " + ", ".join(f"{k} {v:.0f}" for k, v in doc["steps_s"].items()), "",
+        f"Measured latencies here, in `report.json` and in `front.csv` are one number per subnet: "
+        f"{doc.get('measured_statistic', 'the table value of the subnet')}.", "",
     ]
+    lines += _accuracy_lines(doc.get("accuracy_predictor"))
+    lines += ["## Pareto front", "",
+              f"{f['n_points']} points, {f['latency_ms'][0]:.3f}–{f['latency_ms'][1]:.3f} ms, predicted accuracy "
+              f"{100 * f['accuracy'][0]:.2f}–{100 * f['accuracy'][1]:.2f}%; {f['measured_subnets']} measured "
+              f"subnets marked (hollow circle: predicted latency, star: measured, linked), {f.get('chosen', 0)} "
+              f"chosen subnets ringed in red. Points: `front.csv`.", ""]
+    if doc.get("calibration_final"):
+        lines += [f"Latency model of the front and of the measured subnets below (every measurement in): "
+                  f"{doc['calibration_final']}.", ""]
+    lines += _front_lines(f)
+    lines += ["![Pareto front](pareto.png)", ""]
+    lines += _measured_lines(doc.get("measured_subnets") or [])
+    lines += ["Steps (s): " + ", ".join(f"{k} {v:.0f}" for k, v in doc["steps_s"].items()), ""]
     return "\n".join(lines)
+
+
+def _accuracy_lines(a: dict | None) -> list[str]:
+    if not a:
+        return []
+    lines = ["## Accuracy predictor at the ends", ""]
+    c = a.get("correction")
+    if c:
+        h = c.get("held_out") or {}
+        lines += [f"The MLP (fitted on random subnets) plus a correction of its residuals on {c.get('n_pairs')} "
+                  f"measured (subnet, validation top-1) pairs that include the largest and smallest subnets and their "
+                  f"neighbours (`{c.get('source')}`; leave-one-out error {c.get('loo_rmse_points', 0):.2f} points)."
+                  + (f" On {h['n']} end-region subnets it never saw: RMSE {h['corrected_rmse_points']:.2f} points, "
+                     f"against {h['mlp_rmse_points']:.2f} for the MLP alone (which predicts them "
+                     f"{h['mlp_bias_points']:.2f} points low on average)." if h else ""), ""]
+    else:
+        lines += ["The MLP alone, no anchor correction: it is fitted on random subnets and may predict the largest "
+                  "and smallest subnets towards the mean.", ""]
+    lines += ["| subnet | predicted | MLP alone | measured (validation) |", "|---|---|---|---|"]
+    for e in a["ends"]:
+        mlp = f"{100 * e['mlp_alone']:.2f}%" if "mlp_alone" in e else "–"
+        val = f"{100 * e['measured_val_top1']:.2f}%" if "measured_val_top1" in e else "–"
+        lines.append(f"| {e['name']} | {100 * e['predicted']:.2f}% | {mlp} | {val} |")
+    return lines + ["", "Predicted and measured accuracies here are validation top-1 (10,000 held-out training "
+                        "images); test top-1 of the chosen subnets is in the tables above.", ""]
+
+
+def _front_lines(f: dict) -> list[str]:
+    lines = []
+    ends, floor = f.get("ends") or {}, f.get("floor") or {}
+    if ends:
+        top, bottom = ends["top"], ends["bottom"]
+        lines += [f"The front starts from both ends: the smallest subnet `{ends['smallest']['config']}` "
+                  f"({ends['smallest']['latency_ms']:.3f} ms) and the largest "
+                  f"({ends['largest']['latency_ms']:.3f} ms), "
+                  f"with what a single-budget search finds at each one's latency. Within the largest's latency the "
+                  f"front reaches {100 * top['front_accuracy']:.2f}% (single-budget search: "
+                  f"{100 * top['search_accuracy']:.2f}%); within the smallest's, {100 * bottom['front_accuracy']:.2f}% "
+                  f"(search: {100 * bottom['search_accuracy']:.2f}%).", ""]
+    if floor.get("fastest_measured_ms") is not None:
+        n, beyond = floor.get("n_points_floored", 0), floor.get("n_points_beyond_interval", 0)
+        lines += [f"A front point's latency is the calibrated prediction, but never under the measured latency of a "
+                  f"measured subnet it contains (it does at least that subnet's work); the fastest measured subnet "
+                  f"took {floor['fastest_measured_ms']:.3f} ms, the dotted line. "
+                  + (f"{n} point(s) were predicted faster than that and are drawn at the measured latency instead"
+                     + (f"; for {beyond} of them even the prediction's upper bound was below it (the calibration "
+                        f"disagrees with the device there)." if beyond else ".") if n else
+                     "No point was predicted faster than a measured subnet it contains."), ""]
+    return lines
+
+
+def _measured_lines(measured: list[dict]) -> list[str]:
+    if not measured:
+        return []
+    lines = ["## Measured subnets", "", "Predicted by the final calibration (every measurement in), against the "
+             "measured value.", "", "| subnet | predicted (ms) | upper (ms) | measured (ms) | error |",
+             "|---|---|---|---|---|"]
+    for m in measured:
+        cfg = m["config_string"].replace("|", "\\|")
+        pred, up = m.get("predicted_latency_ms"), m.get("predicted_upper_ms")
+        err = f"{100 * (pred / m['measured_latency_ms'] - 1):+.1f}%" if pred is not None else "–"
+        pred_s, up_s = ("–" if v is None else f"{v:.3f}" for v in (pred, up))
+        lines.append(f"| `{cfg}` | {pred_s} | {up_s} | {m['measured_latency_ms']:.3f} | {err} |")
+    return lines + [""]

@@ -8,6 +8,12 @@ published predictor bins resolutions on 112..224 step 16, mapping a resolution t
 (`(r - 112) // 16`, as the official `spec2feats` does); predictors trained here bin on the space's own
 resolutions. Weights live as float32 numpy arrays, so the forward pass needs no torch; torch is used only to
 train (`fit`) and for the reference forward (`predict_torch`).
+
+An MLP fitted on uniformly random subnets has never seen the sandwich-trained ends of a supernet (the largest and
+smallest subnets and their near neighbours, which random sampling practically never draws) and predicts them
+towards the mean. `AnchorCorrection` adds, on top of the MLP, a kernel-ridge fit of its residuals on measured
+(config, accuracy) pairs that include such subnets; `AccuracyPredictor.load` applies it when an anchors file
+(`<predictor stem>-anchors.json`) lies beside the weights.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from ofa_core.errors import CheckpointError, InvalidConfigError
 from ofa_core.space import ConfigBatch, SearchSpace, SubnetConfig
 
 FORMAT_VERSION = 1
+ANCHORS_FORMAT = "ofa-bench-accuracy-anchors"
 #: the published anchors (the official predictor, the Note10 tables): this folder, else `../shared/anchors`
 ANCHORS_ENV = "OFA_BENCH_ANCHORS"
 OFFICIAL_RESOLUTION_GRID = tuple(range(112, 225, 16))
@@ -119,16 +126,28 @@ class AccuracyPredictor:
     base_acc: float
     space: str = ""
     metadata: dict = field(default_factory=dict)
+    correction: "AnchorCorrection | None" = None  # residual correction on measured anchors (None: the MLP alone)
 
     # ---- scoring -------------------------------------------------------------------------------------
     def __call__(self, cfgs: Sequence[SubnetConfig] | ConfigBatch) -> np.ndarray:
         return self.predict(cfgs)
 
     def predict(self, cfgs: Sequence[SubnetConfig] | ConfigBatch) -> np.ndarray:
-        """Predicted accuracy (fraction) of every config, float64 (N,): numpy forward, one matmul per layer."""
+        """Predicted accuracy (fraction) of every config, float64 (N,): numpy forward, one matmul per layer,
+        plus the anchor correction if there is one."""
         return self.forward_features(self.encoding.encode(cfgs))
 
+    def predict_mlp(self, cfgs: Sequence[SubnetConfig] | ConfigBatch) -> np.ndarray:
+        """The MLP alone, without the anchor correction."""
+        return self.forward_mlp(self.encoding.encode(cfgs))
+
     def forward_features(self, x: np.ndarray) -> np.ndarray:
+        out = self.forward_mlp(x)
+        if self.correction is not None:
+            out += self.correction(x)
+        return out
+
+    def forward_mlp(self, x: np.ndarray) -> np.ndarray:
         h = x
         for w, b in zip(self.weights, self.biases):
             h = h @ w
@@ -136,14 +155,25 @@ class AccuracyPredictor:
             np.maximum(h, 0.0, out=h)
         return (h @ self.w_out).astype(np.float64) + self.base_acc
 
+    def corrected(self, cfgs: Sequence[SubnetConfig] | ConfigBatch, accs: Sequence[float] | np.ndarray,
+                  length: float | None = None, noise: float | None = None, source: str = "") -> "AccuracyPredictor":
+        """A copy with an `AnchorCorrection` fitted on measured (config, accuracy) pairs (this MLP's residuals
+        on them); `length` and `noise` chosen by leave-one-out when not given."""
+        from dataclasses import replace
+
+        corr = AnchorCorrection.fit(self, cfgs, accs, length=length, noise=noise, source=source)
+        return replace(self, correction=corr)
+
     def predict_torch(self, cfgs: Sequence[SubnetConfig] | ConfigBatch) -> np.ndarray:
         """The same prediction through a torch module (one forward); the reference for the numpy path."""
         import torch
 
         module = self.to_torch()
+        x = self.encoding.encode(cfgs)
         with torch.no_grad():
-            y = module(torch.from_numpy(self.encoding.encode(cfgs)))
-        return y.double().numpy().reshape(-1) + self.base_acc
+            y = module(torch.from_numpy(x))
+        out = y.double().numpy().reshape(-1) + self.base_acc
+        return out + self.correction(x) if self.correction is not None else out
 
     def to_torch(self):
         """`torch.nn.Sequential` of the MLP without `base_acc` (float32, eval mode)."""
@@ -285,7 +315,10 @@ class AccuracyPredictor:
 
     # ---- persistence ---------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write `path` (.safetensors) and its metadata beside it (`.json`: space, encoding, base_acc)."""
+        """Write `path` (.safetensors) and its metadata beside it (`.json`: space, encoding, base_acc); with a
+        correction, its pairs too (`anchors_path`). An anchors file already there is kept: its pairs were
+        measured on the supernet, not on these weights, and `load` fits the correction to whatever MLP it
+        loads."""
         from safetensors.numpy import save_file
 
         path = Path(path)
@@ -295,21 +328,36 @@ class AccuracyPredictor:
             tensors[f"layers.{i}.weight"] = np.ascontiguousarray(w)
             tensors[f"layers.{i}.bias"] = np.ascontiguousarray(b)
         meta = self.describe()
+        meta.pop("correction", None)  # the MLP's own metadata; the correction goes in its anchors file
         save_file(tensors, str(path), metadata={"ofa_bench": json.dumps(meta)})
         path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+        if self.correction is not None:  # the measured pairs; `load` fits the correction to these weights again
+            anchors_path(path).write_text(json.dumps(self.correction.to_json(self.space), indent=1) + "\n")
         return path
 
     def describe(self) -> dict:
-        return {"format": "ofa-bench-accuracy-predictor", "version": FORMAT_VERSION, "space": self.space,
-                "encoding": asdict(self.encoding), "base_acc": self.base_acc,
-                "hidden": [int(w.shape[1]) for w in self.weights], "metadata": self.metadata}
+        out = {"format": "ofa-bench-accuracy-predictor", "version": FORMAT_VERSION, "space": self.space,
+               "encoding": asdict(self.encoding), "base_acc": self.base_acc,
+               "hidden": [int(w.shape[1]) for w in self.weights], "metadata": self.metadata}
+        if self.correction is not None:
+            out["correction"] = self.correction.describe()
+        return out
 
     @classmethod
-    def load(cls, path: str | Path) -> "AccuracyPredictor":
-        """Read a predictor written by `save` (or the official `.pth`, recognised by its suffix)."""
+    def load(cls, path: str | Path, correct: bool = True) -> "AccuracyPredictor":
+        """Read a predictor written by `save` (or the official `.pth`, recognised by its suffix). With
+        `correct`, an anchors file beside it (`anchors_path`) adds its `AnchorCorrection`."""
+        path = Path(path)
+        pred = cls._load_mlp(path)
+        anchors = anchors_path(path)
+        if correct and anchors.is_file():
+            pred.correction = AnchorCorrection.from_file(anchors, pred)
+        return pred
+
+    @classmethod
+    def _load_mlp(cls, path: Path) -> "AccuracyPredictor":
         from safetensors import safe_open
 
-        path = Path(path)
         if path.suffix == ".pth":
             return cls.from_official(path)
         if not path.is_file():
@@ -361,6 +409,121 @@ class AccuracyPredictor:
             raise CheckpointError(f"accuracy predictor for {self.space or 'another space'} covers resolutions "
                                   f"{grid[0]}..{grid[-1]}; {space.name} has {min(space.resolutions)}.."
                                   f"{max(space.resolutions)}")
+
+
+def anchors_path(predictor_path: str | Path) -> Path:
+    """The anchors file of a predictor: `x.acc.safetensors` -> `x.acc-anchors.json` (beside `x.acc-data.json`)."""
+    p = Path(predictor_path)
+    return p.with_name(p.stem + "-anchors.json")
+
+
+def choice_distance(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(N, M) number of choices in which encoded configs differ: a kernel, an expand ratio or the resolution
+    counts one each, a block slot that only one of them uses counts one (one-hot rows: half the L1 distance)."""
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=np.float32)
+    d = x.sum(1)[:, None] + y.sum(1)[None, :] - 2.0 * (x @ y.T)
+    return np.maximum(d, 0.0) * 0.5
+
+
+@dataclass
+class AnchorCorrection:
+    """A correction of a predictor's residuals on measured (config, accuracy) pairs, by kernel ridge regression:
+    `delta(x) = exp(-choice_distance(x, X) / length) @ alpha`, `alpha = (K + noise * I)^-1 (y - mlp(X))`.
+
+    Why: the MLP is fitted on uniformly random subnets, and the sandwich rule trains the largest and smallest
+    subnets on every step; subnets within a few choices of them are far better (or, at the bottom, better)
+    than what random ones teach the MLP, and random sampling practically never draws them (no random subnet of
+    the shipped 600 is closer than 19 choices to the largest). So the MLP predicts the ends towards the mean.
+    The correction moves predictions near a measured subnet towards its measurement, with a pull that falls by
+    e every `length` choices away and vanishes far from every pair, where the MLP stands alone. Both numbers
+    are chosen by leave-one-out error over all pairs (`fit`); `metadata` keeps that error and any held-out
+    check. It corrects only where pairs were measured: it does not make the MLP better elsewhere."""
+
+    features: np.ndarray  # (M, n_features) encoded configs of the pairs
+    alpha: np.ndarray  # (M,)
+    length: float
+    noise: float
+    configs: tuple[str, ...]
+    accuracies: np.ndarray  # measured, as fractions
+    metadata: dict = field(default_factory=dict)
+
+    LENGTHS = (2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0)
+    NOISES = (1e-4, 1e-3, 1e-2, 1e-1)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.exp(-choice_distance(x, self.features) / self.length).astype(np.float64) @ self.alpha
+
+    @classmethod
+    def fit(cls, predictor: "AccuracyPredictor", cfgs: Sequence[SubnetConfig] | ConfigBatch,
+            accs: Sequence[float] | np.ndarray, length: float | None = None, noise: float | None = None,
+            source: str = "", metadata: Mapping | None = None) -> "AnchorCorrection":
+        """Fit on `predictor`'s MLP residuals; a `length` or `noise` not given is chosen on a grid by the
+        closed-form leave-one-out RMSE over all pairs."""
+        b = cfgs if isinstance(cfgs, ConfigBatch) else ConfigBatch.from_configs(list(cfgs))
+        x = predictor.encoding.encode(b)
+        y = np.asarray(accs, dtype=np.float64).reshape(-1)
+        if len(y) != len(x) or len(y) < 2:
+            raise InvalidConfigError(f"an anchor correction needs >= 2 (config, accuracy) pairs, got {len(x)} "
+                                     f"configs and {len(y)} accuracies")
+        resid = y - predictor.forward_mlp(x)
+        dist = choice_distance(x, x).astype(np.float64)
+        best = None
+        for ell in ([length] if length else cls.LENGTHS):
+            kern = np.exp(-dist / ell)
+            vals, vecs = np.linalg.eigh(kern) if not noise else (None, None)
+            for lam in ([noise] if noise else cls.NOISES):
+                inv = np.linalg.inv(kern + lam * np.eye(len(y))) if vals is None else (vecs / (vals + lam)) @ vecs.T
+                alpha = inv @ resid
+                loo = alpha / np.diag(inv)  # measured minus the prediction without that pair
+                rmse = float(np.sqrt(np.mean(loo ** 2)))
+                if best is None or rmse < best[0]:
+                    best = (rmse, ell, lam, alpha, loo)
+        rmse, ell, lam, alpha, loo = best
+        meta = {**dict(metadata or {}), "source": source, "n_pairs": int(len(y)),
+                "loo_rmse_points": round(100 * rmse, 4),
+                "mlp_rmse_points": round(100 * float(np.sqrt(np.mean(resid ** 2))), 4)}
+        strings = tuple(c.to_string() for c in b.to_configs())
+        return cls(x, alpha, float(ell), float(lam), strings, y, meta)
+
+    def describe(self) -> dict:
+        return {"method": "kernel ridge on the MLP's residuals", "length": self.length, "noise": self.noise,
+                **self.metadata}
+
+    def to_json(self, space: str = "") -> dict:
+        """The anchors file's form: the pairs inline, with the chosen `length` and `noise`."""
+        return {"format": ANCHORS_FORMAT, "version": 1, "space": space, "length": self.length, "noise": self.noise,
+                "metadata": self.metadata,
+                "pairs": [{"config": c, "top1": float(a)} for c, a in zip(self.configs, self.accuracies)]}
+
+    @classmethod
+    def from_file(cls, path: str | Path, predictor: "AccuracyPredictor") -> "AnchorCorrection":
+        """Read an anchors file: its `pairs`, plus the pairs of the data file it names in `with` (a
+        `predictor_data` JSON beside it), fitted with its `length` and `noise`."""
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"cannot read accuracy anchors {path}: {exc}") from None
+        if not isinstance(doc, dict) or doc.get("format") != ANCHORS_FORMAT:
+            raise CheckpointError(f"{path} is not an ofa-bench accuracy anchors file")
+        texts = [p["config"] for p in doc.get("pairs", [])]
+        accs = [float(p["top1"]) for p in doc.get("pairs", [])]
+        if doc.get("with"):
+            data_path = path.with_name(doc["with"])
+            try:
+                data = json.loads(data_path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise CheckpointError(f"cannot read {data_path}, named by {path}: {exc}") from None
+            texts += list(data["configs"])
+            accs += [float(v) for v in data["val_top1"]]
+        depth = predictor.encoding.max_depth
+        cfgs = [SubnetConfig.from_string(t, depth) for t in texts]
+        meta = dict(doc.get("metadata") or {})
+        meta.setdefault("source", path.name)
+        corr = cls.fit(predictor, cfgs, accs, length=float(doc["length"]), noise=float(doc["noise"]),
+                       source=meta.pop("source"), metadata=meta)
+        return corr
 
 
 def _official_linears(sd: Mapping[str, np.ndarray]):

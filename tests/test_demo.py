@@ -33,6 +33,19 @@ def test_demo_quick_writes_a_report(tmp_path, capsys):
         assert s["confirm"]["measured_latency_ms"] > 0 and s["export"]["weights"] == "shipped"
     text = (out / "report.md").read_text()
     assert "![Pareto front](pareto.png)" in text and "local-cpu" in text
+    # one measured number per subnet in report.md, report.json and front.csv (the table's value)
+    import csv
+
+    rows = list(csv.DictReader((out / "front.csv").open()))
+    on_disk = json.loads((out / "report.json").read_text())
+    for e in on_disk["extremes"]:
+        value = e["measured_latency_ms"]
+        assert f"| {value:.3f} |" in text
+        assert {float(r["measured_latency_ms"]) for r in rows
+                if r["config"] == e["config_string"] and r["measured_latency_ms"]} == {float(f"{value:.6g}")}
+    front = on_disk["front"]
+    assert front["ends"]["top"]["front_accuracy"] >= front["ends"]["top"]["search_accuracy"]
+    assert front["latency_ms"][0] >= front["floor"]["fastest_measured_ms"] - 1e-9
 
 
 def test_demo_refuses_an_unusable_output_folder(tmp_path, capsys):

@@ -186,7 +186,7 @@ def confirm_on_device(device: str, path: Path, doc: dict, store: str, passes: in
     import numpy as np
 
     from agents import connect
-    from bench.profile import MeasureSettings, ReferenceWatch, agent_profile, reference_nominal_ms
+    from bench.measure import MeasureSettings, ReferenceWatch, agent_profile, reference_nominal_ms
     from bench.store import open_store
     from bench.validate import ValidateSettings, measure_subnets
     from devices import get_device
@@ -233,37 +233,39 @@ def search_confirmed(device: str, latency_ms: float | None, macs: float | None, 
     import tempfile
 
     say = say or info
-    history = []
-    for n in range(1, max(1, rounds) + 1):
-        doc = run_search(device, latency_ms, macs, space_name, store, predictor_path, resolutions, seed,
-                         population, generations, restarts)
-        if export is None and not confirm:
-            return doc
-        out = export if export is not None else Path(tempfile.mkdtemp(prefix="ofa-bench-search-")) / "subnet.onnx"
-        say(f"exporting {doc['config_string']} to {out}")
-        doc["export"] = export_subnet_onnx(doc["space"], doc["config"], out)
-        if doc["export"]["note"]:
-            say(doc["export"]["note"])
-        if not confirm:
-            return doc
-        say(f"round {n}: measuring {doc['config_string']} on {device} (predicted {doc['predicted_latency_ms']:.4g} ms, "
-            f"upper bound {doc['predicted_upper_ms']:.4g} ms) ...")
-        doc["confirm"] = confirm_on_device(device, Path(doc["export"]["path"]), doc, store,
-                                           min_duration_s=confirm_min_duration_s)
-        measured = doc["confirm"]["measured_latency_ms"]
-        history.append({"round": n, "config_string": doc["config_string"],
-                        "predicted_latency_ms": doc["predicted_latency_ms"],
-                        "predicted_upper_ms": doc["predicted_upper_ms"], "measured_latency_ms": measured,
-                        "predicted_accuracy": doc["predicted_accuracy"],
-                        "calibration": doc["calibration_text"]})
-        doc["measured_latency_ms"] = measured
-        doc["budget_met"] = latency_ms is None or measured <= latency_ms
-        doc["rounds"] = history
-        if doc["budget_met"]:
-            return doc
-        if n < rounds:
-            say(f"round {n}: measured {measured:.4g} ms is over the {latency_ms:g} ms budget; refitting the "
-                f"calibration with this measurement and searching again")
+    if export is None and not confirm:
+        return run_search(device, latency_ms, macs, space_name, store, predictor_path, resolutions, seed,
+                          population, generations, restarts)
+    # Without --export, the model lives in a temporary folder only while it is measured.
+    with tempfile.TemporaryDirectory(prefix="ofa-bench-search-") as scratch:
+        out = export if export is not None else Path(scratch) / "subnet.onnx"
+        history: list[dict] = []
+        for n in range(1, max(1, rounds) + 1):
+            doc = run_search(device, latency_ms, macs, space_name, store, predictor_path, resolutions, seed,
+                             population, generations, restarts)
+            say(f"exporting {doc['config_string']} to {out}")
+            doc["export"] = export_subnet_onnx(doc["space"], doc["config"], out)
+            doc["export"]["kept"] = export is not None
+            if doc["export"]["note"]:
+                say(doc["export"]["note"])
+            if not confirm:
+                return doc
+            say(f"round {n}: measuring {doc['config_string']} on {device} (predicted "
+                f"{doc['predicted_latency_ms']:.4g} ms, upper bound {doc['predicted_upper_ms']:.4g} ms) ...")
+            doc["confirm"] = confirm_on_device(device, out, doc, store, min_duration_s=confirm_min_duration_s)
+            measured = doc["confirm"]["measured_latency_ms"]
+            history.append({"round": n, "config_string": doc["config_string"],
+                            "predicted_latency_ms": doc["predicted_latency_ms"],
+                            "predicted_upper_ms": doc["predicted_upper_ms"], "measured_latency_ms": measured,
+                            "predicted_accuracy": doc["predicted_accuracy"], "calibration": doc["calibration_text"]})
+            doc["measured_latency_ms"] = measured
+            doc["budget_met"] = latency_ms is None or measured <= latency_ms
+            doc["rounds"] = history
+            if doc["budget_met"]:
+                return doc
+            if n < rounds:
+                say(f"round {n}: measured {measured:.4g} ms is over the {latency_ms:g} ms budget; refitting the "
+                    f"calibration with this measurement and searching again")
     say(f"after {len(history)} round(s) the measured latency {doc['measured_latency_ms']:.4g} ms is still over "
         f"the {latency_ms:g} ms budget")
     return doc
@@ -313,7 +315,7 @@ def register(app: typer.Typer) -> None:
                    f"{doc['predicted_latency_ms']:.3f} ms (upper bound {doc['predicted_upper_ms']:.3f} ms), "
                    f"{doc['macs'] / 1e6:.1f}M MACs (search {doc['search_seconds']:.2f} s)")
         typer.echo(f"latency model: {doc['calibration_text']}")
-        if "export" in doc:
+        if doc.get("export", {}).get("kept"):
             typer.echo(f"exported to {doc['export']['path']} ({doc['export']['weights']} weights)")
         for r in doc.get("rounds", []):
             sim = " (simulated)" if doc["confirm"]["simulated"] else ""
@@ -342,8 +344,9 @@ def register(app: typer.Typer) -> None:
         """Accuracy-latency Pareto fronts (NSGA-II), one per device, measured subnets marked."""
         import numpy as np
 
-        from bench.pareto import DeviceFront, device_front, measured_subnets, plot_fronts, write_csv
+        from bench.pareto import build_device_front, measured_subnets, plot_fronts, write_csv
         from bench.predictor import LatencyPredictor
+        from ofa_core.search import SearchParams
 
         check_output_path(out, "--out", FIGURE_SUFFIXES)
         if csv_path is not None:
@@ -356,11 +359,12 @@ def register(app: typer.Typer) -> None:
             latency = LatencyPredictor.from_table(table, sp)
             acc, _ = accuracy_predictor(sp, predictor)
             res = search_resolutions(latency, requested, dev)
-            info(f"{dev}: NSGA-II over {sp.name} at {len(res)} resolution(s) ...")
-            front = device_front(sp, acc, latency, np.random.default_rng(seed), res, population, generations,
-                                 with_macs)
-            measured = measured_subnets(target, table.device, sp, acc, latency)
-            fronts.append(DeviceFront(dev, sp.name, front, latency.version, _simulated(dev), measured))
+            info(f"{dev}: NSGA-II over {sp.name} at {len(res)} resolution(s), from both ends ...")
+            measured = measured_subnets(target, table.device, sp, acc, latency, table=table)
+            # the ends are searched as `ofa-bench search` does by default, so the front's top is checked against it
+            fronts.append(build_device_front(dev, sp, acc, latency, np.random.default_rng(seed), res, population,
+                                             generations, with_macs, measured, simulated=_simulated(dev),
+                                             end_params=SearchParams()))
         plot_fronts(fronts, out)
         doc = {"out": str(out), "devices": [f.to_dict() for f in fronts]}
         if csv_path is not None:
@@ -370,7 +374,15 @@ def register(app: typer.Typer) -> None:
         else:
             for f in fronts:
                 lat = f.front.values["latency_ms"]
+                top = f.ends["top"]
                 typer.echo(f"{f.device} ({f.space}): {len(f.front)} points, {lat.min():.2f}-{lat.max():.2f} ms, "
                            f"accuracy {100 * f.front.accuracy.min():.2f}-{100 * f.front.accuracy.max():.2f}%, "
                            f"{len(f.measured)} measured subnet(s), {f.front.seconds:.1f} s")
+                typer.echo(f"  top: {100 * top['front_accuracy']:.2f}% on the front within the largest subnet's "
+                           f"{top['budget_latency_ms']:.3g} ms; single-budget search there "
+                           f"{100 * top['search_accuracy']:.2f}%")
+                if f.floor.get("n_points_floored"):
+                    typer.echo(f"  {f.floor['n_points_floored']} point(s) predicted faster than a measured subnet they "
+                               f"contain, drawn at its measured latency (fastest measured "
+                               f"{f.floor['fastest_measured_ms']:.3g} ms)")
             typer.echo(f"figure: {out}" + (f", points: {doc['csv']}" if csv_path is not None else ""))
