@@ -254,7 +254,7 @@ def test_lut_export_ignores_planted_symlinks(entry, tmp_path):
     planted.symlink_to(victim)
     for fmt, out in (("csv", out_csv), ("yaml", out_dir)):
         r = run(entry, ["lut", "export", "dev", "--space", space.name, "--format", fmt, "--out", str(out),
-                        "--store", str(store)], tmp_path)
+                        "--store", str(store), "--partial"], tmp_path)  # a one-entry table: partial
         assert r.returncode == 0, r.stderr
     assert victim.read_text() == "precious\n"
     assert (tmp_path / "out.csv.part").is_symlink() and planted.is_symlink()  # left alone, not written through

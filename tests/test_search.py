@@ -385,3 +385,183 @@ def test_confirm_searches_again_while_the_measurement_is_over_budget(monkeypatch
                                       rounds=2, say=said.append)
     assert len(searches) == 2 and doc["budget_met"] is False and len(doc["rounds"]) == 2
     assert "still over" in said[-1]
+
+
+# ---- the fast paths equal straightforward computations ---------------------------------------------------
+def test_gene_table_path_equals_the_latency_predictor(note10):
+    """Latency read from genes is the predictor's own value, to the bit, for plain sums and calibrations."""
+    import copy
+
+    from bench.predictor import Calibration
+    from ofa_core.search import _table_path
+
+    _, lat = note10
+    g = Genome(W12, [160, 176, 192, 208, 224])
+    genes = np.concatenate([g.random(np.random.default_rng(4), 500), g.smallest()])
+    act = g.active_slots(genes)
+    calibrated = copy.copy(lat)
+    calibrated.calibration = Calibration("overhead", scale=0.93, overhead_ms=0.011, offset_ms=0.4, n_subnets=20,
+                                         upper_rel=0.07, interval="cross-validated")
+    for fn in (lat, lat.predict, lat.upper, lat.table_sum, calibrated.predict, calibrated.upper):
+        direct = _table_path(g, fn)
+        assert direct is not None, fn
+        np.testing.assert_array_equal(direct(genes, act), np.asarray(fn(g.decode(genes)), dtype=np.float64))
+    assert not np.array_equal(_table_path(g, calibrated.upper)(genes, act), _table_path(g, lat.upper)(genes, act))
+    # any other callable is called as it is
+    assert _table_path(g, lambda b: lat.upper(b)) is None and _table_path(g, W12.macs) is None
+
+
+def test_fast_paths_give_the_same_search_as_plain_callables(note10):
+    """Our predictors read from genes, or called on decoded configs like any callable: the same search."""
+    acc, lat = note10
+    params = SearchParams(population=40, generations=40)
+    res = [160, 176, 192, 208, 224]
+
+    def run(accuracy_fn, latency_fn):
+        return evolution_search(W12, accuracy_fn, {"latency_ms": latency_fn}, {"latency_ms": 21.0},
+                                np.random.default_rng(3), params, res)
+
+    fast, plain = run(acc, lat.upper), run(lambda b: acc(b), lambda b: lat.upper(b))
+    assert fast.config == plain.config and fast.accuracy == plain.accuracy
+    np.testing.assert_array_equal(fast.history, plain.history)
+    assert fast.values == plain.values and fast.n_scored == plain.n_scored
+
+
+def test_a_metric_without_a_limit_is_computed_for_the_answer_only():
+    """MACs beside a latency budget (as `ofa-bench search` passes them): not computed for every candidate, the
+    answer's value still exact, and the search the same as without them."""
+    rows = []
+
+    def macs(b):
+        rows.append(len(b))
+        return W10.macs(b)
+
+    budget = {"latency_ms": 15.0}
+    with_macs = evolution_search(W10, linear_accuracy, {"latency_ms": LAT, "macs": macs}, budget,
+                                 np.random.default_rng(8), FAST)
+    without = evolution_search(W10, linear_accuracy, {"latency_ms": LAT}, budget, np.random.default_rng(8), FAST)
+    assert with_macs.config == without.config and with_macs.accuracy == without.accuracy
+    assert with_macs.values["macs"] == W10.macs(with_macs.config)
+    assert sum(rows) <= FAST.restarts  # the best of each restart
+    # with a limit, MACs are checked (and the budget held)
+    limited = evolution_search(W10, linear_accuracy, {"latency_ms": LAT, "macs": macs},
+                               {**budget, "macs": with_macs.values["macs"] * 0.9}, np.random.default_rng(8), FAST)
+    assert limited.values["macs"] <= with_macs.values["macs"] * 0.9 and sum(rows) > 1000
+
+
+def test_canonical_and_keys_match_a_per_config_reference():
+    g = Genome(W10)
+    genes = g.random(np.random.default_rng(9), 400)
+    ref = g.encode(ConfigBatch.from_configs(g.decode(genes).to_configs()))  # SubnetConfig's own normalisation
+    np.testing.assert_array_equal(g.canonical(genes), ref)
+    # equal keys exactly for equal configs: rows differing only in skipped slots, and distinct configs
+    twins = genes.copy()
+    act = g.active_slots(genes)
+    noise = g.random(np.random.default_rng(10), 400)
+    skipped = np.concatenate([~act, ~act], axis=1)
+    twins[:, :2 * g.S][skipped] = noise[:, :2 * g.S][skipped]
+    assert g.keys(genes) == g.keys(twins)
+    keys = g.keys(genes)
+    same_key = np.array([[a == b for b in keys] for a in keys])
+    same_cfg = (ref[:, None, :] == ref[None, :, :]).all(axis=2)
+    np.testing.assert_array_equal(same_key, same_cfg)
+
+
+def test_offspring_candidates_come_from_their_parents():
+    from ofa_core.search import _LaneBudget, _Offspring
+
+    g = Genome(W12, [160, 176, 192])
+    rng = np.random.default_rng(11)
+    parents = g.random(rng, 25)
+    cache = ScoreCache(g, linear_accuracy, {"latency_ms": TableLatency(W12)})
+
+    def make(p):
+        return _Offspring(g, cache, _LaneBudget(cache, np.array([[np.inf]])), SearchParams(mutate_prob=p), 1)
+
+    ia, ib = rng.integers(0, 25, 600), rng.integers(0, 25, 600)
+    a, b = parents[ia], parents[ib]
+    for is_mut in (np.arange(600) < 300, np.arange(600) % 2 == 0):  # mutations first (one lane), or interleaved
+        mut, cross = (slice(0, 300), slice(300, None)) if is_mut[:300].all() else (
+            is_mut.nonzero()[0], (~is_mut).nonzero()[0])
+        cand = make(0.1)._vary(parents, ia, ib, mut, cross, rng)
+        cross, ca, cb = cand[~is_mut], a[~is_mut], b[~is_mut]
+        assert ((cross == ca) | (cross == cb)).all()  # every gene from one parent or the other
+        taken_b = ((cross == cb) & (cross != ca)).sum() / (cb != ca).sum()
+        assert 0.45 < taken_b < 0.55  # each gene from either parent with probability 1/2
+        changed = cand[is_mut] != a[is_mut]
+        assert ((cand >= 0) & (cand < g.n_choices)).all() and 0.02 < changed.mean() < 0.1
+    np.testing.assert_array_equal(make(0.0)._vary(parents, ia, ib, slice(0, 600), slice(600, None), rng), a)
+
+
+def _reference_children(genome, cache, parents, pa, pb, is_mut, lane_of_child, lane_limits, params, rng):
+    """The straightforward loop `_Offspring.make` replaced: `Genome.vary` and every metric on decoded configs."""
+    n = len(pa)
+    out = np.empty((n, genome.n_cols), dtype=np.int8)
+    todo = np.arange(n)
+    for round_ in range(params.max_resample):
+        if len(todo) == 0:
+            break
+        os_ = params.oversample if round_ == 0 else params.oversample_retry
+        rep = np.repeat(todo, os_)
+        cand = genome.vary(parents[pa[rep]], parents[pb[rep]], is_mut[rep], params.mutate_prob, rng)
+        batch = genome.decode(cand)
+        vals = np.stack([np.asarray(fn(batch), dtype=np.float64) for fn in cache.metric_fns], axis=1)
+        ok = (vals <= lane_limits[lane_of_child[rep]]).all(axis=1).reshape(-1, os_)
+        has = ok.any(axis=1)
+        out[todo[has]] = cand[np.argmax(ok, axis=1)[has] + np.flatnonzero(has) * os_]
+        todo = todo[~has]
+    out[todo] = parents[pa[todo]]
+    return out
+
+
+@pytest.mark.parametrize("lanes", [1, 3])
+def test_offspring_equals_the_straightforward_loop(note10, lanes):
+    """Children and random draws as the plain loop makes them (the table read from genes, the mutation and
+    crossover rewritten), lane by lane, at a budget tight enough to need several rounds."""
+    from ofa_core.search import _LaneBudget, _Offspring
+
+    acc, lat = note10
+    g = Genome(W12, [160, 176, 192, 208, 224])
+    params = SearchParams(population=60)
+    P, K = params.population, params.n_parents
+    limits = np.array([[15.0], [20.0], [26.0]])[:lanes]
+    cache = ScoreCache(g, acc, {"latency_ms": lat.upper})
+    offspring = _Offspring(g, cache, _LaneBudget(cache, limits), params, lanes)
+    parents = np.concatenate([_feasible_seeds(g, lat, float(lim[0]), K) for lim in limits])
+    for gen in range(5):
+        rng_a, rng_b = np.random.default_rng(gen), np.random.default_rng(gen)
+        genes, rows = offspring.make(parents, rng_a)
+        lane_base = (np.arange(lanes) * K)[:, None]
+        is_mut = np.zeros((lanes, P), dtype=bool)
+        is_mut[:, :params.n_mutations] = True
+        is_mut = is_mut.ravel()
+        pa = (lane_base + rng_b.integers(0, K, size=(lanes, P))).ravel()
+        pb = np.where(is_mut, pa, (lane_base + rng_b.integers(0, K, size=(lanes, P))).ravel())
+        ref = _reference_children(g, cache, parents, pa, pb, is_mut, np.repeat(np.arange(lanes), P), limits,
+                                  params, rng_b)
+        np.testing.assert_array_equal(genes, ref)
+        assert rng_a.random() == rng_b.random()  # the same random numbers drawn
+        np.testing.assert_array_equal(cache.genes[rows], g.canonical(ref))
+        np.testing.assert_array_equal(cache.values[rows, 0], lat.upper(g.decode(ref)))
+
+
+def _feasible_seeds(g, lat, limit, k):
+    cand = g.random(np.random.default_rng(int(limit)), 40000)
+    return cand[lat.upper(g.decode(cand)) <= limit][:k]
+
+
+def test_search_with_a_weights_calibration_uses_the_plain_call():
+    """A calibration with a weights term needs each config's parameter count, which genes alone do not give:
+    the search falls back to calling the predictor, and its answer holds the budget."""
+    from bench.lut import load_device_table
+    from bench.predictor import Calibration, LatencyPredictor
+    from ofa_core.accuracy import AccuracyPredictor, default_predictor_path
+
+    table = load_device_table("note10", W12)
+    cal = Calibration("overhead+weights", scale=0.9, overhead_ms=0.01, offset_ms=0.5, per_mparam_ms=0.3,
+                      n_subnets=20, upper_rel=0.05, interval="cross-validated")
+    lat = LatencyPredictor.from_table(table, W12, calibration=cal)
+    acc = AccuracyPredictor.load(default_predictor_path(W12.name))
+    res = evolution_search(W12, acc, {"latency_ms": lat.upper}, {"latency_ms": 25.0}, np.random.default_rng(0),
+                           SearchParams(generations=20, restarts=1), [160, 176])
+    assert res.values["latency_ms"] == pytest.approx(float(lat.upper(res.config)[0])) and res.values["latency_ms"] <= 25

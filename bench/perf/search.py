@@ -1,10 +1,14 @@
 """`python -m bench.perf search`: our evolutionary search against the official OFA `EvolutionFinder`, one run.
 
 Both sides use the same published accuracy predictor and the Note10 tables (resolutions 160..224 step 16),
-population 100 and 500 generations, one thread. The official code is the `ofa` wheel (installed with
-`--no-deps`); it imports torchvision and gdown, which cannot be installed beside torch here, so empty stand-in
-modules take their place (the search never uses them). Its latency tables are read from the local YAML files
-instead of a download, and its predictor from the local `.pth`.
+population 100 and 500 generations, one thread. Ours holds the latency predictor's upper bound, as `ofa-bench
+search` does (for these tables, without measured subnets, it is the table sum the official finder uses). For
+each budget, one budget per call: our seeds and the official run side by side (the official run between our
+seeds, so both see the same load), wall and CPU time per search and their ratio, and the best predicted
+accuracy of each; then ours with every budget in one call, and a Pareto front. The official code is the `ofa`
+wheel (installed with `--no-deps`); it imports torchvision and gdown, which cannot be installed beside torch
+here, so empty stand-in modules take their place (the search never uses them). Its latency tables are read from
+the local YAML files instead of a download, and its predictor from the local `.pth`.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import statistics
 import sys
 import time
 import types
+from functools import partial
 from pathlib import Path
 
 BUDGETS_MS = (15.0, 20.0, 25.0, 30.0)
@@ -129,17 +134,35 @@ def _ours(anchors: Path):
     return space, acc, lat
 
 
+def _timed(fn):
+    """(result, wall seconds, CPU seconds) of one call."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.perf search", description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=5, help="seeds of our search")
+    ap.add_argument("--seeds", type=int, default=5, help="seeds of our search, per budget")
     ap.add_argument("--official-seeds", type=int, default=1,
-                    help="seeds of the official search (each takes ~10 s per budget; 0 skips it)")
+                    help="seeds of the official search, per budget (each takes ~10 s; 0 skips it)")
     ap.add_argument("--population", type=int, default=100)
     ap.add_argument("--generations", type=int, default=500)
     ap.add_argument("--restarts", type=int, default=None, help="our restarts side by side (default: SearchParams)")
     ap.add_argument("--budgets", default=",".join(f"{b:g}" for b in BUDGETS_MS))
+    ap.add_argument("--single-only", action="store_true",
+                    help="only the one-budget-per-call comparison (no all-budgets call, no Pareto front)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.seeds < 1:
+        ap.error("--seeds must be at least 1")
 
     import numpy as np
     import torch
@@ -156,79 +179,87 @@ def main(argv: list[str]) -> int:
             return 2
     budgets = [float(b) for b in args.budgets.split(",")]
     space, acc, lat = _ours(anchors)
-    params = SearchParams(population=args.population, generations=args.generations)
-    if args.restarts:
-        params = SearchParams(population=args.population, generations=args.generations, restarts=args.restarts)
-    metrics = {"latency_ms": lat}
-    report: dict = {"budgets_ms": budgets, "population": args.population, "generations": args.generations,
-                    "restarts": params.restarts, "resolutions": list(RESOLUTIONS)}
-
-    # ours, one call per budget
-    single = {b: [] for b in budgets}
-    single_s, single_cpu = [], []
-    for seed in range(args.seeds):
-        for b in budgets:
-            t0, c0 = time.perf_counter(), time.process_time()
-            r = evolution_search(space, acc, metrics, {"latency_ms": b}, np.random.default_rng(seed), params, RESOLUTIONS)
-            single_s.append(time.perf_counter() - t0)
-            single_cpu.append(time.process_time() - c0)
-            assert r.values["latency_ms"] <= b
-            single[b].append(r.accuracy)
-        print(f"ours seed {seed}: " + ", ".join(f"{b:g} ms {single[b][-1]:.4f}" for b in budgets), file=sys.stderr)
-    # ours, every budget in one call
-    batched_s, batched_cpu = [], []
-    batched = {b: [] for b in budgets}
-    for seed in range(args.seeds):
-        t0, c0 = time.perf_counter(), time.process_time()
-        rs = evolution_search_many(space, acc, metrics, [{"latency_ms": b} for b in budgets],
-                                   np.random.default_rng(seed), params, RESOLUTIONS)
-        batched_s.append((time.perf_counter() - t0) / len(budgets))
-        batched_cpu.append((time.process_time() - c0) / len(budgets))
-        for b, r in zip(budgets, rs):
-            assert r.values["latency_ms"] <= b
-            batched[b].append(r.accuracy)
-    report["ours"] = {
-        "seconds_per_search": statistics.mean(single_s),
-        "cpu_seconds_per_search": statistics.mean(single_cpu),
-        "seconds_per_budget_batched": statistics.mean(batched_s),
-        "cpu_seconds_per_budget_batched": statistics.mean(batched_cpu),
-        "accuracy_mean": {f"{b:g}": statistics.mean(single[b]) for b in budgets},
-        "accuracy_min": {f"{b:g}": min(single[b]) for b in budgets},
-        "accuracy_mean_batched": {f"{b:g}": statistics.mean(batched[b]) for b in budgets},
-        "accuracy_min_batched": {f"{b:g}": min(batched[b]) for b in budgets},
-    }
-
-    # a Pareto front of the same device (all resolutions its table holds)
-    from ofa_core.search import pareto_front
-
-    t0, c0 = time.perf_counter(), time.process_time()
-    front = pareto_front(space, acc, metrics, np.random.default_rng(0), resolutions=lat.resolutions)
-    report["pareto"] = {"points": len(front), "seconds": time.perf_counter() - t0,
-                        "cpu_seconds": time.process_time() - c0, "configs_scored": front.n_evaluated,
-                        "resolutions": len(lat.resolutions)}
-
+    params = SearchParams(population=args.population, generations=args.generations,
+                          **({"restarts": args.restarts} if args.restarts else {}))
+    metrics = {"latency_ms": lat.upper}  # what `ofa-bench search` holds: the prediction interval's upper bound
+    off_acc = off_lat = None
     if args.official_seeds > 0:
         off_acc = official_accuracy_predictor(anchors / "acc_predictor.pth")
         off_lat = official_latency_table(anchors / "latency_table_note10")
-        off = {b: [] for b in budgets}
-        off_s, off_cpu = [], []
+    report: dict = {"budgets_ms": budgets, "population": args.population, "generations": args.generations,
+                    "restarts": params.restarts, "resolutions": list(RESOLUTIONS), "load_before": _load()}
+
+    # One budget per call, ours and the official side by side: the official run sits between our seeds, so
+    # both see the same load.
+    def run_ours(budget_ms: float, seed: int) -> dict:
+        r, wall, cpu = _timed(partial(evolution_search, space, acc, metrics, {"latency_ms": budget_ms},
+                                      np.random.default_rng(seed), params, RESOLUTIONS))
+        if r.values["latency_ms"] > budget_ms:
+            raise AssertionError(f"budget {budget_ms} ms broken: {r.values['latency_ms']}")
+        return {"seed": seed, "accuracy": r.accuracy, "wall_s": wall, "cpu_s": cpu}
+
+    per_budget = {}
+    for b in budgets:
+        ours = [run_ours(b, seed) for seed in range(args.seeds // 2)]
+        official = []
         for seed in range(args.official_seeds):
-            for b in budgets:
-                (s, cpu), a, sample, l_ms = run_official(off_acc, off_lat, b, seed, args.population, args.generations)
-                off_s.append(s)
-                off_cpu.append(cpu)
-                off[b].append(a)
-                print(f"official seed {seed} {b:g} ms: {a:.4f} ({l_ms:.2f} ms) in {s:.1f} s ({cpu:.1f} s CPU)",
-                      file=sys.stderr)
-        report["official"] = {"seconds_per_search": statistics.mean(off_s),
-                              "cpu_seconds_per_search": statistics.mean(off_cpu), "seeds": args.official_seeds,
-                              "accuracy_mean": {f"{b:g}": statistics.mean(off[b]) for b in budgets}}
-        o, oc = report["official"]["seconds_per_search"], report["official"]["cpu_seconds_per_search"]
-        ours = report["ours"]
-        report["speedup"] = o / ours["seconds_per_search"]
-        report["speedup_batched"] = o / ours["seconds_per_budget_batched"]
-        report["speedup_cpu"] = oc / ours["cpu_seconds_per_search"]
-        report["speedup_cpu_batched"] = oc / ours["cpu_seconds_per_budget_batched"]
+            (s, cpu), a, _, l_ms = run_official(off_acc, off_lat, b, seed, args.population, args.generations)
+            official.append({"seed": seed, "accuracy": a, "latency_ms": l_ms, "wall_s": s, "cpu_s": cpu})
+        ours += [run_ours(b, seed) for seed in range(args.seeds // 2, args.seeds)]
+        row = {"ours": _summary(ours), "load": _load()}
+        if official:
+            row["official"] = _summary(official)
+            row["speedup_wall"] = row["official"]["wall_s"] / row["ours"]["wall_s"]
+            row["speedup_cpu"] = row["official"]["cpu_s"] / row["ours"]["cpu_s"]
+        per_budget[f"{b:g}"] = row
+        print(_budget_line(b, row), file=sys.stderr)
+    report["per_budget"] = per_budget
+    ours_all = [b["ours"] for b in per_budget.values()]
+    report["ours"] = {"seconds_per_search": statistics.mean(o["wall_s"] for o in ours_all),
+                      "cpu_seconds_per_search": statistics.mean(o["cpu_s"] for o in ours_all),
+                      "accuracy_mean": {k: v["ours"]["accuracy_mean"] for k, v in per_budget.items()},
+                      "accuracy_min": {k: v["ours"]["accuracy_min"] for k, v in per_budget.items()}}
+    if args.official_seeds > 0:
+        off_all = [b["official"] for b in per_budget.values()]
+        report["official"] = {"seconds_per_search": statistics.mean(o["wall_s"] for o in off_all),
+                              "cpu_seconds_per_search": statistics.mean(o["cpu_s"] for o in off_all),
+                              "seeds": args.official_seeds,
+                              "accuracy_mean": {k: v["official"]["accuracy_mean"] for k, v in per_budget.items()}}
+        report["speedup"] = report["official"]["seconds_per_search"] / report["ours"]["seconds_per_search"]
+        report["speedup_cpu"] = report["official"]["cpu_seconds_per_search"] / report["ours"]["cpu_seconds_per_search"]
+
+    if not args.single_only:
+        # ours, every budget in one call (several searches share the same arrays)
+        batched = {b: [] for b in budgets}
+        batched_s, batched_cpu = [], []
+        for seed in range(args.seeds):
+            rs, wall, cpu = _timed(partial(evolution_search_many, space, acc, metrics,
+                                           [{"latency_ms": b} for b in budgets], np.random.default_rng(seed), params,
+                                           RESOLUTIONS))
+            batched_s.append(wall / len(budgets))
+            batched_cpu.append(cpu / len(budgets))
+            for b, r in zip(budgets, rs):
+                if r.values["latency_ms"] > b:
+                    raise AssertionError(f"budget {b} ms broken: {r.values['latency_ms']}")
+                batched[b].append(r.accuracy)
+        report["ours"].update({
+            "seconds_per_budget_batched": statistics.mean(batched_s),
+            "cpu_seconds_per_budget_batched": statistics.mean(batched_cpu),
+            "accuracy_mean_batched": {f"{b:g}": statistics.mean(batched[b]) for b in budgets},
+            "accuracy_min_batched": {f"{b:g}": min(batched[b]) for b in budgets}})
+        if "official" in report:
+            report["speedup_batched"] = report["official"]["seconds_per_search"] / statistics.mean(batched_s)
+            report["speedup_cpu_batched"] = (report["official"]["cpu_seconds_per_search"]
+                                             / statistics.mean(batched_cpu))
+
+        # a Pareto front of the same device (all resolutions its table holds)
+        from ofa_core.search import pareto_front
+
+        front, wall, cpu = _timed(partial(pareto_front, space, acc, metrics, np.random.default_rng(0),
+                                          resolutions=lat.resolutions))
+        report["pareto"] = {"points": len(front), "seconds": wall, "cpu_seconds": cpu,
+                            "configs_scored": front.n_evaluated, "resolutions": len(lat.resolutions)}
+    report["load_after"] = _load()
 
     if args.json:
         print(json.dumps(report, indent=2))
@@ -237,28 +268,50 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _summary(runs: list[dict]) -> dict:
+    accs = [r["accuracy"] for r in runs]
+    return {"accuracy_mean": statistics.mean(accs), "accuracy_min": min(accs),
+            "wall_s": statistics.mean(r["wall_s"] for r in runs), "cpu_s": statistics.mean(r["cpu_s"] for r in runs),
+            "runs": runs}
+
+
+def _budget_line(b: float, row: dict) -> str:
+    o = row["ours"]
+    line = (f"{b:>6g} ms  {o['accuracy_mean']:.4f} ({o['accuracy_min']:.4f})  {o['wall_s']:6.3f} s "
+            f"({o['cpu_s']:.3f} s CPU)")
+    if "official" in row:
+        f = row["official"]
+        line += (f"  |  {f['accuracy_mean']:.4f}  {f['wall_s']:6.2f} s ({f['cpu_s']:.2f} s CPU)  |  "
+                 f"{row['speedup_wall']:5.1f}x ({row['speedup_cpu']:.1f}x CPU)")
+    return line + f"  load {row['load']:.2f}"
+
+
 def _print(rep: dict, budgets) -> None:
-    ours = rep["ours"]
+    per = rep["per_budget"]
+    n_ours = len(next(iter(per.values()))["ours"]["runs"])
     print(f"search, population {rep['population']}, {rep['generations']} generations, Note10 tables at "
-          f"{','.join(map(str, rep['resolutions']))}, one thread; ours with {rep['restarts']} restarts side by side")
-    head = "budget_ms  ours_mean  ours_min  ours_batched_mean" + ("  official_mean" if "official" in rep else "")
+          f"{','.join(map(str, rep['resolutions']))}, one thread, one budget per call; ours: {n_ours} seeds, "
+          f"{rep['restarts']} restart(s); load average {rep['load_before']:.2f} before, {rep['load_after']:.2f} after")
+    head = "budget     ours: accuracy mean (min)  s per search"
+    if "official" in rep:
+        head += f"   |  official ({rep['official']['seeds']} seed): accuracy  s per search  |  speed-up"
     print(head)
     for b in budgets:
-        k = f"{b:g}"
-        line = (f"{k:>9}  {ours['accuracy_mean'][k]:.4f}     {ours['accuracy_min'][k]:.4f}    "
-                f"{ours['accuracy_mean_batched'][k]:.4f}")
-        if "official" in rep:
-            line += f"             {rep['official']['accuracy_mean'][k]:.4f}"
-        print(line)
-    print(f"ours: {ours['seconds_per_search']:.3f} s ({ours['cpu_seconds_per_search']:.3f} s CPU) per search, one "
-          f"budget per call; {ours['seconds_per_budget_batched']:.3f} s ({ours['cpu_seconds_per_budget_batched']:.3f} "
-          f"s CPU) per budget with all budgets in one call")
-    p = rep["pareto"]
-    print(f"pareto front (NSGA-II, {p['resolutions']} resolutions): {p['points']} points in {p['seconds']:.2f} s "
-          f"({p['cpu_seconds']:.2f} s CPU), {p['configs_scored']} configs scored")
+        print(_budget_line(b, per[f"{b:g}"]))
+    ours = rep["ours"]
     if "official" in rep:
         off = rep["official"]
-        print(f"official: {off['seconds_per_search']:.2f} s ({off['cpu_seconds_per_search']:.2f} s CPU) per search "
-              f"({off['seeds']} seed(s))")
-        print(f"speed-up, wall: {rep['speedup']:.1f}x per search, {rep['speedup_batched']:.1f}x batched; "
-              f"CPU: {rep['speedup_cpu']:.1f}x, {rep['speedup_cpu_batched']:.1f}x batched")
+        print(f"all budgets: ours {ours['seconds_per_search']:.3f} s ({ours['cpu_seconds_per_search']:.3f} s CPU), "
+              f"official {off['seconds_per_search']:.2f} s ({off['cpu_seconds_per_search']:.2f} s CPU): "
+              f"{rep['speedup']:.1f}x wall, {rep['speedup_cpu']:.1f}x CPU")
+    if "seconds_per_budget_batched" in ours:
+        line = (f"ours with all budgets in one call: {ours['seconds_per_budget_batched']:.3f} s "
+                f"({ours['cpu_seconds_per_budget_batched']:.3f} s CPU) per budget, accuracy "
+                + ", ".join(f"{b:g} ms {ours['accuracy_mean_batched'][f'{b:g}']:.4f}" for b in budgets))
+        if "speedup_batched" in rep:
+            line += f"; {rep['speedup_batched']:.1f}x wall, {rep['speedup_cpu_batched']:.1f}x CPU"
+        print(line)
+    if "pareto" in rep:
+        p = rep["pareto"]
+        print(f"pareto front (NSGA-II, {p['resolutions']} resolutions): {p['points']} points in {p['seconds']:.2f} s "
+              f"({p['cpu_seconds']:.2f} s CPU), {p['configs_scored']} configs scored")
