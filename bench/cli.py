@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+import threading
 import traceback
 
 import typer
@@ -21,6 +23,15 @@ COMMAND_MODULES = ("devices", "profile", "lut", "predict", "validate", "nightly"
                    "farm", "demo")
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, cron, systemd): ended the way Ctrl-C ends a command, run marked interrupted."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
 
 app = typer.Typer(
     name="ofa-bench", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -76,6 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     _register_all()
     command = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(command, args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(command, args: list[str]) -> int:
     try:
         # Parse and invoke without typer's standalone handling, which would turn Ctrl-C into a returned code.
         with command.make_context("ofa-bench", args) as ctx:
@@ -85,11 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         print("ofa-bench: aborted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _debug_traceback()
         stopped = _stop_device_calls()
-        print("ofa-bench: interrupted" + (f" (stopped {stopped} device call(s))" if stopped else ""), file=sys.stderr)
-        return EXIT_INTERRUPTED
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"ofa-bench: {what}" + (f" (stopped {stopped} device call(s))" if stopped else ""), file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except OFABenchError as exc:
         _debug_traceback()
         print(f"ofa-bench: error: {error_line(str(exc))}", file=sys.stderr)

@@ -77,10 +77,12 @@ def test_workers_wait_survives_an_interrupted_wait():
     assert ended.is_set() and workers.all_done()
 
 
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 @pytest.mark.parametrize("command", [
     ["profile", "local-cpu", "--space", "ofa-mbv3-fmnist", "--resolutions", "24"],
 ])
-def test_ctrl_c_marks_the_run_interrupted_and_stops_the_runner(tmp_path, command):
+def test_ctrl_c_marks_the_run_interrupted_and_stops_the_runner(tmp_path, command, sig, code, word):
+    """Ctrl-C, and SIGTERM (timeout, cron, systemd) the same way with its own exit status."""
     assert ENTRY_POINT.exists(), f"{ENTRY_POINT} missing: install the project first (the README's test command does)"
     store = tmp_path / "store.sqlite"
     env = {**os.environ, "OFA_BENCH_CACHE": str(tmp_path / "cache"), "XDG_CACHE_HOME": str(tmp_path / "xdg"),
@@ -96,11 +98,11 @@ def test_ctrl_c_marks_the_run_interrupted_and_stops_the_runner(tmp_path, command
         time.sleep(0.05)
     assert runners, f"no runner process started: {proc.communicate()[1][-500:]}"
     time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-800:]
+    assert proc.returncode == code, err[-800:]
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("ofa-bench: interrupted")
+    assert err.strip().splitlines()[-1].startswith(f"ofa-bench: {word}")
     time.sleep(0.2)
     assert not [p for p in runners if _alive(p)], "runner processes left behind"
     with sqlite3.connect(store) as db:
