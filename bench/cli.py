@@ -77,10 +77,14 @@ def _debug_traceback() -> None:
 
 
 def _stop_device_calls() -> int:
-    """Whatever device calls are still in flight (a worker thread's runner) end with the command."""
-    from agents.transports.base import interrupt_calls
+    """Whatever device calls are still in flight (a worker thread's runner) end with the command; later calls
+    in this process (a caller of `main`) are allowed again."""
+    from agents.transports.base import clear_interrupt, interrupt_calls
 
-    return interrupt_calls()
+    try:
+        return interrupt_calls()
+    finally:
+        clear_interrupt()
 
 
 def main(argv: list[str] | None = None) -> int:
