@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from ofa_core import InvalidConfigError, OFAMobileNetV3, SearchSpace
 from ofa_core.cost import count_module

@@ -1,5 +1,4 @@
 """Device profiles, the registry (built-in, user, ad-hoc names) and fingerprints."""
-import os
 
 import pytest
 

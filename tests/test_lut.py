@@ -12,7 +12,7 @@ import yaml
 
 from bench.candidates import subnet_keys
 from bench.lut import LutError, import_table, load_device_table, read_yaml_dir
-from bench.predictor import Calibration, LatencyPredictor
+from bench.predictor import LatencyPredictor
 from ofa_core.space import SearchSpace
 
 REPO = Path(__file__).resolve().parents[1]

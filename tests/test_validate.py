@@ -154,7 +154,6 @@ class _PassAgent:
 
 def test_passes_repeat_until_the_median_is_precise(tmp_path):
     from bench.export import export_subnet
-    from bench.lut import load_device_table
     from bench.store import open_store
     from bench.validate import ValidateSettings, measure_subnets, median_precision
 
