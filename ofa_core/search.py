@@ -36,7 +36,13 @@ Predictor = Callable[[ConfigBatch], np.ndarray]
 
 
 class InfeasibleBudgetError(OFABenchError, ValueError):
-    """No subnet of the space meets the budget; the message gives the smallest value reachable."""
+    """No subnet of the space meets the budget; the message gives the smallest value reachable, `config` the
+    subnet that reaches it and `values` its value of each limited metric."""
+
+    def __init__(self, message: str, config: SubnetConfig | None = None, values: Mapping[str, float] | None = None):
+        super().__init__(message)
+        self.config = config
+        self.values = dict(values or {})
 
 
 class InvalidBudgetError(OFABenchError, ValueError):
@@ -761,7 +767,8 @@ def _smallest_feasible(genome, cache, limits, budget) -> np.ndarray:
         cfg = genome.decode(cache.genes[rows]).to_configs()[0]
         raise InfeasibleBudgetError(
             f"no subnet of {genome.space.name} meets {' and '.join(parts)}: the smallest achievable is "
-            f"{', '.join(found)} ({cfg.to_string()})")
+            f"{', '.join(found)} ({cfg.to_string()})", cfg,
+            {m: float(vals[k]) for k, m in enumerate(names) if np.isfinite(limits[k])})
     nb = genome.neighbours(best_g)
     ok = _feasible(cache, cache.rows(nb), np.zeros(len(nb), dtype=np.intp), limits[None, :])
     return nb[ok]

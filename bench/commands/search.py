@@ -104,7 +104,7 @@ def run_search(device: str, latency_ms: float | None, macs: float | None, space_
     import numpy as np
 
     from bench.predictor import LatencyPredictor
-    from ofa_core.search import SearchParams, check_budget, evolution_search
+    from ofa_core.search import InfeasibleBudgetError, SearchParams, check_budget, evolution_search
 
     if latency_ms is None and macs is None:
         raise SearchSetupError("give a budget: --latency-ms and/or --macs")
@@ -116,14 +116,16 @@ def run_search(device: str, latency_ms: float | None, macs: float | None, space_
     limits = {}
     if latency_ms is not None:
         limits["latency_ms"] = float(latency_ms)
-        check_reachable(latency, res, float(latency_ms), device)
     if macs is not None:
         limits["macs"] = float(macs)
     # The budget holds the prediction interval's upper bound, not the point prediction.
     metrics = {"latency_ms": latency.upper, "macs": space.macs}
     params = SearchParams(population=population, generations=generations,
                           **({"restarts": restarts} if restarts else {}))
-    result = evolution_search(space, acc, metrics, limits, np.random.default_rng(seed), params, res)
+    try:
+        result = evolution_search(space, acc, metrics, limits, np.random.default_rng(seed), params, res)
+    except InfeasibleBudgetError as exc:
+        raise unreachable(exc, latency, device, latency_ms) from None
     cfg = result.config
     upper = float(result.values["latency_ms"])
     doc = {
@@ -143,16 +145,17 @@ def run_search(device: str, latency_ms: float | None, macs: float | None, space_
     return doc
 
 
-def check_reachable(latency, resolutions: list[int], budget_ms: float, device: str) -> None:
-    """A budget below the fastest subnet's upper bound is a one-line error naming what can be reached."""
-    from ofa_core.search import smallest_achievable
-
-    fastest, upper = smallest_achievable(latency.space, latency.upper, resolutions)
-    if upper > budget_ms:
-        raise SearchSetupError(
-            f"no subnet of {latency.space.name} fits {budget_ms:g} ms on {device}: the fastest, "
-            f"{fastest.to_string()}, predicts {float(latency.predict(fastest)[0]):.4g} ms with an upper bound of "
-            f"{upper:.4g} ms ({latency.calibration.describe()}); ask for at least {upper:.4g} ms")
+def unreachable(exc, latency, device: str, budget_ms: float | None) -> OFABenchError:
+    """The search's own "no subnet meets the budget", said in the terms of the latency budget: the fastest
+    subnet's prediction and the upper bound the budget holds, the latency model, what to ask for instead."""
+    upper = exc.values.get("latency_ms")
+    if exc.config is None or upper is None or budget_ms is None:
+        return SearchSetupError(str(exc))
+    return SearchSetupError(
+        f"no subnet of {latency.space.name} fits {budget_ms:g} ms on {device}: the fastest, "
+        f"{exc.config.to_string()}, predicts "
+        f"{float(latency.predict(exc.config)[0]):.4g} ms with an upper bound of {upper:.4g} ms "
+        f"({latency.calibration.describe()}); ask for at least {upper:.4g} ms")
 
 
 def export_subnet_onnx(space_name: str, cfg_dict: dict, out: Path) -> dict:
