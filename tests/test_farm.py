@@ -52,6 +52,15 @@ def entries(n: int, resolution: int = 160) -> list[tuple[int, str]]:
     return [(resolution, f"key-{i:03d}") for i in range(n)]
 
 
+def run_one_device(store_target, factory, n_entries: int, max_attempts: int):
+    """Queue `n_entries` jobs for simulated device a and run one worker over them until idle."""
+    with open_store(store_target) as s:
+        register_sim(s, sim("a"))
+        enqueue(s, sim("a"), SPACE, entries(n_entries), max_attempts=max_attempts)
+    settings = WorkerSettings((sim("a"),), lease_s=5, poll_s=0.01, exit_when_idle=True)
+    return Worker(store_target, settings, factory).run()
+
+
 def job_rows(store, device=None) -> list[dict]:
     sql, params = "SELECT * FROM jobs", ()
     if device:
@@ -220,11 +229,7 @@ class FlakySession(NullSession):
 
 
 def test_worker_marks_failing_jobs_failed(store_target):
-    with open_store(store_target) as s:
-        register_sim(s, sim("a"))
-        enqueue(s, sim("a"), SPACE, entries(6), max_attempts=2)
-    settings = WorkerSettings((sim("a"),), lease_s=5, poll_s=0.01, exit_when_idle=True)
-    report = Worker(store_target, settings, lambda d: FlakySession(d, {"key-002"})).run()
+    report = run_one_device(store_target, lambda d: FlakySession(d, {"key-002"}), 6, max_attempts=2)
     assert report.devices[sim("a")].done == 5 and report.devices[sim("a")].failed_attempts == 2
     with open_store(store_target) as s:
         st = farm_status(s)
@@ -242,11 +247,7 @@ class NanSession(NullSession):
 
 
 def test_record_the_store_refuses_is_a_failed_attempt(store_target):
-    with open_store(store_target) as s:
-        register_sim(s, sim("a"))
-        enqueue(s, sim("a"), SPACE, entries(2), max_attempts=2)
-    settings = WorkerSettings((sim("a"),), lease_s=5, poll_s=0.01, exit_when_idle=True)
-    report = Worker(store_target, settings, NanSession).run()
+    report = run_one_device(store_target, NanSession, 2, max_attempts=2)
     assert report.devices[sim("a")].failed_attempts == 4 and report.devices[sim("a")].done == 0
     with open_store(store_target) as s:
         assert {r["status"] for r in job_rows(s)} == {"failed"}
@@ -265,11 +266,7 @@ class NoisySession(NullSession):
 def test_a_noisy_measurement_is_not_a_done_job(store_target):
     """It was: 96 jobs 'done' while 21 never entered the table. Now the attempt fails, is measured again while
     attempts remain, and the job ends failed; the noisy rows stay in the store for the record."""
-    with open_store(store_target) as s:
-        register_sim(s, sim("a"))
-        enqueue(s, sim("a"), SPACE, entries(4), max_attempts=3)
-    settings = WorkerSettings((sim("a"),), lease_s=5, poll_s=0.01, exit_when_idle=True)
-    report = Worker(store_target, settings, NoisySession).run()
+    report = run_one_device(store_target, NoisySession, 4, max_attempts=3)
     assert report.devices[sim("a")].done == 3 and report.devices[sim("a")].failed_attempts == 3
     with open_store(store_target) as s:
         (d,) = farm_status(s)["devices"]
