@@ -81,7 +81,7 @@ def run_demo(out_dir: str | Path, store: str | None = None, settings: DemoSettin
     `log` takes the step lines (stderr by default); progress bars always go to stderr."""
     from bench.commands.search import confirm_on_device, device_table, export_subnet_onnx, search_confirmed
     from bench.pareto import build_device_front, chosen_subnets, measured_subnets, plot_fronts, write_csv
-    from bench.predictor import LatencyPredictor
+    from bench.predictor import Calibration, LatencyPredictor
     from bench.profile import MeasureSettings, profile_devices
     from bench.validate import ValidateSettings, validate_device
     from ofa_core.accuracy import AccuracyPredictor, default_predictor_path
@@ -116,8 +116,8 @@ def run_demo(out_dir: str | Path, store: str | None = None, settings: DemoSettin
     doc["profile"] = {k: rep.to_dict()[k] for k in ("entries_total", "entries_measured", "entries_reused",
                                                      "entries_noisy", "subnets_measured", "calibration",
                                                      "duration_s", "fingerprint_id")}
-    _, table = device_table(DEVICE, SPACE, store)
-    doc["calibration_after_profile"] = LatencyPredictor.from_table(table, space).calibration.describe()
+    doc["calibration_after_profile"] = (Calibration.from_dict(rep.calibration) if rep.calibration
+                                        else Calibration()).describe()  # what profile fitted, not a refit
 
     with steps("validate", f"validating the table on {settings.validate_subnets} random subnets"), \
             StderrProgress(unit="subnet timings") as bar:

@@ -333,12 +333,13 @@ def table_from_store(store, device: str, space: SearchSpace, fingerprint_id: str
     if not rows:
         return None
     nominal, ref_ids = current_reference_ms(store, fingerprint_id, space, statistic)
-    raw = sum(1 for row in rows if not row_value(row, statistic)[1])
-    if nominal is not None and 0 < raw < len(rows):  # normalised and raw cells are different kinds of number
-        raise LutError(f"the table of {device} ({space.name}) would mix {raw} cells timed without the reference "
-                       f"block with {len(rows) - raw} normalised ones; measure those again with the reference: "
-                       f"ofa-bench profile {device} --space {space.name} --remeasure-raw")
     entries = {(int(row["resolution"]), row["key"]): stats_from_row(row, nominal, statistic) for row in rows}
+    # With a nominal speed, a cell is normalised exactly when it was timed beside the reference block.
+    raw = sum(1 for st in entries.values() if st.normalised_ms is None)
+    if nominal is not None and 0 < raw < len(entries):  # normalised and raw cells are different kinds of number
+        raise LutError(f"the table of {device} ({space.name}) would mix {raw} cells timed without the reference "
+                       f"block with {len(entries) - raw} normalised ones; measure those again with the reference: "
+                       f"ofa-bench profile {device} --space {space.name} --remeasure-raw")
     subnets, subnet_rows = subnet_stats(store, fingerprint_id, space, nominal, statistic)
     ids = [row["id"] for row in rows] + [row["id"] for row in subnet_rows] + ref_ids
     version = table_version(ids) + ("" if statistic == DEFAULT_STATISTIC else f"-{statistic}")

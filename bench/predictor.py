@@ -108,6 +108,11 @@ class Calibration:
                 "offset_ms": self.offset_ms, "per_mparam_ms": self.per_mparam_ms, "n_subnets": self.n_subnets, "upper_rel": self.upper_rel,
                 "interval": self.interval, "cv_mape_pct": self.cv_mape_pct, "resolutions": list(self.resolutions)}
 
+    @classmethod
+    def from_dict(cls, doc: dict) -> "Calibration":
+        """The inverse of `to_dict` (a report's JSON back into a calibration)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()})
+
     def describe(self) -> str:
         if self.is_identity:
             return "no calibration (plain table sums): no measured whole subnets"

@@ -60,7 +60,6 @@ def register(app: typer.Typer) -> None:
                 if r.calibration:
                     from bench.predictor import Calibration
 
-                    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in r.calibration.items()}
-                    info(f"{r.device}: latency model: {Calibration(**fields).describe()}")
+                    info(f"{r.device}: latency model: {Calibration.from_dict(r.calibration).describe()}")
         if failed:
             raise ProfileError(f"{len(failed)} device(s) failed: " + "; ".join(f"{r.device}: {r.error}" for r in failed))
