@@ -10,6 +10,8 @@ from agents.errors import AgentError, RunnerOutputError
 from agents.host import Agent
 from agents.measurement import Measurement
 from agents.parsers import PARSERS, ParseError, tool_of
+from agents.registry import register_agent
+from agents.transports import TRANSPORT_KINDS
 from agents.transports.base import TransportError, file_sha256
 
 
@@ -102,6 +104,10 @@ class BinaryAgent(Agent):
             if -40.0 < value < 200.0:
                 temps.append(value)
         return max(temps) if temps else None
+
+
+register_agent("binary", BinaryAgent, lambda p: p.kind in TRANSPORT_KINDS and bool(p.binary),
+               serves=f"a {'/'.join(TRANSPORT_KINDS)} device whose profile names a measuring binary")
 
 
 def merge_summaries(records: list[dict]) -> dict:

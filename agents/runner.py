@@ -111,6 +111,55 @@ def time_runs(run, min_runs, min_ns, max_runs, max_ns, clock=time.perf_counter_n
     return out
 
 
+#: a run counts as preempted when its wall time exceeds the measuring thread's CPU time by more than this
+#: share of it (and by PREEMPT_MIN_NS): the thread was off the CPU while the clock ran
+PREEMPT_SHARE = 0.02
+PREEMPT_MIN_NS = 20_000
+#: fewer clean runs than this and the runs are kept whole (and counted), rather than timed from a handful
+MIN_CLEAN_RUNS = 5
+#: clean runs are waited for up to this many times the planned effort (runs and duration): on a saturated
+#: core hardly a run of a long model is clean, and the time budget must not turn into max_duration_s
+PATIENCE = 3
+
+
+def time_runs_on_cpu(run, min_runs, min_ns, max_runs, max_ns):
+    """Wall-clock timing for a model that computes on the calling thread (one thread, a CPU runtime), with the
+    runs during which the thread was preempted left out: the wall pair sits inside a pair of the thread's CPU
+    clock, so a run that took longer in wall time than in CPU time spent the difference off the CPU (another
+    process had the core). A long model is hit by nearly every time slice another process takes, a short one
+    rarely, so keeping those runs skews long models and the reference block apart; the budget counts clean
+    runs, up to PATIENCE times the planned runs and duration. Returns (ns samples, preempted runs left out)."""
+    pc, tc = time.perf_counter_ns, time.thread_time_ns
+    clean, dirty = [], []
+    start = pc()
+    min_end, max_end = start + min_ns, start + max_ns
+    patience_runs, patience_end = PATIENCE * min_runs, start + PATIENCE * min_ns
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        while True:
+            c0 = tc()
+            t0 = pc()
+            run()
+            t1 = pc()
+            c1 = tc()
+            wall = t1 - t0
+            if wall - (c1 - c0) > max(PREEMPT_MIN_NS, wall * PREEMPT_SHARE):
+                dirty.append(wall)
+            else:
+                clean.append(wall)
+            done = len(clean) + len(dirty)
+            if (done >= max_runs or t1 >= max_end or (len(clean) >= min_runs and t1 >= min_end)
+                    or (done >= patience_runs and t1 >= patience_end)):
+                break
+    finally:
+        if gc_was_on:
+            gc.enable()
+    if len(clean) < MIN_CLEAN_RUNS:  # hardly a clean run: keep them all; the count says why it is slow
+        return clean + dirty, len(dirty)
+    return clean, len(dirty)
+
+
 def time_events(event_timer, min_runs, min_ns, max_runs, max_ns):
     """Like `time_runs` for runtimes with their own clock (CUDA events): samples come from the device."""
     pc = time.perf_counter_ns
@@ -241,6 +290,8 @@ def _parse(argv):
     p.add_argument("--max-duration-s", type=float, default=30.0)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
+    p.add_argument("--keep-preempted", action="store_true",
+                   help="keep runs during which the measuring thread was preempted (left out by default)")
     p.add_argument("--fingerprint", action="store_true")
     p.add_argument("--temperature", action="store_true")
     return p.parse_args(argv)
@@ -268,6 +319,12 @@ def _pin(cores):
     return None
 
 
+def preemption_filter(args):
+    """Whether preempted runs are left out: wall clock, one thread, on the CPU, not turned off."""
+    return (args.clock == "wall" and args.threads == 1 and args.device in (None, "", "cpu")
+            and not args.keep_preempted)
+
+
 def measure(args, runtime):
     """Load every model, then warm up and time them round-robin; returns one record per model."""
     loaded, records = [], []
@@ -276,8 +333,10 @@ def measure(args, runtime):
         model = runtime.load(path, args.threads, args.device)
         loaded.append(model)
         records.append({"model": path, "load_ms": (time.perf_counter_ns() - t0) / 1e6, "inputs": model.inputs,
-                        "samples_ns": [], "warmup_runs": 0})
+                        "samples_ns": [], "warmup_runs": 0, "preempted_runs": 0})
     k = max(1, args.rounds)
+    # runs the measuring thread spent partly off the CPU are left out where the thread does all the work
+    skip_preempted = preemption_filter(args)
     per = {
         "warm_runs": max(1, -(-args.warmup_runs // k)) if args.warmup_runs > 0 else 0,
         "warm_ns": int(args.warmup_s * 1e9 / k),
@@ -289,6 +348,10 @@ def measure(args, runtime):
             rec["warmup_runs"] += warm_up(model.run, per["warm_runs"], per["warm_ns"])
             if model.event_timer is not None:
                 samples = time_events(model.event_timer, per["min_runs"], per["min_ns"], per["max_runs"], per["max_ns"])
+            elif skip_preempted:
+                samples, preempted = time_runs_on_cpu(model.run, per["min_runs"], per["min_ns"], per["max_runs"],
+                                                      per["max_ns"])
+                rec["preempted_runs"] += preempted
             else:
                 samples = time_runs(model.run, per["min_runs"], per["min_ns"], per["max_runs"], per["max_ns"],
                                     clock=CLOCKS[args.clock])
@@ -331,7 +394,8 @@ def main(argv=None):
         out = {"model": rec["model"], "samples_ms": samples_ms}
         out.update(summarise(samples_ms))
         out.update({"load_ms": rec["load_ms"], "warmup_runs": rec["warmup_runs"], "rounds": max(1, args.rounds),
-                    "inputs": rec["inputs"], "env": env})
+                    "inputs": rec["inputs"], "preempted_runs": rec["preempted_runs"],
+                    "preemption_filter": preemption_filter(args), "env": env})
         _emit(out)
     return 0
 

@@ -10,7 +10,6 @@ import numpy as np
 
 def tiny_onnx(path: Path, channels: int = 8, size: int = 16, kernel: int = 3, seed: int = 0) -> Path:
     """A depthwise KxK conv plus ReLU on a 1 x C x S x S input."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -23,12 +22,7 @@ def tiny_onnx(path: Path, channels: int = 8, size: int = 16, kernel: int = 3, se
     graph = helper.make_graph(
         nodes, "tiny_dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, size, size])], [w, b])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="ofa-bench")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path = Path(path)
-    onnx.save(model, str(path))
-    return path
+    return _save_onnx(graph, path)
 
 
 def tiny_tflite(path: Path, channels: int = 8, size: int = 16, kernel: int = 3, seed: int = 0) -> Path:
@@ -109,7 +103,6 @@ def mbconv_onnx(path: Path, in_channels: int = 40, expand: int = 6, out_channels
                 kernel: int = 3, stride: int = 1, seed: int = 0) -> Path:
     """An MBConv-shaped graph (1x1 expand, ReLU, KxK depthwise, ReLU, 1x1 project) written with the onnx
     helper, no torch: enough structure for the FPGA model's layer fusion and for quick probes."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -132,6 +125,14 @@ def mbconv_onnx(path: Path, in_channels: int = 40, expand: int = 6, out_channels
         nodes, f"mbconv_k{kernel}_e{expand}",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, in_channels, size, size])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, out_channels, out_size, out_size])], inits)
+    return _save_onnx(graph, path)
+
+
+def _save_onnx(graph, path: Path) -> Path:
+    """`graph` as a checked opset-17 model (IR version 8, which every supported onnxruntime reads) at `path`."""
+    import onnx
+    from onnx import helper
+
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="ofa-bench")
     model.ir_version = 8
     onnx.checker.check_model(model)

@@ -79,9 +79,9 @@ def run_demo(out_dir: str | Path, store: str | None = None, settings: DemoSettin
              log=_stderr, predictor_path: str | Path | None = None) -> dict:
     """Run every step, write `report.md`, `report.json` and the figures into `out_dir`; returns the report.
     `log` takes the step lines (stderr by default); progress bars always go to stderr."""
-    from bench.commands.search import confirm_on_device, device_table, export_subnet_onnx, search_confirmed
+    from bench.commands.search import confirm_on_device, device_format, device_table, export_chosen, search_confirmed
     from bench.pareto import build_device_front, chosen_subnets, measured_subnets, plot_fronts, write_csv
-    from bench.predictor import Calibration, LatencyPredictor
+    from bench.table import Calibration, LatencyPredictor
     from bench.profile import MeasureSettings, profile_devices
     from bench.validate import ValidateSettings, validate_device
     from ofa_core.accuracy import AccuracyPredictor, default_predictor_path
@@ -134,6 +134,7 @@ def run_demo(out_dir: str | Path, store: str | None = None, settings: DemoSettin
     lo = float(latency.upper([space.smallest(min(res))])[0])  # budgets hold upper bounds: start where one fits
     hi = float(latency([space.largest(max(res))])[0])
     budgets = [round(lo + f * (hi - lo), 4) for f in BUDGET_FRACTIONS]
+    fmt = doc["model_format"] = device_format(DEVICE)  # chosen subnets go out as the device runs them
     doc["latency_range_ms"] = [lo, hi]
 
     n_chosen = len(budgets) + 2  # a subnet per budget, then the smallest and the largest
@@ -142,7 +143,7 @@ def run_demo(out_dir: str | Path, store: str | None = None, settings: DemoSettin
         doc["searches"] = []
         for b in budgets:
             s = search_confirmed(DEVICE, b, None, SPACE, store, str(predictor), res, settings.seed,
-                                 settings.population, settings.generations, None, out / f"subnet-{b:g}ms.onnx",
+                                 settings.population, settings.generations, None, out / f"subnet-{b:g}ms.{fmt}",
                                  confirm=True, rounds=settings.confirm_rounds, say=lambda m: log(f"   {m}"),
                                  confirm_min_duration_s=settings.validate_min_duration_s)
             doc["searches"].append(s)
@@ -155,7 +156,7 @@ def run_demo(out_dir: str | Path, store: str | None = None, settings: DemoSettin
         for name, cfg in (("smallest", space.smallest(min(res))), ("largest", space.largest(max(res)))):
             e = {"name": name, "space": SPACE, "config": cfg.to_ofa_dict(), "config_string": cfg.to_string(),
                  "predicted_latency_ms": float(latency([cfg])[0]), "macs": int(space.macs(cfg))}
-            e["export"] = export_subnet_onnx(SPACE, e["config"], out / f"{name}.onnx")
+            e["export"] = export_chosen(SPACE, e["config"], out / f"{name}.{fmt}", fmt)
             e["confirm"] = confirm_on_device(DEVICE, Path(e["export"]["path"]), e, store,
                                             min_duration_s=settings.validate_min_duration_s)
             doc["extremes"].append(e)
@@ -310,8 +311,8 @@ def render_report(doc: dict) -> str:
         lines.append(f"| {e['name']} | `{cfg}` | {top1} | {ms:.3f} | {e['macs'] / 1e6:.2f}M |")
     lines += [
         "", f"The largest subnet takes {doc['latency_ratio_largest_to_smallest']:.1f}x the smallest's latency.",
-        "", "Each chosen subnet was extracted from the supernet, exported to ONNX (`subnet-*.onnx` here) and timed "
-        "on the device.", "",
+        "", f"Each chosen subnet was extracted from the supernet, exported in the device's format "
+        f"(`subnet-*.{doc.get('model_format', 'onnx')}` here) and timed on the device.", "",
         f"Measured latencies here, in `report.json` and in `front.csv` are one number per subnet: "
         f"{doc.get('measured_statistic', 'the table value of the subnet')}.", "",
     ]

@@ -1,28 +1,43 @@
-"""Table entries and whole subnets as standalone static models (ONNX, or .tflite through the optional
-`litert-torch` extra), cached on disk by a content hash of what determines the file.
+"""Table entries and whole subnets as standalone static models, in the format and layout the device runs:
+ONNX (NCHW), or .tflite as deployed on a phone (NHWC in and out, no layout TRANSPOSE; the optional `convert`
+extra), cached on disk by the content of the model.
 
-The cache key covers the space definition, the entry (or config and weights), the format and the versions of
-the exporters, so re-exporting the same thing is free and a change in any of them gives a new file. Files are
-written to a temporary name and renamed, so concurrent profilers never see a half-written model.
+The cache key is the model's content (architecture and every weight), its input shape, the format, layout and
+precision, and the versions of the exporters: re-exporting the same model is free, and a change in any of them
+gives a new file. Files are written to a temporary name and renamed, so concurrent profilers never see half a
+model. .tflite files are converted in worker processes (`bench.converters`); an `ExportQueue` converts the
+models a command will need next while it measures the ones it has.
 """
 from __future__ import annotations
 
-import dataclasses
+import functools
 import hashlib
+import importlib.util
 import json
 import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 
 from ofa_core.atomic import atomic_path
 from ofa_core.errors import OFABenchError
-from ofa_core.onnx_export import EXPORT_LOCK, OPSET
+from ofa_core.onnx_export import OPSET, export_onnx
 from ofa_core.space import SearchSpace, SubnetConfig
 
-from bench.candidates import Entry
+from bench.table import Entry
 
 CACHE_ENV = "OFA_BENCH_CACHE"
+# Building a module seeds torch's global generator: one build at a time, so two profile threads never mix seeds
+# (the weights, and so the cache key, of an entry are the same whoever builds it).
+_BUILD_LOCK = threading.Lock()
 FORMATS = ("onnx", "tflite")
-EXPORTER_TAG = "bench.export/1"
+#: "nchw": torch's own layout (ONNX); "nhwc": channel-last inputs and outputs, as LiteRT runs models on phones
+LAYOUTS = ("nchw", "nhwc")
+PRECISIONS = ("fp32",)
+EXPORTER_TAG = "bench.export/2"  # 2: content keys, layout and precision in the key, .tflite channel-last
 
 
 class ExportError(OFABenchError):
@@ -36,41 +51,52 @@ def cache_dir() -> Path:
     return base / "models"
 
 
-def exporter_versions(fmt: str) -> dict:
-    import torch
-
-    out = {"torch": torch.__version__, "tag": EXPORTER_TAG, "opset": OPSET}
-    try:
-        import onnx
-
-        out["onnx"] = onnx.__version__
-    except ImportError:
-        pass
-    if fmt == "tflite":
-        out["litert_torch"] = _litert_version()
-    return out
+def default_layout(fmt: str) -> str:
+    """The layout a device running `fmt` is fed: channel-last for .tflite (LiteRT), channel-first for ONNX."""
+    return "nhwc" if fmt == "tflite" else "nchw"
 
 
-def _litert_version() -> str:
+def check_target(fmt: str, layout: str | None, precision: str = "fp32") -> str:
+    """The layout to export `fmt` in (`layout`, else the format's own); a one-line error for what cannot be."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown model format {fmt!r}; known: {', '.join(FORMATS)}")
+    layout = layout or default_layout(fmt)
+    if layout not in LAYOUTS:
+        raise ExportError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    if fmt == "onnx" and layout != "nchw":
+        raise ExportError("ONNX models are exported channel-first (nchw) only")
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    if fmt == "tflite" and importlib.util.find_spec("litert_torch") is None:
+        raise ExportError("converting to .tflite needs the optional litert-torch package "
+                          "(pip install 'ofa-bench[convert]')")
+    return layout
+
+
+def _version(dist: str) -> str:
     try:
         from importlib.metadata import version
 
-        return version("litert-torch")
+        return version(dist)
     except Exception:
         return "missing"
 
 
-def _digest(doc: dict) -> str:
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:20]
+def exporter_versions(fmt: str) -> dict:
+    """Versions of everything that shapes the exported file (part of every cache key)."""
+    return dict(_exporter_versions(fmt))
 
 
-def _space_doc(space: SearchSpace) -> dict:
-    return dataclasses.asdict(space)
+@functools.lru_cache(maxsize=None)
+def _exporter_versions(fmt: str) -> tuple:
+    import torch
 
-
-def entry_cache_key(space: SearchSpace, entry: Entry, fmt: str) -> str:
-    return _digest({"space": _space_doc(space), "kind": entry.kind, "key": entry.key, "resolution": entry.resolution,
-                    "shape": entry.input_shape, "format": fmt, "versions": exporter_versions(fmt)})
+    out = {"torch": torch.__version__, "tag": EXPORTER_TAG}
+    if fmt == "onnx":
+        out.update(opset=OPSET, onnx=_version("onnx"))
+    if fmt == "tflite":
+        out.update({d: _version(d) for d in ("litert-torch", "ai-edge-litert", "litert-converter")})
+    return tuple(sorted(out.items()))
 
 
 # ---- modules ---------------------------------------------------------------------------------------------
@@ -109,88 +135,265 @@ def subnet_module(space: SearchSpace, cfg: SubnetConfig, seed: int = 0):
                                B.feature_mix(space), B.classifier(space)).eval()
 
 
+def model_key(module, input_shape: Sequence[int], fmt: str, layout: str, precision: str = "fp32") -> str:
+    """Content hash of what the exported file depends on: architecture, weights and buffers, input shape,
+    format, layout, precision, exporter versions."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"architecture": repr(module), "shape": list(input_shape), "format": fmt, "layout": layout,
+                         "precision": precision, "versions": exporter_versions(fmt)}, sort_keys=True).encode())
+    state = module.state_dict()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
 # ---- writing ---------------------------------------------------------------------------------------------
-def _write_onnx(module, input_shape, path: Path) -> None:
-    import torch
+class _Job:
+    """One model to export: the module, its NCHW input shape, where it goes."""
 
-    import warnings
-
-    x = torch.randn(*input_shape)
-    with EXPORT_LOCK, torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is chosen on purpose: fast
-        torch.onnx.export(module, (x,), str(path), opset_version=OPSET, dynamo=False,
-                          input_names=["input"], output_names=["output"], do_constant_folding=True)
+    def __init__(self, module, input_shape, path: Path, fmt: str, layout: str, check: bool, what: str):
+        self.module, self.input_shape, self.path = module, tuple(input_shape), path
+        self.fmt, self.layout, self.check, self.what = fmt, layout, check, what
 
 
-def _write_tflite(module, input_shape, path: Path) -> None:
-    try:
-        import litert_torch  # optional extra: pip install 'ofa-bench[convert]'
-    except ImportError:
-        raise ExportError("converting to .tflite needs the optional litert-torch package "
-                          "(pip install 'ofa-bench[convert]')") from None
-    import torch
-
-    with EXPORT_LOCK:
-        edge = litert_torch.convert(module, (torch.randn(*input_shape),))
-        edge.export(str(path))
-
-
-def _materialise(path: Path, write, module, input_shape) -> Path:
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:  # a fresh name per writer: concurrent profilers never share one
-        write(module, input_shape, tmp)
-    return path
-
-
-def _writer(fmt: str):
-    if fmt == "onnx":
-        return _write_onnx
-    if fmt == "tflite":
-        return _write_tflite
-    raise ExportError(f"unknown model format {fmt!r}; known: {', '.join(FORMATS)}")
-
-
-def export_entry(space: SearchSpace, entry: Entry, fmt: str = "onnx", cache: Path | None = None) -> Path:
-    """The model file of one table entry (batch 1, fixed shape), exported once and then served from the cache."""
-    write = _writer(fmt)
-    digest = entry_cache_key(space, entry, fmt)
+def _entry_job(space: SearchSpace, entry: Entry, fmt: str, layout: str, cache: Path | None) -> _Job:
+    with _BUILD_LOCK:
+        module = entry_module(space, entry)
+    digest = model_key(module, entry.input_shape, fmt, layout)
     path = Path(cache or cache_dir()) / space.name / f"{entry.resolution}" / f"{digest}.{fmt}"
-    if path.exists():
-        return path
-    return _materialise(path, write, entry_module(space, entry), entry.input_shape)
+    return _Job(module, entry.input_shape, path, fmt, layout, check=fmt == "tflite", what=entry.key)
+
+
+def _subnet_job(space: SearchSpace, cfg: SubnetConfig, fmt: str, layout: str, weights, seed: int,
+                cache: Path | None) -> _Job:
+    space.validate(cfg)
+    if hasattr(weights, "state_dict"):
+        module = weights.eval()
+    else:
+        with _BUILD_LOCK:
+            module = subnet_module(space, cfg, seed)
+        if weights is not None:
+            module.load_state_dict(weights)
+    shape = (1, space.in_channels, cfg.r, cfg.r)
+    digest = model_key(module, shape, fmt, layout)
+    path = Path(cache or cache_dir()) / space.name / "subnets" / f"{digest}.{fmt}"
+    return _Job(module, shape, path, fmt, layout, check=True, what=cfg.to_string())
+
+
+def _write_onnx(job: _Job) -> None:
+    export_onnx(job.module, job.path, job.input_shape, check=job.check)
+
+
+def _metadata(job: _Job) -> dict:
+    return {"exporter": EXPORTER_TAG, "precision": "fp32", "input_shape_nchw": list(job.input_shape),
+            "model": job.what}
+
+
+# Conversions in flight, by target path: two queues (two devices' profiles) asking for one file share a job.
+_inflight: dict[Path, Future] = {}
+_inflight_lock = threading.Lock()
+
+
+def _start(job: _Job) -> Future | None:
+    """Start converting `job` in a worker (None: the file is already there)."""
+    from bench.converters import shared_pool
+
+    with _inflight_lock:
+        if job.path in _inflight:
+            return _inflight[job.path]
+        if job.path.exists():
+            return None
+        fut = shared_pool().submit("tflite", job.module, job.input_shape, str(job.path), job.layout, _metadata(job))
+        _inflight[job.path] = fut
+    fut.add_done_callback(lambda f, p=job.path: _finished(p, f))
+    return fut
+
+
+def _finished(path: Path, fut: Future) -> None:
+    with _inflight_lock:
+        if _inflight.get(path) is fut:
+            del _inflight[path]
+
+
+def _wait(fut: Future) -> dict:
+    """The result of a conversion; Ctrl-C while waiting ends the workers, so nothing queued delays the exit."""
+    from bench.converters import close_shared_pool
+
+    try:
+        return fut.result()
+    except (KeyboardInterrupt, SystemExit):
+        close_shared_pool(kill=True)
+        raise
+
+
+def _materialise(job: _Job) -> Path:
+    if job.path.exists():
+        return job.path
+    if job.fmt == "onnx":
+        job.path.parent.mkdir(parents=True, exist_ok=True)
+        _write_onnx(job)
+        return job.path
+    fut = _start(job)
+    if fut is not None:
+        _wait(fut)
+    return job.path
+
+
+def export_entry(space: SearchSpace, entry: Entry, fmt: str = "onnx", cache: Path | None = None,
+                 layout: str | None = None) -> Path:
+    """The model file of one table entry (batch 1, fixed shape), exported once and then served from the cache."""
+    layout = check_target(fmt, layout)
+    return _materialise(_entry_job(space, entry, fmt, layout, cache))
 
 
 def export_subnet(space: SearchSpace, cfg: SubnetConfig, fmt: str = "onnx", weights=None, seed: int = 0,
-                  cache: Path | None = None) -> Path:
-    """A whole subnet as one model: random-but-seeded weights (latency does not depend on values), or
-    `weights` (a state dict of the static subnet, or an nn.Module such as `supernet.extract(cfg)`)."""
-    write = _writer(fmt)
-    space.validate(cfg)
-    doc = {"space": _space_doc(space), "config": cfg.to_string(), "format": fmt, "versions": exporter_versions(fmt)}
-    module = None
-    if weights is None:
-        doc["seed"] = seed
+                  cache: Path | None = None, layout: str | None = None) -> Path:
+    """A whole subnet as one model, checked against torch: random-but-seeded weights (latency does not depend
+    on values), or `weights` (a state dict of the static subnet, or an nn.Module such as
+    `supernet.extract(cfg)`)."""
+    layout = check_target(fmt, layout)
+    return _materialise(_subnet_job(space, cfg, fmt, layout, weights, seed, cache))
+
+
+def write_subnet(space: SearchSpace, cfg: SubnetConfig, out: str | Path, fmt: str = "onnx") -> dict:
+    """The subnet extracted from the supernet (the shipped weights if the space has them, else seeded random
+    ones), in the format and layout a device running `fmt` takes, checked against torch, copied to `out`.
+    Every command that hands a subnet to a user or a device (`search --export`, `--confirm`, the demo) uses it."""
+    from ofa_core.checkpoint import load_supernet, shipped_weights_path
+    from ofa_core.supernet import OFAMobileNetV3
+
+    layout = check_target(fmt, None)
+    cfg = space.validate(cfg)
+    if shipped_weights_path(space.name).is_file():
+        net, weights = load_supernet(space), "shipped"
     else:
-        module = weights if hasattr(weights, "state_dict") else None
-        state = weights.state_dict() if module is not None else weights
-        doc["weights"] = _state_digest(state)
-    path = Path(cache or cache_dir()) / space.name / "subnets" / f"{_digest(doc)}.{fmt}"
-    if path.exists():
-        return path
-    if module is None:
-        module = subnet_module(space, cfg, seed)
-        if weights is not None:
-            module.load_state_dict(weights)
-    return _materialise(path, write, module.eval(), (1, space.in_channels, cfg.r, cfg.r))
+        import torch
+
+        torch.manual_seed(0)
+        net, weights = OFAMobileNetV3(space).eval(), "random"
+    cached = export_subnet(space, cfg, fmt, weights=net.extract(cfg).eval(), layout=layout)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        shutil.copyfile(cached, tmp)
+    return {"path": str(out), "format": fmt, "layout": layout, "weights": weights,
+            "note": "" if weights == "shipped" else f"no shipped weights for {space.name}: random weights "
+                                                    "(fine for latency, meaningless for accuracy)"}
 
 
-def _state_digest(state) -> str:
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()[:20]
+# ---- exporting ahead -------------------------------------------------------------------------------------
+class ExportQueue:
+    """Models a command will measure, exported ahead in converter workers while it measures others.
+
+    `add_entries` / `add_subnets` queue what is not cached yet (in order: what is needed first goes first);
+    `entry` / `subnet` return a model's file, waiting for it if it is still converting (and converting it then
+    if it was never queued). ONNX exports take milliseconds: they are done on demand, in this process.
+    `progress(done, total)` follows the conversions. Leaving the `with` block cancels what was not needed;
+    leaving it through an error or Ctrl-C ends the workers at once.
+    """
+
+    def __init__(self, fmt: str, layout: str | None = None, cache: Path | None = None,
+                 progress: Callable[[int, int], None] | None = None):
+        self.fmt, self.cache, self.progress = fmt, cache, progress
+        self.layout = check_target(fmt, layout)
+        self.converted = 0  # files this queue had converted
+        self.queued = 0
+        self.convert_s = 0.0  # worker seconds spent converting them (wall time, side by side with the caller)
+        self.convert_cpu_s = 0.0  # CPU seconds of those conversions (what they cost, whatever the load)
+        self.waited_s = 0.0  # seconds the caller waited for a model
+        self._futures: dict[Path, Future] = {}
+        self._paths: dict[tuple, Path] = {}
+        self._counted: set[int] = set()
+        self._lock = threading.Lock()
+
+    # -- queueing
+    def add_entries(self, space: SearchSpace, entries: Sequence[Entry]) -> None:
+        for e in entries:
+            self._add(("entry", space.name, e.resolution, e.key),
+                      lambda e=e: _entry_job(space, e, self.fmt, self.layout, self.cache))
+
+    def add_subnets(self, space: SearchSpace, cfgs: Sequence[SubnetConfig], seed: int = 0) -> None:
+        for c in cfgs:
+            self._add(("subnet", space.name, c.to_string(), seed),
+                      lambda c=c: _subnet_job(space, c, self.fmt, self.layout, None, seed, self.cache))
+
+    def _add(self, key: tuple, make: Callable[[], _Job]) -> Path | None:
+        """Queue a model unless it is cached or queued; its path (None for ONNX: exported when asked for). Only
+        the path is kept: the module travels to a worker and is gone once converted."""
+        if self.fmt == "onnx":
+            return None
+        with self._lock:
+            path = self._paths.get(key)
+        if path is not None:
+            return path
+        job = make()
+        with self._lock:
+            self._paths[key] = job.path
+        if job.path.exists():
+            return job.path
+        fut = _start(job)
+        if fut is not None:
+            with self._lock:
+                self._futures[job.path] = fut
+                self.queued += 1
+            fut.add_done_callback(self._done)
+        return job.path
+
+    def _done(self, fut: Future) -> None:
+        """Count a finished conversion once (from its callback, or from `_get` when that wakes first)."""
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        with self._lock:
+            if id(fut) in self._counted:
+                return
+            self._counted.add(id(fut))
+            self.converted += 1
+            self.convert_s += fut.result()["seconds"]
+            self.convert_cpu_s += fut.result().get("cpu_s", 0.0)
+            done, total = self.converted, self.queued
+        if self.progress:
+            self.progress(done, total)
+
+    # -- getting
+    def entry(self, space: SearchSpace, entry: Entry) -> Path:
+        return self._get(("entry", space.name, entry.resolution, entry.key),
+                         lambda: _entry_job(space, entry, self.fmt, self.layout, self.cache))
+
+    def subnet(self, space: SearchSpace, cfg: SubnetConfig, seed: int = 0) -> Path:
+        return self._get(("subnet", space.name, cfg.to_string(), seed),
+                         lambda: _subnet_job(space, cfg, self.fmt, self.layout, None, seed, self.cache))
+
+    def _get(self, key: tuple, make: Callable[[], _Job]) -> Path:
+        t0 = time.monotonic()
+        try:
+            path = self._add(key, make)
+            if path is None:  # ONNX
+                return _materialise(make())
+            fut = self._futures.get(path)
+            if fut is not None:
+                _wait(fut)
+                self._done(fut)
+            return path if path.exists() else _materialise(make())
+        finally:
+            self.waited_s += time.monotonic() - t0
+
+    # -- ending
+    def close(self, kill: bool = False) -> None:
+        """Cancel the conversions not started (`kill`: stop the workers now, running conversions too)."""
+        from bench.converters import ConverterPool, close_shared_pool
+
+        with self._lock:
+            futures = list(self._futures.values())
+        if not futures:
+            return
+        ConverterPool.cancel(futures)
+        if kill:
+            close_shared_pool(kill=True)
+
+    def __enter__(self) -> "ExportQueue":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(kill=exc_type is not None and not issubclass(exc_type, OFABenchError))

@@ -4,7 +4,9 @@ Two kinds of drift are told apart. The reference model's raw latency tracks the 
 there means the whole device got faster or slower (tables rescale through the reference automatically, but the
 user is told). A step in a sentinel's speed-normalised latency means some operators changed relative to the
 rest (a runtime or OS update): its resolution is re-profiled. History is kept (append-only store); the job
-exits non-zero when a device is unreachable or drifted beyond the threshold.
+exits non-zero when a device is unreachable or drifted beyond the threshold. Entries of a few-shot table
+(`profile --few-shot`) that were transferred from other devices, not measured, are measured first, up to
+`max_transferred` a night, so such a table becomes a measured one over a few nights.
 
 Crontab (every night at 03:15, a log per night):
     15 3 * * *  cd /path/to/ofa-bench && ofa-bench nightly --json >> ~/ofa-bench-nightly.log 2>&1
@@ -20,8 +22,9 @@ from dataclasses import dataclass
 from ofa_core.errors import OFABenchError
 from ofa_core.space import SearchSpace
 
-from bench.candidates import Entry, candidates
+from bench.table import Entry, candidates
 from bench.drift import detect_step
+from bench.transfer import transferred_entries
 from bench.measure import (MeasureSettings, agent_profile, commit, measure_models, reference_entry, reference_key,
                            reference_nominal_ms, reference_records, to_record)
 
@@ -38,12 +41,16 @@ class NightlySettings:
     min_after: int = 2             # points needed after a step (nights) before it is reported
     rounds: int = 3
     spaces: tuple[str, ...] = ()   # () = every space the device was profiled on
+    # entries a `profile --few-shot` transferred instead of measuring are measured first, this many a night
+    max_transferred: int = 256
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.stale_days) and self.stale_days >= 0):
             raise OFABenchError(f"stale_days must be a finite number >= 0, got {self.stale_days}")
         if not (math.isfinite(self.threshold) and self.threshold > 0):
             raise OFABenchError(f"threshold must be a finite number > 0, got {self.threshold}")
+        if self.max_transferred < 0:
+            raise OFABenchError(f"max_transferred must be >= 0, got {self.max_transferred}")
         if self.rounds < 1 or self.min_after < 1:
             raise OFABenchError(f"rounds and min_after must be >= 1, got {self.rounds} and {self.min_after}")
 
@@ -114,7 +121,8 @@ def nightly_device(device: str, store_target: str, settings: NightlySettings = N
                 sp = SearchSpace.get(name)
                 src_fp = old["id"] if old is not None and old["id"] != fp_id else fp_id
                 rows = store.latest_measurements(src_fp, name, kind="block")
-                res = sorted({int(r["resolution"]) for r in rows})
+                res = sorted({int(r["resolution"]) for r in rows}
+                             | {e.resolution for e in transferred_entries(store, src_fp, sp)})
                 if src_fp != fp_id:  # a new build: rebuild everything under the new fingerprint
                     rebuild[name] = set(res)
                     continue
@@ -146,16 +154,17 @@ def _check_space(agent, store, profile, fp_id: str, sp: SearchSpace, res: list[i
 
     watch = sentinels(sp, res)
     stale = stale_entries(sp, rows, res, settings.stale_days)
-    todo = list({(e.resolution, e.key): e for e in watch + stale}.values())
+    moved = transferred_entries(store, fp_id, sp, res)[:settings.max_transferred]  # measured first
+    todo = list({(e.resolution, e.key): e for e in moved + watch + stale}.values())
     fmt = profile.model_format
     ref_path = export_entry(sp, reference_entry(sp), fmt)
     nominal = reference_nominal_ms(store, fp_id, sp)
     with store.running(profile.name, fp_id, sp.name, "nightly", settings.__dict__,
-                       {"sentinels": len(watch), "stale": len(stale)}) as run_id:
+                       {"sentinels": len(watch), "stale": len(stale), "transferred": len(moved)}) as run_id:
         _measure_entries(agent, store, run_id, fp_id, sp, todo, ref_path, nominal, settings.rounds, fmt)
     drift = detect_drift(store, fp_id, sp, watch, settings)
     return {"space": sp.name, "resolutions": res, "remeasured": len(todo), "sentinels": len(watch),
-            "stale": len(stale), "drift": drift}
+            "stale": len(stale), "transferred_measured": len(moved), "drift": drift}
 
 
 def detect_drift(store, fp_id: str, sp: SearchSpace, watch: list[Entry], settings: NightlySettings) -> list[dict]:
@@ -187,8 +196,7 @@ def stale_entries(sp: SearchSpace, rows: list[dict], res: list[int], stale_days:
 def enqueue_nightly(store_target: str, devices: Sequence[str] | None, settings: NightlySettings) -> dict | None:
     """With a PostgreSQL store (a farm), queue the sentinel and stale entries as jobs for the hosts' workers
     instead of measuring here, and report drift over what the workers measured so far. None for SQLite."""
-    from bench.store import open_store
-    from bench.store_pg import is_postgres_url
+    from bench.store import is_postgres_url, open_store
 
     if not is_postgres_url(str(store_target)):
         return None
@@ -210,9 +218,11 @@ def enqueue_nightly(store_target: str, devices: Sequence[str] | None, settings: 
                     continue
                 sp = SearchSpace.get(name)
                 rows = store.latest_measurements(fp["id"], name, kind="block")
-                res = sorted({int(r["resolution"]) for r in rows})
+                moved = transferred_entries(store, fp["id"], sp)[:settings.max_transferred]
+                res = sorted({int(r["resolution"]) for r in rows} | {e.resolution for e in moved})
                 watch = sentinels(sp, res)
-                todo = watch + stale_entries(sp, rows, res, settings.stale_days)
+                todo = list({(e.resolution, e.key): e for e in moved + watch
+                             + stale_entries(sp, rows, res, settings.stale_days)}.values())
                 got = enqueue(store, device, sp, todo, fingerprint_id=fp["id"])
                 rep["queued"] += got.queued
                 rep["drift"] += detect_drift(store, fp["id"], sp, watch, settings)

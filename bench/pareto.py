@@ -168,6 +168,11 @@ class DeviceFront:
     floor_ms: tuple[float, ...] = ()
     ends: dict = field(default_factory=dict)
     floor: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)  # the table's `provenance()`: how much of it is transferred
+
+    @property
+    def transferred_share(self) -> float:
+        return float(self.provenance.get("transferred_share", 0.0))
 
     def measured_by_config(self) -> dict[str, float]:
         return {m["config_string"]: float(m["measured_latency_ms"]) for m in self.measured}
@@ -193,15 +198,18 @@ class DeviceFront:
                 "latency_ms": [float(lat.min()), float(lat.max())] if len(lat) else [],
                 "accuracy": [float(self.front.accuracy.min()), float(self.front.accuracy.max())] if len(lat) else [],
                 "ends": self.ends, "floor": self.floor, "measured_statistic": MEASURED_STATISTIC,
+                "transferred_share": self.transferred_share, "provenance": self.provenance,
                 "points": self.points(), "measured": self.measured, "chosen": self.chosen}
 
 
 def build_device_front(device: str, space: SearchSpace, accuracy, latency, rng: np.random.Generator,
                        resolutions: Sequence[int] | None = None, population: int = 100, generations: int = 150,
                        with_macs: bool = False, measured: Sequence[dict] = (), chosen: Sequence[dict] = (),
-                       simulated: bool = False, end_params: SearchParams | None = None) -> DeviceFront:
+                       simulated: bool = False, end_params: SearchParams | None = None,
+                       provenance: dict | None = None) -> DeviceFront:
     """The whole step: floor from the measured subnets, ends, NSGA-II, and per point its prediction, upper
-    bound and floor. `measured`: `measured_subnets` records; `chosen`: `chosen_subnets` records."""
+    bound and floor. `measured`: `measured_subnets` records; `chosen`: `chosen_subnets` records;
+    `provenance`: the table's (`LatencyTable.provenance`), shown when part of it is transferred."""
     res = list(resolutions or getattr(latency, "resolutions", None) or space.resolutions)
     floor = LatencyFloor.from_measured(measured, space)
     objective = FlooredLatency(latency, floor, space) if floor is not None else latency
@@ -223,7 +231,7 @@ def build_device_front(device: str, space: SearchSpace, accuracy, latency, rng: 
                         "min_predicted_ms": float(pred.min()) if len(pred) else None})
     return DeviceFront(device, space.name, front, getattr(latency, "version", ""), simulated, list(measured),
                        list(chosen), tuple(pred.tolist()), tuple(upper.tolist()),
-                       tuple(floors.tolist()), ends.check(front), summary)
+                       tuple(floors.tolist()), ends.check(front), summary, dict(provenance or {}))
 
 
 # ---- measured and chosen subnets ---------------------------------------------------------------------------
@@ -277,7 +285,8 @@ def _subnet_stats(store, device: str, space: SearchSpace) -> dict:
             return _subnet_stats(st, device, space)
         finally:
             st.close()
-    from bench.lut import current_reference_ms, subnet_stats  # the table's own reading of the store
+    from bench.measure import current_reference_ms  # the table's own reading of the store
+    from bench.table import subnet_stats
 
     fp = store.latest_fingerprint(device)
     if fp is None:
@@ -348,7 +357,8 @@ def figure_data(fronts: Sequence[DeviceFront]) -> list[dict]:
     measured latency where measured, else their predicted one; the floor."""
     out = []
     for f in fronts:
-        label = f"{f.device} ({f.space})" + (" [simulated]" if f.simulated else "")
+        label = (f"{f.device} ({f.space})" + (" [simulated]" if f.simulated else "")
+                 + (f" [{100 * f.transferred_share:.0f}% of table transferred]" if f.transferred_share else ""))
         pairs = [{"config": m["config_string"], "predicted": (m["predicted_latency_ms"], 100 * m["predicted_accuracy"]),
                   "measured": (m["measured_latency_ms"], 100 * m["predicted_accuracy"])}
                  for m in f.measured if "predicted_latency_ms" in m]

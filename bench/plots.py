@@ -86,7 +86,7 @@ def stage_breakdown(labels: Sequence[str], latencies_ms: Sequence[float], path, 
 
 def subnet_stage_breakdown(space, table, cfg, path) -> Path:
     """Per-stage latency of one subnet from a device's table (stem, stages 1..n, head)."""
-    from bench.candidates import subnet_entries
+    from bench.table import subnet_entries
 
     groups: dict[str, float] = {}
     for e in subnet_entries(space, cfg):

@@ -9,6 +9,7 @@ in one transaction, so after a crash or kill -9 the same command measures exactl
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ from agents.transports.base import clear_interrupt, interrupt_calls
 from ofa_core.errors import OFABenchError
 from ofa_core.space import SearchSpace, SubnetConfig
 
-from bench.candidates import candidates
+from bench.table import candidates
 from bench.measure import (MeasureSettings, ProfileError, ReferenceWatch, agent_profile, commit,  # noqa: F401
                            measure_models, reference_entry, reference_nominal_ms, reference_records, to_record)
 from bench.progress import StderrProgress
@@ -48,10 +49,15 @@ class DeviceReport:
     subnets_measured: int = 0  # whole subnets measured for the calibration
     calibration: dict | None = None  # the calibration the table has after this run
     duration_s: float = 0.0
-    export_s: float = 0.0
+    export_s: float = 0.0  # seconds measuring waited for exported models
+    convert_s: float = 0.0  # seconds converter workers spent on this run's .tflite files (beside measuring)
+    convert_cpu_s: float = 0.0  # their CPU seconds (the load-independent cost of converting)
     status: str = "running"
     error: str | None = None
     simulated: bool = False
+    few_shot: int | None = None  # --few-shot K: K entries measured, the rest transferred (bench.transfer)
+    entries_transferred: int = 0
+    transfer: dict | None = None  # the transfer model: its kind, sources, fit and leave-one-out error
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -78,36 +84,54 @@ def _with_retries(fn: Callable, retries: int, what: str):
     from agents.errors import AgentError
     from agents.transports.base import TransportError
 
+    start = time.monotonic()
+    first = None
     for attempt in range(retries + 1):
         try:
             return fn()
         except (TransportError, AgentError) as exc:
+            text = " ".join(str(exc).split())
+            first = first or text
             if attempt >= retries:
-                raise ProfileError(f"{what}: {' '.join(str(exc).split())} (after {retries + 1} attempts)") from None
+                # Each attempt has its own limit (in the message: a call's timeout, or the check that found the
+                # device silent); say what the whole wait came to, and the first failure when it differs.
+                also = f"; first attempt: {first if len(first) <= 240 else first[:239] + '…'}" if first != text else ""
+                raise ProfileError(f"{what}: {text} (gave up after {time.monotonic() - start:.0f} s, "
+                                   f"{retries + 1} attempts{also})") from None
             time.sleep(min(2.0 ** attempt, 5.0))
 
 
 def profile_device(device, space: SearchSpace, store_target: str, resolutions: Sequence[int] | None,
                    settings: MeasureSettings = MeasureSettings(), progress=None,
-                   stop: threading.Event | None = None) -> DeviceReport:
+                   stop: threading.Event | None = None, few_shot: int | None = None) -> DeviceReport:
     """Measure every missing entry of `space` at `resolutions` on one device; returns what was done.
 
-    `progress(device, advanced, total)` is called after each committed batch.
+    `progress(device, advanced, total)` is called after each committed batch. With `few_shot` K, only K
+    informative entries are measured and the rest transferred from other devices' tables (`bench.transfer`).
     """
     from agents import connect
-    from bench.export import export_entry
+    from bench.export import ExportQueue
     from bench.store import open_store
     from devices import get_device
 
     profile = get_device(device) if isinstance(device, str) else device
     res = check_resolutions(space, resolutions)
-    report = DeviceReport(device=profile.name, space=space.name, resolutions=res, simulated=bool(profile.simulated))
+    report = DeviceReport(device=profile.name, space=space.name, resolutions=res, simulated=bool(profile.simulated),
+                          few_shot=few_shot)
     start = time.monotonic()
     entries = candidates(space, res)
     report.entries_total = len(entries)
     store = open_store(store_target)
-    agent = None
+    agent = exports = None
     try:
+        # Models convert in workers while this thread measures (.tflite: about a second each); the reference
+        # first, so the workers start while the device is reached.
+        fmt = profile.model_format
+        ref = reference_entry(space)
+        exports = ExportQueue(fmt, progress=(lambda done, total: progress(f"{profile.name} .tflite", 1, total))
+                              if progress else None)
+        if settings.reference:
+            exports.add_entries(space, [ref])
         agent = _with_retries(lambda: connect(agent_profile(profile, settings)), settings.retries,
                               f"device {profile.name}")
         fp = _with_retries(agent.fingerprint, settings.retries, f"device {profile.name}")
@@ -121,30 +145,40 @@ def profile_device(device, space: SearchSpace, store_target: str, resolutions: S
                      if not (row.get("env") or {}).get("reference_ms")}
         todo = [e for e in entries if (e.resolution, e.key) not in done]
         report.entries_reused = len(entries) - len(todo)
+        plan = None
+        if few_shot is not None:  # measure the K entries the plan picks; the rest are transferred below
+            from bench.transfer import plan_few_shot
+
+            plan = plan_few_shot(store, space, res, profile.name, done, few_shot)
+            todo = [e for e in todo if e in plan.measure]
+            report.entries_reused = len(done & {(e.resolution, e.key) for e in entries})
+        exports.add_entries(space, todo)
+        if todo and settings.calibration_subnets > 0:  # the subnets every calibration starts with, next
+            exports.add_subnets(space, calibration_ends(space, res, settings.calibration_subnets))
         if progress:
             progress(profile.name, 0, len(todo))
         if not todo:
-            measure_calibration_subnets(profile, space, res, store, fp_id, settings, report, stop)
+            _transfer_rest(plan, profile.name, space, res, store, fp_id, settings, report)
+            measure_calibration_subnets(profile, space, res, store, fp_id, settings, report, stop, exports)
+            if report.run_id is not None:
+                store.finish_run(report.run_id, "done")
             report.status = "done"
             return report
         report.run_id = store.start_run(profile.name, fp_id, space.name, "profile",
-                                        {"resolutions": res, **settings.__dict__},
+                                        {"resolutions": res, **settings.__dict__, "few_shot": few_shot},
                                         {"entries_total": len(entries), "entries_todo": len(todo),
                                          "profile": profile.to_dict()})
         threshold = settings.precision
         max_rem = settings.max_remeasure if settings.max_remeasure is not None else profile.max_remeasure
-        fmt = profile.model_format
-        ref = reference_entry(space)
-        ref_path = export_entry(space, ref, fmt) if settings.reference else None
+        ref_path = exports.entry(space, ref) if settings.reference else None
         nominal = reference_nominal_ms(store, fp_id, space)
         watch = ReferenceWatch() if settings.reference else None
         for i in range(0, len(todo), settings.batch_size):
             if stop is not None and stop.is_set():
                 raise KeyboardInterrupt
             chunk = todo[i:i + settings.batch_size]
-            t0 = time.monotonic()
-            paths = [export_entry(space, e, fmt) for e in chunk]
-            report.export_s = round(report.export_s + time.monotonic() - t0, 2)
+            paths = [exports.entry(space, e) for e in chunk]
+            report.export_s = round(exports.waited_s, 2)
             timed, refs = _with_retries(
                 lambda: measure_models(agent, paths, ref_path, settings.rounds, threshold, max_rem, watch),
                 settings.retries, f"device {profile.name}")
@@ -160,12 +194,15 @@ def profile_device(device, space: SearchSpace, store_target: str, resolutions: S
             report.batches_redone = watch.redone if watch is not None else 0
             if progress:
                 progress(profile.name, len(chunk), len(todo))
+        _transfer_rest(plan, profile.name, space, res, store, fp_id, settings, report)
         if report.entries_noisy == 0:
-            measure_calibration_subnets(profile, space, res, store, fp_id, settings, report, stop)
+            measure_calibration_subnets(profile, space, res, store, fp_id, settings, report, stop, exports)
         store.finish_run(report.run_id, "done")
         report.status = "done" if report.entries_noisy == 0 else "incomplete"
         return report
     except KeyboardInterrupt:
+        if exports is not None:
+            exports.close(kill=True)  # conversions still queued must not delay the exit
         if report.run_id is not None:
             store.finish_run(report.run_id, "interrupted")
         report.status = "interrupted"
@@ -176,20 +213,49 @@ def profile_device(device, space: SearchSpace, store_target: str, resolutions: S
         report.status = "failed"
         report.error = " ".join(str(exc).split())
         return report
+    except BaseException:  # a bug or a broken install: the run is failed, not left running
+        if report.run_id is not None:
+            store.finish_run(report.run_id, "failed")
+        report.status = "failed"
+        raise
     finally:
         report.duration_s = round(time.monotonic() - start, 2)
+        if exports is not None:
+            exports.close()
+            report.export_s = round(exports.waited_s, 2)
+            report.convert_s = round(exports.convert_s, 2)
+            report.convert_cpu_s = round(exports.convert_cpu_s, 2)
         if agent is not None:
             agent.close()
         store.close()
+
+
+def _transfer_rest(plan, device: str, space: SearchSpace, res: Sequence[int], store, fp_id: str,
+                   settings: MeasureSettings, report: DeviceReport) -> None:
+    """--few-shot: every entry not measured is predicted from the other devices' tables, into this run."""
+    if plan is None:
+        return
+    from bench.transfer import fill_by_transfer
+
+    if report.run_id is None:
+        report.run_id = store.start_run(device, fp_id, space.name, "profile",
+                                        {"resolutions": list(res), **settings.__dict__, "few_shot": plan.k}, {})
+    report.transfer = fill_by_transfer(store, device, space, res, report.run_id, plan)
+    report.entries_transferred = report.transfer["entries_transferred"]
+
+
+def calibration_ends(space: SearchSpace, resolutions: Sequence[int], n: int) -> list[SubnetConfig]:
+    """The first calibration subnets, known before the table: the smallest and the largest subnet at the
+    lowest and the highest resolution (distinct, at most `n`)."""
+    lo, hi = min(resolutions), max(resolutions)
+    return list(dict.fromkeys([space.smallest(lo), space.largest(hi), space.smallest(hi), space.largest(lo)]))[:n]
 
 
 def calibration_configs(space: SearchSpace, resolutions: Sequence[int], table_sum, n: int,
                         rng: np.random.Generator) -> list[SubnetConfig]:
     """`n` whole subnets that span the table: the smallest and the largest at the lowest and the highest
     resolution, then subnets at evenly spaced quantiles of the table sum of 512 random ones (distinct)."""
-    lo, hi = min(resolutions), max(resolutions)
-    ends = [space.smallest(lo), space.largest(hi), space.smallest(hi), space.largest(lo)]
-    out = list(dict.fromkeys(ends))[:n]
+    out = calibration_ends(space, resolutions, n)
     if len(out) < n:
         pool = space.sample(rng, 512, list(resolutions))
         sums = np.asarray(table_sum(pool))
@@ -203,14 +269,13 @@ def calibration_configs(space: SearchSpace, resolutions: Sequence[int], table_su
 
 def measure_calibration_subnets(profile, space: SearchSpace, res: Sequence[int], store, fp_id: str,
                                 settings: MeasureSettings, report: DeviceReport,
-                                stop: threading.Event | None = None) -> None:
+                                stop: threading.Event | None = None, exports=None) -> None:
     """Measure the calibration subnets the table does not have yet, the way `validate` measures (passes beside
     the reference block, a fresh agent with validate's timing settings), into the profile's run."""
     if settings.calibration_subnets <= 0:
         return
     from agents import connect
-    from bench.lut import load_device_table
-    from bench.predictor import Calibration, LatencyPredictor
+    from bench.table import Calibration, LatencyPredictor, load_device_table
     from bench.validate import ValidateSettings, measure_subnets
 
     table = load_device_table(profile.name, space, store)
@@ -222,6 +287,8 @@ def measure_calibration_subnets(profile, space: SearchSpace, res: Sequence[int],
                                np.random.default_rng(len(usable)))
     todo = [c for c in cfgs if (c.r, c.to_string()) not in table.subnets]
     if todo:
+        if exports is not None:  # all at once: converting them takes longer than timing them
+            exports.add_subnets(space, todo)
         if stop is not None and stop.is_set():
             raise KeyboardInterrupt
         if report.run_id is None:
@@ -240,8 +307,9 @@ def measure_calibration_subnets(profile, space: SearchSpace, res: Sequence[int],
 
 def profile_devices(devices: Sequence[str], space: SearchSpace, store_target: str,
                     resolutions: Sequence[int] | None, settings: MeasureSettings = MeasureSettings(),
-                    show_progress: bool = True) -> list[DeviceReport]:
-    """One worker thread per device, a progress bar per device on stderr. Reports in the order given."""
+                    show_progress: bool = True, few_shot: int | None = None) -> list[DeviceReport]:
+    """One worker thread per device, a progress bar per device on stderr. Reports in the order given.
+    `few_shot` K: see `profile_device` (checked here first: another device's table must be in the store)."""
     from devices import get_device
 
     from bench.store import open_store
@@ -249,6 +317,12 @@ def profile_devices(devices: Sequence[str], space: SearchSpace, store_target: st
     profiles = [get_device(d) for d in devices]  # unknown device: one-line error before anything starts
     check_resolutions(space, resolutions)
     open_store(store_target).close()  # a bad store, too, before any progress bar is drawn
+    if few_shot is not None:
+        from bench.transfer import check_few_shot
+
+        few_shot = check_few_shot(store_target, space, check_resolutions(space, resolutions),
+                                  [p.name for p in profiles], few_shot,
+                                  lambda line: print(f"ofa-bench: {line}", file=sys.stderr))
     stop = threading.Event()
     reports: dict[int, DeviceReport] = {}
     errors: dict[int, BaseException] = {}
@@ -256,7 +330,8 @@ def profile_devices(devices: Sequence[str], space: SearchSpace, store_target: st
 
     def work(i: int, prof) -> None:
         try:
-            reports[i] = profile_device(prof, space, store_target, resolutions, settings, bar.update, stop)
+            reports[i] = profile_device(prof, space, store_target, resolutions, settings, bar.update, stop,
+                                        few_shot)
         except BaseException as exc:  # noqa: BLE001 - reported to the caller below
             errors[i] = exc
 

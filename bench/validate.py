@@ -10,7 +10,8 @@ of a few independent ones is not. Every pass is stored as a kind "subnet" measur
 value (which calibrates the predictor) is the median over the passes of the latest run that timed it.
 
 The scores are honest out-of-sample figures: each subnet is predicted with a calibration fitted without it
-(k-fold over this run, plus older subnets).
+(k-fold over this run, plus older subnets). `before` scores the calibration the device had before the run (the
+profile's subnets and older validations) on the same subnets: what validating added.
 """
 from __future__ import annotations
 
@@ -47,10 +48,11 @@ class ValidateSettings:
     passes: int = 3       # every subnet is timed in at least this many separate invocations ...
     max_passes: int = 6   # ... and in up to this many while its passes disagree
     precision: float = 0.01  # ... by more than this relative standard error of their median
-    warmup_s: float | None = None
+    # per subnet and pass, as the protocol warms every model (MeasureSettings); None: the device profile's
+    warmup_s: float | None = MeasureSettings.warmup_s
     folds: int = 5
     reference: bool = True
-    statistic: str = "median"  # per-measurement statistic of the raw samples (see bench.lut.STATISTICS)
+    statistic: str = "median"  # per-measurement statistic of the raw samples (see bench.measure.STATISTICS)
 
     def measure_settings(self, profile) -> MeasureSettings:
         """The agent's timing settings for one pass on the device `profile`."""
@@ -60,17 +62,12 @@ class ValidateSettings:
 
 # ---- metrics (pure) --------------------------------------------------------------------------------------
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b (ties handled), O(n^2): fine for the hundreds of subnets validation measures."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    """Kendall's tau-b (ties handled): scipy's, NaN for fewer than two points or a constant side."""
+    from scipy.stats import kendalltau
+
     if len(x) < 2:
         return float("nan")
-    dx = np.sign(x[:, None] - x[None, :])
-    dy = np.sign(y[:, None] - y[None, :])
-    iu = np.triu_indices(len(x), 1)
-    dx, dy = dx[iu], dy[iu]
-    num = float((dx * dy).sum())
-    den = math.sqrt(float((dx != 0).sum()) * float((dy != 0).sum()))
-    return num / den if den > 0 else float("nan")
+    return float(kendalltau(np.asarray(x, dtype=float), np.asarray(y, dtype=float)).statistic)
 
 
 def accuracy_metrics(predicted_ms: Sequence[float], measured_ms: Sequence[float]) -> dict:
@@ -92,8 +89,7 @@ def cross_validated(predictor, table, cfgs: Sequence[SubnetConfig], measured_ms:
                     rng: np.random.Generator) -> np.ndarray:
     """Each config's calibrated prediction from a calibration that never saw it: k-fold over `cfgs`, plus
     whatever subnets the table already held (minus these configs)."""
-    from bench.lut import EntryStats, LatencyTable
-    from bench.predictor import Calibration
+    from bench.table import Calibration, EntryStats, LatencyTable
 
     n = len(cfgs)
     keys = [(c.r, c.to_string()) for c in cfgs]
@@ -215,8 +211,7 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
                     plot_path: str | None = None, progress=None) -> dict:
     """Measure `settings.n` random subnets on the device and score the device's table against them."""
     from agents import connect
-    from bench.lut import load_device_table
-    from bench.predictor import Calibration, LatencyPredictor
+    from bench.table import Calibration, LatencyPredictor, load_device_table
     from bench.store import open_store
     from devices import get_device
 
@@ -263,10 +258,15 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
     raw = np.array([t.raw_value_ms for t in first])
     sums = plain.table_sum(cfgs)
     calibrated = cross_validated(plain, table, cfgs, measured, settings.folds, np.random.default_rng(settings.seed + 1))
+    # the calibration the device had before this run, on this run's subnets (which it never saw)
+    prior = plain.fit_calibration(table, exclude={(c.r, c.to_string()) for c in cfgs})
+    before = prior.apply(np.array([c.r for c in cfgs]), sums, plain.n_entries(cfgs), plain.mparams(cfgs))
     doc = {"device": profile.name, "space": space.name, "table_version": table.version, "fingerprint_id": table.fingerprint_id,
+           "transferred_share": table.transferred_share, "provenance": table.provenance(),
            "resolutions": res, "seed": settings.seed, "simulated": bool(profile.simulated or fp.get("simulated")),
            **accuracy_metrics(calibrated, measured),
            "table_sum": accuracy_metrics(sums, measured),
+           "before": {"calibration_text": prior.describe(), **accuracy_metrics(before, measured)},
            "drift_normalised": bool(settings.reference), "statistic": settings.statistic,
            # what `predict` and `search` use from now on: fitted on every subnet measured here
            "calibration": plain.fit(cfgs, measured).to_dict(),
@@ -305,8 +305,7 @@ def rescore(device: str, space: SearchSpace, store_target: str, statistic: str =
             folds: int = 5, plot_path: str | None = None) -> dict:
     """Score the table against the subnets already measured on the device (no new measurement): the same
     cross-validated figures as `validate_device`, e.g. to compare statistics on one set of raw samples."""
-    from bench.lut import load_device_table
-    from bench.predictor import Calibration, LatencyPredictor
+    from bench.table import Calibration, LatencyPredictor, load_device_table
 
     table = load_device_table(device, space, store_target, statistic=statistic)
     plain = LatencyPredictor.from_table(table, space, calibration=Calibration())
@@ -319,6 +318,7 @@ def rescore(device: str, space: SearchSpace, store_target: str, statistic: str =
     empty = type(table)(table.device, table.fingerprint_id, table.space, table.version, table.entries, {})
     calibrated = cross_validated(plain, empty, cfgs, measured, folds, np.random.default_rng(seed + 1))
     doc = {"device": device, "space": space.name, "statistic": statistic, "table_version": table.version,
+           "transferred_share": table.transferred_share, "provenance": table.provenance(),
            "resolutions": sorted({c.r for c in cfgs}), **accuracy_metrics(calibrated, measured),
            "table_sum": accuracy_metrics(sums, measured), "rescored": True}
     if plot_path:

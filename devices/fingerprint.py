@@ -30,6 +30,8 @@ def complete_fingerprint(fp: dict[str, Any], profile) -> dict[str, Any]:
     out.setdefault("simulated", False)
     if getattr(profile, "clock", "wall") != "wall":  # CPU-time tables are never mixed with wall-clock ones
         out["clock"] = profile.clock
+    if getattr(profile, "precision", "fp32") != "fp32":  # int8 tables are never mixed with fp32 ones
+        out["precision"] = profile.precision
     return out
 
 
@@ -69,11 +71,3 @@ def shell_fingerprint(transport, profile, binary_name: str, binary_sha256: str) 
         "simulated": out(["getprop", "ro.ofa_bench.simulated"]) == "1",
     }
     return complete_fingerprint(fp, profile)
-
-
-def read_fingerprint(profile) -> dict[str, Any]:
-    """Connect to the device of `profile` (or a device name) and read its fingerprint."""
-    from agents import connect
-
-    with connect(profile) as agent:
-        return agent.fingerprint()

@@ -14,12 +14,13 @@ from ofa_core.errors import OFABenchError
 KINDS = ("local", "adb", "ssh", "fpga")
 RUNTIMES = ("onnxruntime", "litert", "torch", "null", "fpga-model")
 FORMATS = ("onnx", "tflite", "pt2")
+PRECISIONS = ("fp32", "int8")
 DEFAULT_FORMAT = {"onnxruntime": "onnx", "litert": "tflite", "torch": "pt2", "null": "onnx", "fpga-model": "onnx"}
 SSH_ADDRESS_FORM = "USER@HOST[:PORT]"
 _SSH_ADDRESS = re.compile(r"^(?P<user>[^@\s:/-][^@\s:/]*)@(?P<host>[^@\s:/-][^@\s:/]*)(?::(?P<port>\d{1,5}))?$")
 
 
-class ProfileError(OFABenchError, ValueError):
+class DeviceProfileError(OFABenchError, ValueError):
     """A device profile that cannot be read or holds a bad value."""
 
 
@@ -29,7 +30,7 @@ def parse_ssh_address(address: str) -> tuple[str, str, int]:
     m = _SSH_ADDRESS.match(address)
     port = int(m["port"]) if m and m["port"] else 22
     if m is None or not 0 < port < 65536:
-        raise ProfileError(f"ssh address must be {SSH_ADDRESS_FORM}, got {address!r}")
+        raise DeviceProfileError(f"ssh address must be {SSH_ADDRESS_FORM}, got {address!r}")
     return m["user"], m["host"], port
 
 
@@ -46,11 +47,12 @@ class DeviceProfile:
     description: str = ""
     address: str = ""                     # adb: HOST:PORT or a serial; ssh: USER@HOST[:PORT]; fpga: board name
     adb_server: bool = False              # adb only: go through the `adb` command and its server
-    key_path: str = ""                    # ssh only: private key file
+    key_path: str = ""                    # ssh: private key file; adb (adb-shell): adb key, default ~/.android/adbkey
     workdir: str = ""                     # folder on the device for pushed files ("" = transport default)
     python: str = "python3"               # interpreter on the device that runs the runner
     runtime: str = "onnxruntime"
     model_format: str = ""                # "" = the runtime's format
+    precision: str = "fp32"               # fp32 | int8 (static int8 .tflite, calibrated; LiteRT devices)
     device: str = "cpu"                   # torch only: cpu | cuda
     threads: int = 1
     cores: tuple[int, ...] = ()           # CPU affinity on the device; () = leave as is
@@ -85,39 +87,44 @@ class DeviceProfile:
     def check(self) -> None:
         where = f"device profile {self.name!r}"
         if not self.name or any(c.isspace() for c in self.name):
-            raise ProfileError(f"{where}: name must be non-empty without spaces")
+            raise DeviceProfileError(f"{where}: name must be non-empty without spaces")
         if self.kind not in KINDS:
-            raise ProfileError(f"{where}: unknown kind {self.kind!r} (known: {', '.join(KINDS)})")
+            raise DeviceProfileError(f"{where}: unknown kind {self.kind!r} (known: {', '.join(KINDS)})")
         if self.runtime not in RUNTIMES:
-            raise ProfileError(f"{where}: unknown runtime {self.runtime!r} (known: {', '.join(RUNTIMES)})")
+            raise DeviceProfileError(f"{where}: unknown runtime {self.runtime!r} (known: {', '.join(RUNTIMES)})")
         if self.clock not in ("wall", "thread"):
-            raise ProfileError(f"{where}: unknown clock {self.clock!r} (known: wall, thread)")
+            raise DeviceProfileError(f"{where}: unknown clock {self.clock!r} (known: wall, thread)")
         if self.model_format not in FORMATS:
-            raise ProfileError(f"{where}: unknown model_format {self.model_format!r} (known: {', '.join(FORMATS)})")
+            raise DeviceProfileError(f"{where}: unknown model_format {self.model_format!r} (known: {', '.join(FORMATS)})")
+        if self.precision not in PRECISIONS:
+            raise DeviceProfileError(f"{where}: unknown precision {self.precision!r} (known: {', '.join(PRECISIONS)})")
+        if self.precision == "int8" and self.model_format != "tflite":
+            raise DeviceProfileError(f"{where}: precision int8 needs .tflite models (runtime litert), not "
+                                     f"{self.model_format}")
         if self.kind in ("adb", "ssh") and not self.address:
-            raise ProfileError(f"{where}: kind {self.kind!r} needs an address")
+            raise DeviceProfileError(f"{where}: kind {self.kind!r} needs an address")
         if self.kind == "ssh":
             try:
                 parse_ssh_address(self.address)
-            except ProfileError as exc:
-                raise ProfileError(f"{where}: {exc}") from None
+            except DeviceProfileError as exc:
+                raise DeviceProfileError(f"{where}: {exc}") from None
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
-                raise ProfileError(f"{where}: {f.name} must be a finite number, got {value}")
+                raise DeviceProfileError(f"{where}: {f.name} must be a finite number, got {value}")
         if self.cooldown_s < 0 or self.cooldown_max_s < 0 or self.cv_threshold <= 0 or self.max_remeasure < 0:
-            raise ProfileError(f"{where}: cooldown_s, cooldown_max_s and max_remeasure must not be negative, "
+            raise DeviceProfileError(f"{where}: cooldown_s, cooldown_max_s and max_remeasure must not be negative, "
                                f"cv_threshold must be positive")
         if self.threads < 1:
-            raise ProfileError(f"{where}: threads must be >= 1")
+            raise DeviceProfileError(f"{where}: threads must be >= 1")
         if self.min_runs < 1 or self.max_runs < self.min_runs:
-            raise ProfileError(f"{where}: need 1 <= min_runs <= max_runs")
+            raise DeviceProfileError(f"{where}: need 1 <= min_runs <= max_runs")
         if self.min_duration_s < 0 or self.max_duration_s <= 0 or self.warmup_s < 0 or self.warmup_runs < 0:
-            raise ProfileError(f"{where}: durations and counts must not be negative")
+            raise DeviceProfileError(f"{where}: durations and counts must not be negative")
         if self.timeout_s <= 0:
-            raise ProfileError(f"{where}: timeout_s must be positive")
+            raise DeviceProfileError(f"{where}: timeout_s must be positive")
         if any(c < 0 for c in self.cores):
-            raise ProfileError(f"{where}: cores must be CPU numbers >= 0")
+            raise DeviceProfileError(f"{where}: cores must be CPU numbers >= 0")
 
     @property
     def is_binary(self) -> bool:
@@ -140,7 +147,7 @@ class DeviceProfile:
         name = str(data.get("name") or Path(source).stem or "")
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ProfileError(f"device profile {name!r} ({source or 'dict'}): unknown key(s) {', '.join(unknown)}")
+            raise DeviceProfileError(f"device profile {name!r} ({source or 'dict'}): unknown key(s) {', '.join(unknown)}")
         values: dict[str, Any] = {"name": name, "source": source}
         for key, value in data.items():
             if key in ("name", "source"):
@@ -154,9 +161,9 @@ class DeviceProfile:
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
-            raise ProfileError(f"cannot read device profile {path}: {exc}") from None
+            raise DeviceProfileError(f"cannot read device profile {path}: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
-            raise ProfileError(f"device profile {path} is not valid TOML: {exc}") from None
+            raise DeviceProfileError(f"device profile {path} is not valid TOML: {exc}") from None
         return cls.from_dict(data, source=str(path))
 
     def to_toml(self) -> str:
@@ -183,7 +190,7 @@ class DeviceProfile:
 def _coerce(name: str, key: str, f: dataclasses.Field, value: Any) -> Any:
     """Type-check one TOML value against the field's annotation."""
     ann = str(f.type)
-    bad = ProfileError(f"device profile {name!r}: {key} has a bad value {value!r} (expected {ann})")
+    bad = DeviceProfileError(f"device profile {name!r}: {key} has a bad value {value!r} (expected {ann})")
     if ann.startswith("tuple"):
         if not isinstance(value, list):
             raise bad

@@ -7,7 +7,7 @@ import tomllib
 import re
 from pathlib import Path
 
-from devices.profile import SSH_ADDRESS_FORM, DeviceProfile, ProfileError, parse_ssh_address
+from devices.profile import SSH_ADDRESS_FORM, DeviceProfile, DeviceProfileError, parse_ssh_address
 from ofa_core.atomic import atomic_write
 from ofa_core.errors import OFABenchError
 
@@ -51,9 +51,9 @@ _PROFILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 
 def check_profile_name(name: str) -> str:
     """`name` if it can name a profile file: letters, digits, '.', '_' and '-', not starting with '.' or '-',
-    no '..' (so never a path, an absolute name or a hidden file); else a one-line `ProfileError`."""
+    no '..' (so never a path, an absolute name or a hidden file); else a one-line `DeviceProfileError`."""
     if not _PROFILE_NAME.match(name or "") or ".." in name or len(name) > 128:
-        raise ProfileError(f"device name {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
+        raise DeviceProfileError(f"device name {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
                            f"(at most 128, not starting with '.' or '-', no '..'; a name, not a path)")
     return name
 
@@ -78,13 +78,13 @@ def _adhoc(name: str) -> DeviceProfile | None:
     if name.startswith("ssh:"):
         try:
             parse_ssh_address(name.removeprefix("ssh:"))
-        except ProfileError:
-            raise ProfileError(f"ad-hoc ssh device {name!r}: use ssh:{SSH_ADDRESS_FORM} "
+        except DeviceProfileError:
+            raise DeviceProfileError(f"ad-hoc ssh device {name!r}: use ssh:{SSH_ADDRESS_FORM} "
                                f"(the user is required)") from None
         return DeviceProfile(name=name, kind="ssh", address=name.removeprefix("ssh:"), source="ad-hoc",
                              description="ad-hoc device over ssh")
     if name.startswith("adb:"):
-        raise ProfileError(f"ad-hoc adb device {name!r}: use adb:HOST:PORT or adb:SERIAL")
+        raise DeviceProfileError(f"ad-hoc adb device {name!r}: use adb:HOST:PORT or adb:SERIAL")
     return None
 
 
@@ -111,9 +111,9 @@ def write_user_profile(profile: DeviceProfile, force: bool = False) -> Path:
     folder = user_profile_dirs()[0]
     path = folder / f"{check_profile_name(profile.name)}.toml"
     if (path.exists() or path.is_symlink()) and not force:
-        raise ProfileError(f"device profile {path} already exists (use --force to replace it)")
+        raise DeviceProfileError(f"device profile {path} already exists (use --force to replace it)")
     if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise ProfileError(f"{path} is not a regular file; remove it first")
+        raise DeviceProfileError(f"{path} is not a regular file; remove it first")
     text = profile.to_toml()
     DeviceProfile.from_dict(tomllib.loads(text), source=str(path))  # round-trips
     try:
@@ -121,5 +121,5 @@ def write_user_profile(profile: DeviceProfile, force: bool = False) -> Path:
         with atomic_write(path) as f:
             f.write(text.encode("utf-8"))
     except OSError as exc:
-        raise ProfileError(f"cannot write device profile {path}: {exc.strerror or exc}") from None
+        raise DeviceProfileError(f"cannot write device profile {path}: {exc.strerror or exc}") from None
     return path

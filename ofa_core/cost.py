@@ -8,15 +8,19 @@ What counts (the same rule as the official `ofa.utils.flops_counter`), for one i
   conv biases (SE), BatchNorm weight and bias, linear weight and bias. Running statistics are buffers, not
   parameters. The supernet's kernel transformation matrices are not part of any subnet.
 `count_module` measures the same thing on a real module with forward hooks; the tests hold them equal.
+
+The entry points are `SearchSpace.macs` and `SearchSpace.params`: the space validates the configs and turns
+them into a batch, then calls `batch_macs` / `batch_params` here (so this module needs nothing from
+`ofa_core.space` at run time, and the two do not import each other).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ofa_core.errors import InvalidConfigError
-from ofa_core.space import ConfigBatch, SearchSpace, SubnetConfig
+if TYPE_CHECKING:
+    from ofa_core.space import ConfigBatch, SearchSpace
 
 
 def _make_divisible(v: np.ndarray, divisor: int = 8) -> np.ndarray:
@@ -24,34 +28,6 @@ def _make_divisible(v: np.ndarray, divisor: int = 8) -> np.ndarray:
     v = np.asarray(v, dtype=np.int64)
     out = np.maximum(divisor, (v + divisor // 2) // divisor * divisor)
     return np.where(out < 0.9 * v, out + divisor, out)
-
-
-def _batch(space: SearchSpace, cfgs) -> tuple[ConfigBatch, bool]:
-    """The configs as a validated batch, and whether a single config was given."""
-    if isinstance(cfgs, SubnetConfig):
-        return ConfigBatch.from_configs([space.validate(cfgs)]), True
-    batch = cfgs if isinstance(cfgs, ConfigBatch) else ConfigBatch.from_configs(list(cfgs))
-    _validate_batch(space, batch)
-    return batch, False
-
-
-def _validate_batch(space: SearchSpace, b: ConfigBatch) -> None:
-    """Vectorised `space.validate`: one-line `InvalidConfigError` naming the first bad config."""
-    if b.ks.shape[1:] != (space.n_slots,) or b.e.shape[1:] != (space.n_slots,) or b.d.shape[1:] != (space.n_stages,):
-        raise InvalidConfigError(f"{space.name}: config batch has {b.ks.shape[1]} slots and {b.d.shape[1]} stages, "
-                                 f"the space has {space.n_slots} and {space.n_stages}")
-    bad_d = ~np.isin(b.d, space.depth_list).all(axis=1)
-    act = b.active if not bad_d.any() else np.ones(b.ks.shape, dtype=bool)
-    bad_k = (act & ~np.isin(b.ks, space.ks_list)).any(axis=1)
-    bad_e = (act & ~np.isin(b.e, space.expand_list)).any(axis=1)
-    bad = bad_d | bad_k | bad_e | ~np.isin(b.r, space.resolutions)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        try:
-            space.validate(SubnetConfig(tuple(b.ks[i]), tuple(b.e[i]), tuple(b.d[i]), int(b.r[i])))
-        except InvalidConfigError as exc:
-            raise InvalidConfigError(f"config {i} of the batch: {exc}") from None
-        raise InvalidConfigError(f"config {i} of the batch is not in {space.name}")
 
 
 def _slot_arrays(space: SearchSpace) -> dict[str, np.ndarray]:
@@ -105,20 +81,16 @@ def _fixed(space: SearchSpace, r: np.ndarray) -> tuple[np.ndarray, int]:
     return macs, params
 
 
-def macs(space: SearchSpace, cfgs: SubnetConfig | Sequence[SubnetConfig] | ConfigBatch):
-    """MACs of one config (-> int) or of many (-> int64 array), by the rule in the module docstring."""
-    b, single = _batch(space, cfgs)
+def batch_macs(space: SearchSpace, b: ConfigBatch) -> np.ndarray:
+    """MACs (int64, one per config) of a batch already validated against `space`, by the rule above."""
     block_macs, _ = _blocks(space, b)
-    total = block_macs.sum(axis=1) + _fixed(space, b.r)[0]
-    return int(total[0]) if single else total.astype(np.int64)
+    return (block_macs.sum(axis=1) + _fixed(space, b.r)[0]).astype(np.int64)
 
 
-def params(space: SearchSpace, cfgs: SubnetConfig | Sequence[SubnetConfig] | ConfigBatch):
-    """Parameters of one config's extracted subnet (-> int) or of many (-> int64 array)."""
-    b, single = _batch(space, cfgs)
+def batch_params(space: SearchSpace, b: ConfigBatch) -> np.ndarray:
+    """Parameters (int64, one per config) of the extracted subnets of a batch already validated against `space`."""
     _, block_params = _blocks(space, b)
-    total = block_params.sum(axis=1) + _fixed(space, b.r)[1]
-    return int(total[0]) if single else total.astype(np.int64)
+    return (block_params.sum(axis=1) + _fixed(space, b.r)[1]).astype(np.int64)
 
 
 def count_module(module, input_shape: tuple[int, ...]) -> tuple[int, int]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ofa_core.cost import batch_macs, batch_params
 from ofa_core.errors import InvalidConfigError, UnknownSpaceError
 
 
@@ -332,6 +333,25 @@ class SearchSpace:
             raise InvalidConfigError(f"{self.name}: resolution {cfg.r} is not in the space ({lo}..{hi}: {_fmt_res(self.resolutions)})")
         return cfg
 
+    def validate_batch(self, b: ConfigBatch) -> ConfigBatch:
+        """Vectorised `validate`: raise a one-line `InvalidConfigError` naming the first bad config; return `b`."""
+        if b.ks.shape[1:] != (self.n_slots,) or b.e.shape[1:] != (self.n_slots,) or b.d.shape[1:] != (self.n_stages,):
+            raise InvalidConfigError(f"{self.name}: config batch has {b.ks.shape[1]} slots and {b.d.shape[1]} stages, "
+                                     f"the space has {self.n_slots} and {self.n_stages}")
+        bad_d = ~np.isin(b.d, self.depth_list).all(axis=1)
+        act = b.active if not bad_d.any() else np.ones(b.ks.shape, dtype=bool)
+        bad_k = (act & ~np.isin(b.ks, self.ks_list)).any(axis=1)
+        bad_e = (act & ~np.isin(b.e, self.expand_list)).any(axis=1)
+        bad = bad_d | bad_k | bad_e | ~np.isin(b.r, self.resolutions)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            try:
+                self.validate(SubnetConfig(tuple(b.ks[i]), tuple(b.e[i]), tuple(b.d[i]), int(b.r[i])))
+            except InvalidConfigError as exc:
+                raise InvalidConfigError(f"config {i} of the batch: {exc}") from None
+            raise InvalidConfigError(f"config {i} of the batch is not in {self.name}")
+        return b
+
     def config_from_ofa_dict(self, d: Mapping) -> SubnetConfig:
         return self.validate(SubnetConfig.from_ofa_dict(d))
 
@@ -416,18 +436,25 @@ class SearchSpace:
             [ks_oh.reshape(len(b), -1), e_oh.reshape(len(b), -1), r_oh], axis=1
         ).astype(np.float32)
 
-    # ---- cost (implemented in ofa_core.cost) ---------------------------------------------------------
-    def macs(self, cfgs):
+    # ---- cost (counted in ofa_core.cost) -------------------------------------------------------------
+    def macs(self, cfgs: SubnetConfig | Sequence[SubnetConfig] | ConfigBatch):
         """MACs of one config (-> int) or many (-> int64 array)."""
-        from ofa_core.cost import macs
+        b, single = self._validated_batch(cfgs)
+        total = batch_macs(self, b)
+        return int(total[0]) if single else total
 
-        return macs(self, cfgs)
-
-    def params(self, cfgs):
+    def params(self, cfgs: SubnetConfig | Sequence[SubnetConfig] | ConfigBatch):
         """Parameter count of one config (-> int) or many (-> int64 array)."""
-        from ofa_core.cost import params
+        b, single = self._validated_batch(cfgs)
+        total = batch_params(self, b)
+        return int(total[0]) if single else total
 
-        return params(self, cfgs)
+    def _validated_batch(self, cfgs) -> tuple[ConfigBatch, bool]:
+        """The configs as a validated batch, and whether a single config was given."""
+        if isinstance(cfgs, SubnetConfig):
+            return ConfigBatch.from_configs([self.validate(cfgs)]), True
+        batch = cfgs if isinstance(cfgs, ConfigBatch) else ConfigBatch.from_configs(list(cfgs))
+        return self.validate_batch(batch), False
 
 
 def _fmt_res(res: Iterable[int]) -> str:

@@ -1,4 +1,5 @@
-"""Reusable adb fixtures: the loopback ADB device (in-process or as a subprocess) and a private adb server.
+"""Reusable adb fixtures: the loopback ADB device (in-process or as a subprocess), a private adb server (own
+port, own HOME and key), and adb keys made for a test (never the user's ~/.android/adbkey).
 
 Import them into a test module (`from _fixtures_adb import loopback, adb_server  # noqa: F401`); tests/ is on
 sys.path under pytest's default rootdir import mode.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.loopback_adbd import LoopbackAdbd
+from agents.sim.loopback_adbd import LoopbackAdbd
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,7 @@ def loopback():
 
 @dataclass
 class LoopbackProcess:
-    """The loopback device run as `python -m agents.loopback_adbd` (so a test can kill it like a real device)."""
+    """The loopback device run as `python -m agents.sim.loopback_adbd` (so a test can kill it like a real device)."""
 
     proc: subprocess.Popen
     port: int
@@ -64,10 +65,29 @@ class LoopbackProcess:
                 self.proc.wait(5)
 
 
-def start_loopback_process(root: Path, timeout_s: float = 20.0) -> LoopbackProcess:
-    """Start the loopback device in a child process on a free port; wait for its "listening on" line."""
+def make_adb_key(folder: Path) -> Path:
+    """A fresh adb key pair (`adbkey`, `adbkey.pub`) in `folder`, made by adb-shell's keygen; returns `adbkey`."""
+    from adb_shell.auth.keygen import keygen
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "adbkey"
+    keygen(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def adb_keys(tmp_path_factory) -> tuple[Path, Path]:
+    """Two adb keys made for the test module: (a key the device will know, a key it will not)."""
+    base = tmp_path_factory.mktemp("adb-keys")
+    return make_adb_key(base / "known"), make_adb_key(base / "stranger")
+
+
+def start_loopback_process(root: Path, *args: str, timeout_s: float = 20.0) -> LoopbackProcess:
+    """Start the loopback device (`args`: more options) in a child process on a free port; wait for its
+    "listening on" line."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen([sys.executable, "-m", "agents.loopback_adbd", "--port", "0", "--root", str(root)],
+    proc = subprocess.Popen([sys.executable, "-m", "agents.sim.loopback_adbd", "--port", "0", "--root", str(root),
+                             *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             text=True, env=env, cwd=REPO)
     deadline = time.monotonic() + timeout_s
@@ -96,11 +116,16 @@ def loopback_process(tmp_path):
 
 @dataclass
 class AdbServer:
-    """A private adb server (own port, own HOME for its keys), so tests never touch the user's server."""
+    """A private adb server (own port, own HOME for its keys), so tests never touch the user's server or key."""
 
     adb: str
     port: int
     env: dict
+
+    @property
+    def public_key(self) -> Path:
+        """The server's public key (made by the server in its HOME at start), as a phone would store it."""
+        return Path(self.env["HOME"]) / ".android/adbkey.pub"
 
     def run(self, *args: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess:
         return subprocess.run([self.adb, "-P", str(self.port), *args], capture_output=True, text=True,
@@ -115,7 +140,8 @@ def adb_server(tmp_path_factory):
         pytest.skip("the `adb` command is not installed (Debian package `adb`)")
     home = tmp_path_factory.mktemp("adb-home")
     env = dict(os.environ, HOME=str(home))
-    env.pop("ANDROID_ADB_SERVER_PORT", None)
+    for name in ("ANDROID_ADB_SERVER_PORT", "ADB_VENDOR_KEYS", "ANDROID_SDK_HOME", "ANDROID_USER_HOME"):
+        env.pop(name, None)  # only the key in this HOME, only this port
     for _ in range(3):  # a port free a moment ago can be taken before the server binds it: try another
         server = AdbServer(adb, free_port(), env)
         started = server.run("start-server")

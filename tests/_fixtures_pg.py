@@ -1,6 +1,6 @@
 """A real PostgreSQL server for the tests: one per test session on 127.0.0.1, a fresh database per test.
 
-The server (`bench.store_pgserver`) runs from a temporary folder with trust authentication for `postgres` on
+The server (`bench.store.pgserver`) runs from a temporary folder with trust authentication for `postgres` on
 127.0.0.1 and one password user (`ofa_pw`) for the wrong-credentials tests; as root it runs as the `postgres`
 OS user. Tests skip if no PostgreSQL binaries are found. Import the fixtures into a test module:
 `from tests._fixtures_pg import pg_server, pg_url, store_target`.
@@ -11,7 +11,7 @@ import atexit
 
 import pytest
 
-from bench.store_pgserver import (PASSWORD, PASSWORD_USER, LocalPgServer, find_pg_bindir, free_port,  # noqa: F401
+from bench.store.pgserver import (LocalPgServer, PASSWORD, PASSWORD_USER, find_pg_bindir, free_port,  # noqa: F401
                                   start_local_server)
 
 _SESSION: dict[str, LocalPgServer] = {}  # one server per session, shared by every module importing these fixtures

@@ -1,4 +1,6 @@
-"""The adb transports against the loopback device: adb-shell directly, and Debian's `adb` through its server."""
+"""The adb transports against the loopback device: adb-shell directly, and Debian's `adb` through its server;
+keys accepted and refused as on a phone, and devices that stop answering given up within a stated limit (what
+every transport does is in test_transport_contract.py)."""
 from __future__ import annotations
 
 import os
@@ -9,17 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from _fixtures_adb import adb_server, free_port, loopback, loopback_process  # noqa: F401  (fixtures)
-from agents.transports.adb import AdbServerTransport, AdbShellTransport, parse_wrapped, wrap_command
+from _fixtures_adb import adb_keys, adb_server, free_port, loopback  # noqa: F401  (fixtures)
+from agents.sim.loopback_adbd import LoopbackAdbd
+from agents.transports import base
+from agents.transports.adb import (AdbServerTransport, AdbShellTransport, AdbUnauthorizedError, parse_wrapped,
+                                   wrap_command)
 from agents.transports.base import TransportError
 
 pytestmark = pytest.mark.adb
-TRICKY = "a b  'c' \"d\" ; $(touch PWNED) `touch PWNED2` \\ * ~ $HOME\n|& z"
 
 
-def _make(kind: str, request, port: int, timeout_s: float = 10.0):
+def _make(kind: str, request, port: int, timeout_s: float = 10.0, rsa_key_path=None):
     if kind == "adb-shell":
-        return AdbShellTransport("127.0.0.1", port, timeout_s=timeout_s)
+        return AdbShellTransport("127.0.0.1", port, timeout_s=timeout_s, rsa_key_path=rsa_key_path)
     server = request.getfixturevalue("adb_server")
     transport = AdbServerTransport(f"127.0.0.1:{port}", server_port=server.port, timeout_s=timeout_s)
     request.addfinalizer(lambda: server.run("disconnect", f"127.0.0.1:{port}"))
@@ -42,81 +46,11 @@ def test_wrapper_round_trip_is_exact():
     assert "'a b'" in wrap_command(["echo", "a b"], token)
 
 
-def test_run_returns_exit_status_stdout_and_stderr_apart(transport, loopback):
-    result = transport.run(["sh", "-c", "echo out; echo err >&2; printf tail; exit 7"])
-    assert result.returncode == 7
-    assert result.stdout == "out\ntail"
-    assert result.stderr == "err\n"
-    assert transport.run(["true"]).returncode == 0
-    assert transport.run(["test", "-f", "/nonexistent/file"]).returncode == 1
-
-
-def test_arguments_arrive_literally(transport, loopback):
-    assert transport.run(["printf", "%s", TRICKY]).stdout == TRICKY
-    assert not list(loopback.root.glob("PWNED*"))
-
-
-def test_workdir_comes_from_the_device_property(transport, loopback):
+def test_workdir_comes_from_the_device_property_and_pushes_land_in_the_sandbox(transport, loopback, tmp_path):
     assert transport.workdir == loopback.workdir
-
-
-def test_push_pull_round_trip_and_content_hash_cache(transport, loopback, tmp_path, request):
-    data = os.urandom(200_000)   # > 64 KiB: several sync DATA chunks
     local = tmp_path / "model.onnx"
-    local.write_bytes(data)
-    remote = transport.push(local)
-    assert remote.startswith(loopback.workdir + "/") and remote.endswith("-model.onnx")
-    assert transport.run(["test", "-f", remote]).returncode == 0
-    assert Path(remote).read_bytes() == data      # the loopback device's paths are host paths
-    back = tmp_path / "back.bin"
-    transport.pull_file(remote, back)
-    assert back.read_bytes() == data
-    # a fresh transport (another process, say) finds the file by its hash and does not send it again
-    fresh = _make(request.node.callspec.params["transport"], request, loopback.port)
-    fresh.push_file = lambda *a, **k: pytest.fail("pushed again although the device has the file")
-    assert fresh.push(local) == remote
-    fresh.close()
-
-
-def test_pull_of_a_missing_file_is_a_one_line_error(transport, loopback, tmp_path):
-    with pytest.raises(TransportError, match=r"^adb:127\.0\.0\.1:\d+: pulling .*missing") as info:
-        transport.pull_file(loopback.workdir + "/missing", tmp_path / "x")
-    assert "\n" not in str(info.value)
-    assert not (tmp_path / "x").exists() and not (tmp_path / "x.part").exists()
-
-
-def test_timeout_fails_within_the_limit_and_the_next_call_works(transport):
-    start = time.monotonic()
-    with pytest.raises(TransportError, match="timed out after 1 s"):
-        transport.run(["sleep", "10"], timeout_s=1.0)
-    assert time.monotonic() - start < 4.0
-    assert transport.run(["echo", "again"]).stdout == "again\n"
-
-
-@pytest.mark.parametrize("kind", ["adb-shell", "adb-server"])
-def test_device_dropping_mid_call_fails_fast(kind, request, loopback_process):
-    t = _make(kind, request, loopback_process.port)
-    assert t.run(["true"]).returncode == 0
-    outcome: dict = {}
-
-    def call() -> None:
-        try:
-            outcome["result"] = t.run(["sleep", "20"], timeout_s=15.0)
-        except TransportError as e:
-            outcome["error"] = e
-
-    worker = threading.Thread(target=call)
-    worker.start()
-    time.sleep(0.5)
-    start = time.monotonic()
-    loopback_process.stop()                       # the device goes away while `sleep` runs
-    worker.join(15)
-    assert not worker.is_alive()
-    assert time.monotonic() - start < 8.0
-    assert "error" in outcome, outcome
-    assert str(outcome["error"]).startswith(f"adb:127.0.0.1:{loopback_process.port}: ")
-    assert "dropped" in str(outcome["error"])
-    t.close()
+    local.write_bytes(os.urandom(1000))
+    assert loopback.host_path(transport.push(local)).read_bytes() == local.read_bytes()   # a phone path
 
 
 def test_unreachable_port_fails_within_the_timeout(request):
@@ -153,11 +87,14 @@ def test_debian_adb_client_connect_push_shell_pull(adb_server, loopback, tmp_pat
         assert serial in devices and "model:ofa_bench_loopback" in devices
         local = tmp_path / "blob.bin"
         local.write_bytes(os.urandom(150_000))
-        remote = loopback.workdir + "/blob.bin"
+        remote = "/data/local/tmp/blob.bin"
         pushed = adb_server.run("-s", serial, "push", str(local), remote)
         assert pushed.returncode == 0, pushed
-        shell = adb_server.run("-s", serial, "shell", f"wc -c < {remote}; getprop ro.product.model")
-        assert shell.stdout.split() == ["150000", "ofa-bench-loopback"]
+        shell = adb_server.run("-s", serial, "shell", f"wc -c < {remote}; getprop ro.product.model; ls {remote}")
+        assert shell.stdout.split() == ["150000", "ofa-bench-loopback", remote]
+        assert (loopback.root / "data/local/tmp/blob.bin").read_bytes() == local.read_bytes()
+        sdcard = adb_server.run("-s", serial, "push", str(local), "/sdcard/Download/blob.bin")
+        assert sdcard.returncode == 0 and (loopback.root / "storage/emulated/0/Download/blob.bin").exists()
         pulled = adb_server.run("-s", serial, "pull", remote, str(tmp_path / "back.bin"))
         assert pulled.returncode == 0 and (tmp_path / "back.bin").read_bytes() == local.read_bytes()
         refused = adb_server.run("-s", serial, "push", str(local), str(tmp_path / "escaped.bin"))
@@ -188,7 +125,7 @@ def test_end_to_end_measure_a_tiny_onnx_model_on_the_loopback_device(loopback, t
     assert fingerprint["model"] == "ofa-bench-loopback"     # read on the device, through the adb path
     assert measurement.n >= 5 and measurement.median_ms > 0
     assert len(measurement.samples_ms) == measurement.n
-    pushed = [p.name for p in Path(loopback.workdir).iterdir()]
+    pushed = [p.name for p in loopback.host_path(loopback.workdir).iterdir()]
     assert any(name.endswith("-tiny.onnx") for name in pushed)   # the model went through sync into the sandbox
 
 
@@ -199,3 +136,206 @@ def test_usb_transport_without_a_device_is_a_one_line_error():
     with pytest.raises(TransportError, match=r"^adb-usb:OFA-BENCH-NO-SUCH-DEVICE: (USB needs|unreachable)") as info:
         t.run(["true"])
     assert "\n" not in str(info.value)
+
+
+# ---- commands that end early stop on the device -------------------------------------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _pid_of_sleeper(loopback, name: str) -> int:
+    pidfile = loopback.host_path(f"/data/local/tmp/{name}")
+    deadline = time.monotonic() + 10
+    while not (pidfile.exists() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return int(pidfile.read_text())
+
+
+def _gone(pid: int, within_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not _alive(pid)
+
+
+def test_a_timed_out_command_is_killed_on_the_device(transport, loopback):
+    with pytest.raises(TransportError, match="timed out after 1.5 s"):
+        transport.run(["sh", "-c", "echo $$ > /data/local/tmp/pid-timeout; exec sleep 30"], timeout_s=1.5)
+    assert _gone(_pid_of_sleeper(loopback, "pid-timeout"))
+
+
+def test_interrupt_stops_the_command_on_the_device(transport, loopback):
+    box: dict = {}
+
+    def call() -> None:
+        try:
+            box["result"] = transport.run(["sh", "-c", "echo $$ > /data/local/tmp/pid-int; exec sleep 30"],
+                                          timeout_s=60.0)
+        except BaseException as e:  # noqa: BLE001 - checked below
+            box["error"] = e
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    pid = _pid_of_sleeper(loopback, "pid-int")
+    try:
+        assert base.interrupt_calls() >= 1
+        worker.join(10)
+    finally:
+        base.clear_interrupt()
+    assert not worker.is_alive() and isinstance(box.get("error"), base.Interrupted), box
+    assert _gone(pid)
+    assert transport.run(["echo", "again"]).stdout == "again\n"
+
+
+# ---- a device that stops answering ----------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["adb-shell", "adb-server"])
+def test_a_device_that_freezes_mid_call_is_given_up_long_before_the_call_limit(kind, request):
+    with LoopbackAdbd() as server:
+        t = _make(kind, request, server.port, timeout_s=1.0)
+        try:
+            assert t.run(["true"]).returncode == 0
+            box: dict = {}
+
+            def call() -> None:
+                try:
+                    box["result"] = t.run(["sh", "-c", "echo $$ > /data/local/tmp/pid-freeze; exec sleep 30"],
+                                          timeout_s=40.0)
+                except TransportError as e:
+                    box["error"] = e
+
+            worker = threading.Thread(target=call)
+            worker.start()
+            pid = _pid_of_sleeper(server, "pid-freeze")      # the call runs: now the phone freezes
+            start = time.monotonic()
+            server.hang()
+            worker.join(20)
+            took = time.monotonic() - start
+            assert not worker.is_alive() and "error" in box, box
+            text = str(box["error"])
+            assert text.startswith(f"adb:127.0.0.1:{server.port}: the device stopped answering"), text
+            assert "limit: 40 s per call" in text and "\n" not in text
+            assert took < 6.0                                # checks every 1 s, each answered within 1 s
+            assert _gone(pid)                                # the host hung up: the command was stopped
+        finally:
+            t.close()
+
+
+# ---- RSA authentication: a phone's prompt, accepted or not ------------------------------------------------------
+def test_adb_shell_key_accepted_or_refused(adb_keys, tmp_path, monkeypatch):
+    known, stranger = adb_keys
+    listing = tmp_path / "adb_keys"
+    listing.write_text(Path(f"{known}.pub").read_text())
+    with LoopbackAdbd(auth="keys", adb_keys=listing) as server:
+        ok = AdbShellTransport("127.0.0.1", server.port, timeout_s=2.0, rsa_key_path=known)
+        assert ok.run(["getprop", "ro.product.model"]).stdout.strip() == "ofa-bench-loopback"
+        ok.close()
+        refused = AdbShellTransport("127.0.0.1", server.port, timeout_s=2.0, rsa_key_path=stranger)
+        start = time.monotonic()
+        with pytest.raises(AdbUnauthorizedError) as info:
+            refused.run(["true"], timeout_s=30.0)
+        assert time.monotonic() - start < 5.0
+        text = str(info.value)
+        assert text.startswith(f"adb:127.0.0.1:{server.port}: the device did not accept this host's adb key "
+                               f"{stranger}") and '"Allow USB debugging?"' in text and "\n" not in text
+        monkeypatch.setenv("HOME", str(tmp_path / "empty-home"))   # no ~/.android/adbkey (and not the user's)
+        keyless = AdbShellTransport("127.0.0.1", server.port, timeout_s=2.0)
+        with pytest.raises(AdbUnauthorizedError, match="this host has no adb key"):
+            keyless.run(["true"])
+    with LoopbackAdbd(auth="always") as server:              # the user taps "Allow": the key is remembered
+        first = AdbShellTransport("127.0.0.1", server.port, timeout_s=2.0, rsa_key_path=stranger)
+        assert first.run(["true"]).returncode == 0
+        first.close()
+        assert Path(f"{stranger}.pub").read_text().split()[0] in \
+            (server.root / "data/misc/adb/adb_keys").read_text()
+
+
+def test_adb_server_key_accepted(adb_server, tmp_path):
+    listing = tmp_path / "adb_keys"
+    listing.write_text(adb_server.public_key.read_text())
+    for auth, keys in (("keys", listing), ("always", None)):
+        with LoopbackAdbd(auth=auth, adb_keys=keys) as server:
+            t = AdbServerTransport(server.serial, server_port=adb_server.port, timeout_s=5.0)
+            try:
+                assert t.run(["getprop", "ro.product.model"]).stdout.strip() == "ofa-bench-loopback"
+                assert t.workdir == "/data/local/tmp/ofa-bench"
+            finally:
+                adb_server.run("disconnect", server.serial)
+
+
+def test_adb_server_key_refused_is_one_line_naming_the_prompt(adb_server):
+    with LoopbackAdbd(auth="never") as server:
+        t = AdbServerTransport(server.serial, server_port=adb_server.port, timeout_s=2.0)
+        try:
+            start = time.monotonic()
+            with pytest.raises(AdbUnauthorizedError) as info:
+                t.run(["true"], timeout_s=30.0)
+            assert time.monotonic() - start < 8.0
+            text = str(info.value)
+            assert text.startswith(f"adb:{server.serial}: ") and "\n" not in text
+            assert "`unauthorized`" in text and '"Allow USB debugging?"' in text
+            assert f"{server.serial}\tunauthorized" in adb_server.run("devices").stdout
+        finally:
+            adb_server.run("disconnect", server.serial)
+
+
+FROZEN_PROFILE = """
+name = "frozen-loopback"
+kind = "adb"
+description = "simulated: loopback ADB device that freezes while measuring (tests)"
+address = "127.0.0.1:{port}"
+runtime = "null"
+model_format = "onnx"
+warmup_runs = 1
+min_runs = 5
+max_runs = 50
+max_duration_s = 30.0
+timeout_s = 2.0
+"""
+
+
+def test_profile_gives_up_on_a_frozen_phone_within_the_stated_limits(tmp_path):
+    """The phone freezes once the measuring call arrives: `profile` says so in one line, with the call's limit
+    and the attempts, long before the call's own limit (2 s + 3 x 32 s), let alone three of them."""
+    import re
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    with LoopbackAdbd(hang_on="--max-duration-s") as server:
+        folder = Path(os.environ["OFA_BENCH_DEVICES"])
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "frozen-loopback.toml").write_text(FROZEN_PROFILE.format(port=server.port))
+        start = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "bench.cli", "profile", "frozen-loopback", "--space",
+                            "ofa-mbv3-fmnist", "--resolutions", "24", "--batch", "2", "--rounds", "1",
+                            "--calibration-subnets", "0", "--store", str(tmp_path / "s.sqlite")],
+                           cwd=repo, capture_output=True, text=True, timeout=240)
+        took = time.monotonic() - start
+    (folder / "frozen-loopback.toml").unlink()
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("ofa-bench: error:") and "the device stopped answering" in last, last
+    limit = float(re.search(r"limit: (\d+(?:\.\d+)?) s per call", last).group(1))
+    gave_up = float(re.search(r"gave up after (\d+) s, 3 attempts", last).group(1))
+    assert limit > 90 and gave_up < 25, last
+    assert took < 90, (took, last)     # the CLI's start-up, two exports, then at most ~20 s of waiting
+    assert any("--max-duration-s" in e for e in server.events)
+
+
+def test_a_profile_key_path_is_the_adb_key_adb_shell_signs_with(adb_keys, tmp_path):
+    from agents.transports import make_transport
+    from devices import get_device
+
+    known, stranger = adb_keys
+    listing = tmp_path / "adb_keys"
+    listing.write_text(Path(f"{known}.pub").read_text())
+    with LoopbackAdbd(auth="keys", adb_keys=listing) as server:
+        profile = get_device(f"adb:{server.serial}").replace(timeout_s=2.0)
+        with make_transport(profile.replace(key_path=str(known))) as t:
+            assert t.run(["echo", "ok"]).stdout == "ok\n"
+        with make_transport(profile.replace(key_path=str(stranger))) as t:
+            with pytest.raises(AdbUnauthorizedError):
+                t.run(["true"])

@@ -161,6 +161,21 @@ def test_missing_interpreter_and_unknown_runtime(profile, models):
     assert "unknown runtime" in _one_line(exc)
 
 
+def test_the_registry_picks_one_agent_per_profile_and_names_the_known_ones():
+    from types import SimpleNamespace
+
+    from agents.registry import agent_kind, known_agents
+
+    picked = {name: agent_kind(get_device(name)).name for name in ("local-cpu", "android-tcp", "fpga-zu9eg")}
+    assert picked == {"local-cpu": "runner", "android-tcp": "binary", "fpga-zu9eg": "fpga-model"}
+    tpu = SimpleNamespace(name="tpu-0", kind="tpu", runtime="onnxruntime", binary="")
+    with pytest.raises(AgentError) as exc:
+        connect(tpu)
+    text = _one_line(exc)
+    assert text.startswith("tpu-0: no agent measures a 'tpu' device")
+    assert all(name in text for name in known_agents())
+
+
 def test_unreachable_device_fails_fast():
     pytest.importorskip("agents.transports.adb")
     import socket
@@ -227,9 +242,9 @@ def test_cooldown_fixed_and_by_temperature(profile, models):
 
 @pytest.mark.adb
 def test_rounds_and_fingerprint_through_the_loopback_adb_device(tmp_path, models):
-    """The same runner through a real ADB-protocol endpoint (agents/loopback_adbd.py) instead of a subprocess."""
+    """The same runner through a real ADB-protocol endpoint (agents/sim/loopback_adbd.py) instead of a subprocess."""
     pytest.importorskip("adb_shell")
-    from agents.loopback_adbd import LoopbackAdbd
+    from agents.sim.loopback_adbd import LoopbackAdbd
 
     server = LoopbackAdbd()
     server.start()
@@ -283,7 +298,7 @@ def test_thread_clock_times_cpu_of_the_measuring_thread(profile, tmp_path):
 
 
 def test_unknown_clock_is_a_profile_error(profile):
-    from devices.profile import ProfileError
+    from devices.profile import DeviceProfileError
 
-    with pytest.raises(ProfileError, match="unknown clock"):
+    with pytest.raises(DeviceProfileError, match="unknown clock"):
         profile.replace(clock="sundial")

@@ -5,7 +5,7 @@ import pytest
 import yaml
 from _anchors import note10_dir
 
-from bench.candidates import candidates, keys_by_resolution, subnet_keys
+from bench.table import candidates, keys_by_resolution, subnet_keys
 from ofa_core.space import SearchSpace
 
 NOTE10 = note10_dir() / "latency_table_note10"

@@ -201,7 +201,7 @@ def _one_error_line(r: subprocess.CompletedProcess, expect: str = "") -> str:
 
 
 def _one_entry_table(path: Path) -> Path:
-    from bench.candidates import candidates
+    from bench.table import candidates
     from ofa_core.space import SearchSpace
 
     space = SearchSpace.get("ofa-mbv3-fmnist")
@@ -232,8 +232,7 @@ def test_bad_invocation(entry, tmp_path, case_id, args, expect):
 def test_lut_export_ignores_planted_symlinks(entry, tmp_path):
     """The old fixed temporary names (OUT.part, R_lookup_table.yaml.part) hold symlinks to a victim file: the
     export succeeds and the victim is untouched (temporary files are made with mkstemp)."""
-    from bench.candidates import candidates
-    from bench.lut import import_table
+    from bench.table import candidates, import_table
     from bench.store import open_store
     from ofa_core.space import SearchSpace
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from devices import DeviceProfile, ProfileError, UnknownDeviceError, get_device, list_devices, write_user_profile
+from devices import DeviceProfile, DeviceProfileError, UnknownDeviceError, get_device, list_devices, write_user_profile
 from devices.fingerprint import complete_fingerprint, fingerprint_id
 from devices.registry import BUILTIN_DIR
 
@@ -58,7 +58,7 @@ def test_user_profiles_add_and_replace(user_dir):
     write_user_profile(DeviceProfile(name="my-board", kind="ssh", address="me@10.0.0.2", threads=4, cores=(2, 3)))
     mine = get_device("my-board")
     assert mine.threads == 4 and mine.cores == (2, 3) and str(user_dir) in mine.source
-    with pytest.raises(ProfileError):
+    with pytest.raises(DeviceProfileError):
         write_user_profile(DeviceProfile(name="my-board", kind="local"))
     write_user_profile(get_device("local-cpu").replace(threads=2, cores=(0, 1)), force=True)
     assert get_device("local-cpu").threads == 2  # a user profile replaces the built-in of the same name
@@ -67,19 +67,19 @@ def test_user_profiles_add_and_replace(user_dir):
 def test_bad_profiles_are_one_line_errors(user_dir):
     user_dir.mkdir(parents=True)
     (user_dir / "typo.toml").write_text('name = "typo"\nthreds = 2\n')
-    with pytest.raises(ProfileError) as exc:
+    with pytest.raises(DeviceProfileError) as exc:
         list_devices()
     assert "threds" in str(exc.value) and "\n" not in str(exc.value)
     (user_dir / "typo.toml").write_text('name = "typo"\nthreads = "two"\n')
-    with pytest.raises(ProfileError):
+    with pytest.raises(DeviceProfileError):
         list_devices()
     (user_dir / "typo.toml").write_text('name = "typo\n')
-    with pytest.raises(ProfileError) as exc:
+    with pytest.raises(DeviceProfileError) as exc:
         list_devices()
     assert "TOML" in str(exc.value)
-    with pytest.raises(ProfileError):
+    with pytest.raises(DeviceProfileError):
         DeviceProfile(name="x", kind="adb")  # no address
-    with pytest.raises(ProfileError):
+    with pytest.raises(DeviceProfileError):
         DeviceProfile(name="x", min_runs=10, max_runs=5)
 
 

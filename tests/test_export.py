@@ -6,7 +6,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from bench.candidates import candidates
+from bench.table import candidates
 from bench.export import ExportError, export_entry, export_subnet
 from ofa_core.space import SearchSpace
 

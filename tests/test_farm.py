@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main as cli_main
-from bench.farm import AgentSession, FarmError, NullSession, Worker, WorkerSettings, enqueue, submit
-from bench.jobs import LostJob, claim, complete, fail, farm_status, register_worker, renew
-from bench.migrations import LATEST_VERSION
-from bench.store import StoreError, open_store
-from bench.store_copy import copy_store, portable_rows
+from bench.farm import (AgentSession, FarmError, LostJob, NullSession, Worker, WorkerSettings, claim, complete,
+                        enqueue, fail, farm_status, register_worker, renew, submit)
+from bench.store import LATEST_VERSION, StoreError, open_store
+from bench.store.copy import copy_store, portable_rows
 
 try:
     from tests._fixtures_pg import PASSWORD_USER, free_port, pg_server, pg_url, store_target  # noqa: F401
@@ -163,7 +162,7 @@ def test_expired_lease_counts_as_an_attempt(store):
 def test_submit_queues_only_missing_entries(store):
     fps = register_sim(store, sim("a"))
     run = store.start_run(sim("a"), fps[sim("a")], SPACE, "profile", {}, {})
-    from bench.candidates import candidates
+    from bench.table import candidates
     from ofa_core.space import SearchSpace
 
     table = candidates(SearchSpace.get(SPACE), [160])
@@ -481,7 +480,7 @@ def test_concurrent_workers_and_submits(store_target):
     devs = [sim("a"), sim("b"), sim("c")]
     with open_store(store_target) as s:
         register_sim(s, *devs)
-        from bench.candidates import candidates
+        from bench.table import candidates
         from ofa_core.space import SearchSpace
 
         per_device = len(candidates(SearchSpace.get(SPACE), [160, 164]))

@@ -3,7 +3,7 @@ kernels, say it is a model, and plug in through the same connect()/measure() API
 import pytest
 
 from agents import ModelFileError, connect
-from agents.fpga import BOARDS, conv_cost, estimate, latency_ms
+from agents.sim.fpga import BOARDS, conv_cost, estimate, latency_ms
 from agents.tiny_models import mbconv_onnx, tiny_onnx
 from devices import get_device
 

@@ -20,8 +20,7 @@ ENDS = SearchParams(population=40, generations=40)
 
 @pytest.fixture(scope="module")
 def note10(anchors_dir):
-    from bench.lut import load_device_table
-    from bench.predictor import LatencyPredictor
+    from bench.table import LatencyPredictor, load_device_table
     from ofa_core.accuracy import AccuracyPredictor
 
     pth = anchors_dir / "ofa-mbv3-w12-note10" / "acc_predictor.pth"
@@ -200,7 +199,7 @@ def test_figure_links_each_measured_subnet_and_rings_the_chosen(note10, tmp_path
 
 def test_report_json_and_csv_give_one_measured_number_per_subnet(note10, tmp_path):
     from bench.demo import one_source, render_report
-    from bench.lut import subnet_stats
+    from bench.table import subnet_stats
     from bench.store import open_store
 
     acc, lat = note10

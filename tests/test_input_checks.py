@@ -94,9 +94,9 @@ def test_number_check_callback():
 @pytest.mark.parametrize("address", ["host", "@host", "me@", "me@host:0", "me@host:70000", "me@host:x",
                                      "-oProxyCommand=x@host", "me@-host", "me@ho st", "a@b@c", "me@host/x"])
 def test_ssh_address_needs_user_and_host(address):
-    from devices import DeviceProfile, ProfileError
+    from devices import DeviceProfile, DeviceProfileError
 
-    with pytest.raises(ProfileError, match=r"USER@HOST\[:PORT\]"):
+    with pytest.raises(DeviceProfileError, match=r"USER@HOST\[:PORT\]"):
         DeviceProfile(name="board", kind="ssh", address=address)
 
 
@@ -109,29 +109,29 @@ def test_ssh_address_forms():
 
 @pytest.mark.parametrize("name", ["ssh:host", "ssh:host:22", "ssh:@host", "ssh:"])
 def test_adhoc_ssh_without_user(name):
-    from devices import ProfileError, get_device
+    from devices import DeviceProfileError, get_device
 
-    with pytest.raises(ProfileError, match=r"ssh:USER@HOST\[:PORT\]"):
+    with pytest.raises(DeviceProfileError, match=r"ssh:USER@HOST\[:PORT\]"):
         get_device(name)
 
 
 def test_adhoc_adb_malformed():
-    from devices import ProfileError, get_device
+    from devices import DeviceProfileError, get_device
 
-    with pytest.raises(ProfileError, match="adb:HOST:PORT"):
+    with pytest.raises(DeviceProfileError, match="adb:HOST:PORT"):
         get_device("adb:host:port:x")
 
 
 @pytest.mark.parametrize("name", ["../x", "/abs/x", "a/b", "a\\b", ".hidden", "..", "a..b", "x y", "", "-x",
                                   "adb:h:5555", "é"])
 def test_profile_names_are_names_not_paths(name, tmp_path, monkeypatch):
-    from devices import DeviceProfile, ProfileError, check_profile_name, write_user_profile
+    from devices import DeviceProfile, DeviceProfileError, check_profile_name, write_user_profile
 
     monkeypatch.setenv("OFA_BENCH_DEVICES", str(tmp_path / "devices"))
-    with pytest.raises(ProfileError, match="not allowed"):
+    with pytest.raises(DeviceProfileError, match="not allowed"):
         check_profile_name(name)
     if name and not any(c.isspace() for c in name):  # a profile that DeviceProfile itself accepts
-        with pytest.raises(ProfileError, match="not allowed"):
+        with pytest.raises(DeviceProfileError, match="not allowed"):
             write_user_profile(DeviceProfile(name=name, kind="local"), force=True)
     assert list(tmp_path.rglob("*")) == []
 
@@ -158,9 +158,9 @@ def test_profile_name_accepted_and_written_atomically(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("field", ["cooldown_s", "cv_threshold", "min_duration_s", "timeout_s"])
 def test_profile_refuses_non_finite_numbers(field):
-    from devices import DeviceProfile, ProfileError
+    from devices import DeviceProfile, DeviceProfileError
 
-    with pytest.raises(ProfileError, match=field):
+    with pytest.raises(DeviceProfileError, match=field):
         DeviceProfile(name="x", **{field: math.nan})
 
 
@@ -244,8 +244,7 @@ def test_atomic_write_replaces_a_link_and_cleans_up(tmp_path):
 
 
 def _one_entry_table():
-    from bench.candidates import candidates
-    from bench.lut import EntryStats, LatencyTable
+    from bench.table import EntryStats, LatencyTable, candidates
 
     space = SearchSpace.get("ofa-mbv3-fmnist")
     e = candidates(space, [space.resolutions[0]])[0]
@@ -255,7 +254,7 @@ def _one_entry_table():
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet", "yaml"])
 def test_table_writers_ignore_planted_part_files(tmp_path, fmt):
-    from bench.lut import export_table
+    from bench.table import export_table
 
     table = _one_entry_table()
     victim = tmp_path / "victim"
@@ -273,7 +272,7 @@ def test_table_writers_ignore_planted_part_files(tmp_path, fmt):
 
 
 def test_table_export_under_a_file_is_a_lut_error(tmp_path):
-    from bench.lut import LutError, export_table
+    from bench.table import LutError, export_table
 
     (tmp_path / "file").write_text("x")
     for fmt in ("csv", "yaml"):

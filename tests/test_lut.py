@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from bench.candidates import subnet_keys
-from bench.lut import LutError, import_table, load_device_table, read_yaml_dir
-from bench.predictor import LatencyPredictor
+from bench.table import LatencyPredictor, LutError, import_table, load_device_table, subnet_keys
+from bench.table.files import read_yaml_dir
 from ofa_core.space import SearchSpace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +51,8 @@ def test_frame_roundtrip(tmp_path, note10_dir, fmt, suffix):
     with open_store(tmp_path / "a.sqlite") as st:
         import_table(st, "note10", W12, note10_dir)
         table = load_device_table("note10", W12, st)
-    from bench.lut import export_table, read_table_source
+    from bench.table import export_table
+    from bench.table.files import read_table_source
 
     (path,) = export_table(table, fmt, tmp_path / f"t{suffix}")
     back = read_table_source(path)
@@ -188,7 +188,7 @@ def test_incomplete_table_exports_only_when_asked(tmp_path):
     --partial writes it and says how many are missing."""
     import json
 
-    from bench.candidates import candidates
+    from bench.table import candidates
 
     space = SearchSpace.get("ofa-mbv3-fmnist")
     some = candidates(space, [24])[:10]

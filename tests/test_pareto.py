@@ -35,8 +35,7 @@ def test_non_dominated_matches_brute_force(n_costs):
 
 @pytest.fixture(scope="module")
 def note10(anchors_dir):
-    from bench.lut import load_device_table
-    from bench.predictor import LatencyPredictor
+    from bench.table import LatencyPredictor, load_device_table
     from ofa_core.accuracy import AccuracyPredictor
 
     pth = anchors_dir / "ofa-mbv3-w12-note10" / "acc_predictor.pth"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.candidates import candidates
+from bench.table import candidates
 from ofa_core.space import SearchSpace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,8 +88,7 @@ def test_profile_then_resume_is_free(tmp_path, null_device):
     assert doc["subnets_measured"] == 8 - settled
     assert len(block_rows(store)) == len(FULL)
     # the profiled table feeds the predictor
-    from bench.lut import load_device_table
-    from bench.predictor import LatencyPredictor
+    from bench.table import LatencyPredictor, load_device_table
 
     table = load_device_table("null-test", SPACE, str(store))
     assert set(table.entries) == FULL and table.nominal_ms is not None
@@ -182,7 +181,7 @@ def test_store_not_sqlite_untouched(tmp_path, null_device):
 def test_a_table_never_mixes_raw_and_normalised_cells(tmp_path, null_device):
     """A cell timed without the reference block (an older farm worker) among normalised ones: the table is
     refused with the fix, and `profile --remeasure-raw` measures that entry again beside the reference."""
-    from bench.lut import LutError, load_device_table
+    from bench.table import LutError, load_device_table
     from bench.store import open_store
 
     store = tmp_path / "s.sqlite"
@@ -269,3 +268,20 @@ def test_disturbed_reference_reruns_the_invocation():
     agent = Scripted([1.5], [3.0])
     timed, _ = measure_models(agent, [Path("m.onnx")], Path("ref.onnx"), 1, 0.01, 0)
     assert agent.calls == 1 and timed[0].ref_ms == 1.5
+
+
+def test_a_crash_marks_the_run_failed(tmp_path, null_device, monkeypatch):
+    """Not only user errors and Ctrl-C: a bug or a broken install half-way (here, in the calibration step) leaves
+    the run "failed", never "running", and the error goes on up."""
+    import bench.profile as prof
+    from bench.store import open_store
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a broken install")
+
+    monkeypatch.setattr(prof, "measure_calibration_subnets", broken)
+    store = str(tmp_path / "s.sqlite")
+    with pytest.raises(RuntimeError, match="broken install"):
+        prof.profile_device("null-test", SPACE, store, [RES], prof.MeasureSettings(min_duration_s=0.0, warmup_s=0.0))
+    with open_store(store) as s:
+        assert [r["status"] for r in s.runs("null-test")] == ["failed"]

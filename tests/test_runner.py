@@ -50,6 +50,45 @@ def test_time_runs_caps():
     assert time.perf_counter() - start < 1.0 and 10 < len(timed) < 100
 
 
+def _busy(ns):
+    end = time.perf_counter_ns() + ns
+    while time.perf_counter_ns() < end:
+        pass
+
+
+def test_runs_spent_off_the_cpu_are_left_out():
+    """A run that sleeps for part of its time (as a preempted one waits for the core) is left out and counted;
+    the budget counts clean runs, so the clean ones still reach min_runs."""
+    calls = []
+
+    def alternate():  # busy 1 ms; every other call also 2 ms off the CPU
+        calls.append(1)
+        _busy(1_000_000)
+        if len(calls) % 2 == 0:
+            time.sleep(0.002)
+
+    samples, preempted = runner.time_runs_on_cpu(alternate, min_runs=10, min_ns=0, max_runs=1000, max_ns=int(5e9))
+    assert len(samples) == 10 and preempted >= 9 and len(calls) == len(samples) + preempted
+    assert max(samples) < 2_500_000  # no sleeping run among them (those took 3 ms)
+    busy, none_left_out = runner.time_runs_on_cpu(lambda: _busy(300_000), min_runs=20, min_ns=0, max_runs=1000,
+                                                  max_ns=int(5e9))
+    assert len(busy) >= 20 and none_left_out <= 2  # a stray interrupt at most
+    # hardly any clean run (a model that waits on something else, or a saturated core): clean runs are waited
+    # for up to three times the planned runs and duration, not up to max_duration; then every run is kept
+    start = time.perf_counter()
+    slept, all_out = runner.time_runs_on_cpu(lambda: time.sleep(0.001), min_runs=5, min_ns=int(0.02e9),
+                                             max_runs=10_000, max_ns=int(10e9))
+    assert time.perf_counter() - start < 0.5 and len(slept) == all_out >= 15 and min(slept) >= 1_000_000
+
+
+def test_preemption_filter_only_where_the_thread_does_the_work(onnx_model, capsys):
+    base = ["--warmup-runs", "1", "--warmup-s", "0", "--min-runs", "5", "--min-duration-s", "0", str(onnx_model)]
+    for extra, on in (([], True), (["--threads", "2"], False), (["--clock", "thread"], False),
+                      (["--keep-preempted"], False)):
+        rc, lines = _run(extra + base, capsys)
+        assert rc == 0 and lines[0]["preemption_filter"] is on and lines[0]["preempted_runs"] >= 0
+
+
 def test_warm_up_counts_and_time():
     assert runner.warm_up(lambda: None, 17, 0) == 17
     start = time.perf_counter()

@@ -170,8 +170,7 @@ def test_cache_is_exact():
 # ---- the real Note10 tables and the official predictor --------------------------------------------------
 @pytest.fixture(scope="module")
 def note10(anchors_dir):
-    from bench.lut import load_device_table
-    from bench.predictor import LatencyPredictor
+    from bench.table import LatencyPredictor, load_device_table
     from ofa_core.accuracy import AccuracyPredictor
 
     pth = anchors_dir / "ofa-mbv3-w12-note10" / "acc_predictor.pth"
@@ -283,8 +282,7 @@ def _kernel_share(acc, lat) -> float:
 def test_fpga_prefers_3x3_kernels_cpu_does_not(fpga_store, note10):
     """OFA's observation: the subnets specialised for an FPGA are mostly 3x3, those for a CPU are not. Checked
     on our own tables (the ZU9EG model and this CPU); the official w1.2 predictor stands in for accuracy."""
-    from bench.lut import load_device_table
-    from bench.predictor import LatencyPredictor
+    from bench.table import LatencyPredictor, load_device_table
 
     acc = note10[0]
     store, fpga_device, cpu_device = fpga_store
@@ -336,8 +334,7 @@ def test_search_holds_the_upper_bound_of_a_calibrated_table(note10, tmp_path, mo
     """The Note10 table with measured subnets 5-15% slower than their sums: the calibration's interval is
     wide, and the answer's upper bound, not its point prediction, stays within the budget."""
     import bench.commands.search as search_cmd
-    from bench.lut import EntryStats, LatencyTable, load_device_table
-    from bench.predictor import LatencyPredictor
+    from bench.table import EntryStats, LatencyPredictor, LatencyTable, load_device_table
 
     space = SearchSpace.get("ofa-mbv3-w1.2")
     table = load_device_table("note10", space)
@@ -368,7 +365,7 @@ def test_confirm_searches_again_while_the_measurement_is_over_budget(monkeypatch
                 "predicted_upper_ms": 9.9 - n, "predicted_accuracy": 0.8 - n / 100, "calibration_text": "x"}
 
     monkeypatch.setattr(search_cmd, "run_search", fake_search)
-    monkeypatch.setattr(search_cmd, "export_subnet_onnx", lambda space, cfg, out: {"path": str(out), "note": ""})
+    monkeypatch.setattr(search_cmd, "export_chosen", lambda space, cfg, out, fmt: {"path": str(out), "note": ""})
     monkeypatch.setattr(search_cmd, "confirm_on_device",
                         lambda device, path, doc, store, min_duration_s=None: {"measured_latency_ms": next(measured),
                                                                                   "simulated": True})
@@ -392,8 +389,8 @@ def test_gene_table_path_equals_the_latency_predictor(note10):
     """Latency read from genes is the predictor's own value, to the bit, for plain sums and calibrations."""
     import copy
 
-    from bench.predictor import Calibration
-    from ofa_core.search import _table_path
+    from bench.table import Calibration
+    from ofa_core.search.gene_paths import table_path
 
     _, lat = note10
     g = Genome(W12, [160, 176, 192, 208, 224])
@@ -403,12 +400,12 @@ def test_gene_table_path_equals_the_latency_predictor(note10):
     calibrated.calibration = Calibration("overhead", scale=0.93, overhead_ms=0.011, offset_ms=0.4, n_subnets=20,
                                          upper_rel=0.07, interval="cross-validated")
     for fn in (lat, lat.predict, lat.upper, lat.table_sum, calibrated.predict, calibrated.upper):
-        direct = _table_path(g, fn)
+        direct = table_path(g, fn)
         assert direct is not None, fn
         np.testing.assert_array_equal(direct(genes, act), np.asarray(fn(g.decode(genes)), dtype=np.float64))
-    assert not np.array_equal(_table_path(g, calibrated.upper)(genes, act), _table_path(g, lat.upper)(genes, act))
+    assert not np.array_equal(table_path(g, calibrated.upper)(genes, act), table_path(g, lat.upper)(genes, act))
     # any other callable is called as it is
-    assert _table_path(g, lambda b: lat.upper(b)) is None and _table_path(g, W12.macs) is None
+    assert table_path(g, lambda b: lat.upper(b)) is None and table_path(g, W12.macs) is None
 
 
 def test_fast_paths_give_the_same_search_as_plain_callables(note10):
@@ -468,7 +465,7 @@ def test_canonical_and_keys_match_a_per_config_reference():
 
 
 def test_offspring_candidates_come_from_their_parents():
-    from ofa_core.search import _LaneBudget, _Offspring
+    from ofa_core.search.offspring import LaneBudget, Offspring
 
     g = Genome(W12, [160, 176, 192])
     rng = np.random.default_rng(11)
@@ -476,7 +473,7 @@ def test_offspring_candidates_come_from_their_parents():
     cache = ScoreCache(g, linear_accuracy, {"latency_ms": TableLatency(W12)})
 
     def make(p):
-        return _Offspring(g, cache, _LaneBudget(cache, np.array([[np.inf]])), SearchParams(mutate_prob=p), 1)
+        return Offspring(g, cache, LaneBudget(cache, np.array([[np.inf]])), SearchParams(mutate_prob=p), 1)
 
     ia, ib = rng.integers(0, 25, 600), rng.integers(0, 25, 600)
     a, b = parents[ia], parents[ib]
@@ -494,7 +491,7 @@ def test_offspring_candidates_come_from_their_parents():
 
 
 def _reference_children(genome, cache, parents, pa, pb, is_mut, lane_of_child, lane_limits, params, rng):
-    """The straightforward loop `_Offspring.make` replaced: `Genome.vary` and every metric on decoded configs."""
+    """The straightforward loop `Offspring.make` replaced: `Genome.vary` and every metric on decoded configs."""
     n = len(pa)
     out = np.empty((n, genome.n_cols), dtype=np.int8)
     todo = np.arange(n)
@@ -518,7 +515,7 @@ def _reference_children(genome, cache, parents, pa, pb, is_mut, lane_of_child, l
 def test_offspring_equals_the_straightforward_loop(note10, lanes):
     """Children and random draws as the plain loop makes them (the table read from genes, the mutation and
     crossover rewritten), lane by lane, at a budget tight enough to need several rounds."""
-    from ofa_core.search import _LaneBudget, _Offspring
+    from ofa_core.search.offspring import LaneBudget, Offspring
 
     acc, lat = note10
     g = Genome(W12, [160, 176, 192, 208, 224])
@@ -526,7 +523,7 @@ def test_offspring_equals_the_straightforward_loop(note10, lanes):
     P, K = params.population, params.n_parents
     limits = np.array([[15.0], [20.0], [26.0]])[:lanes]
     cache = ScoreCache(g, acc, {"latency_ms": lat.upper})
-    offspring = _Offspring(g, cache, _LaneBudget(cache, limits), params, lanes)
+    offspring = Offspring(g, cache, LaneBudget(cache, limits), params, lanes)
     parents = np.concatenate([_feasible_seeds(g, lat, float(lim[0]), K) for lim in limits])
     for gen in range(5):
         rng_a, rng_b = np.random.default_rng(gen), np.random.default_rng(gen)
@@ -553,8 +550,7 @@ def _feasible_seeds(g, lat, limit, k):
 def test_search_with_a_weights_calibration_uses_the_plain_call():
     """A calibration with a weights term needs each config's parameter count, which genes alone do not give:
     the search falls back to calling the predictor, and its answer holds the budget."""
-    from bench.lut import load_device_table
-    from bench.predictor import Calibration, LatencyPredictor
+    from bench.table import Calibration, LatencyPredictor, load_device_table
     from ofa_core.accuracy import AccuracyPredictor, default_predictor_path
 
     table = load_device_table("note10", W12)

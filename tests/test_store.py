@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.migrations import LATEST_VERSION, MIGRATIONS, VERSION_TABLE, check_order, render
+from bench.store.migrations import LATEST_VERSION, MIGRATIONS, VERSION_TABLE, check_order, render
 from bench.store import Store, StoreError, fingerprint_id, open_store
-from bench.store_sqlite import SqliteBackend
+from bench.store.sqlite import SqliteBackend
 
 try:
     from tests._fixtures_pg import PASSWORD, PASSWORD_USER, free_port, pg_server, pg_url, store_target  # noqa: F401
@@ -194,7 +194,7 @@ def test_newer_schema_is_refused_untouched(store_target):
 
 def test_old_store_is_migrated(store_target):
     """A store created at version 1 (before the job queue existed) is brought up to date, data kept."""
-    from bench.store_pg import PostgresBackend
+    from bench.store.postgres import PostgresBackend
 
     backend = (PostgresBackend(store_target) if store_target.startswith("postgresql://")
                else SqliteBackend(store_target))

@@ -82,8 +82,7 @@ def test_validate_end_to_end(tmp_path, ort_device):
     assert -1.0 <= doc["kendall_tau"] <= 1.0 and doc["mape"] >= 0
     assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b"\x89PNG"
     # the measured subnets are in the store and now calibrate the predictor
-    from bench.lut import load_device_table
-    from bench.predictor import LatencyPredictor
+    from bench.table import LatencyPredictor, load_device_table
 
     table = load_device_table(ort_device, SPACE, str(store))
     validated = {s["config"] for s in doc["subnets"]}
@@ -110,7 +109,7 @@ def test_validate_without_table_is_one_line(tmp_path, ort_device):
 
 
 def test_plots_write_png(tmp_path):
-    from bench.lut import load_device_table
+    from bench.table import load_device_table
     from bench.plots import drift_history, predicted_vs_measured, subnet_stage_breakdown
 
     w12 = SearchSpace.get("ofa-mbv3-w1.2")
@@ -183,7 +182,7 @@ def test_passes_repeat_until_the_median_is_precise(tmp_path):
         # every pass is stored; the table's subnet value is the median over the run's passes
         rows = store.history(fp, SPACE.name, kind="subnet")
         assert len(rows) == sum(len(t.values_ms) for t in got)
-        from bench.lut import subnet_stats
+        from bench.table import subnet_stats
 
         stats, used = subnet_stats(store, fp, SPACE, nominal=1.0)
         assert len(used) == len(rows)

@@ -6,6 +6,8 @@ import os
 
 from agents.transports.base import CommandResult, Transport, TransportError, quote_argv
 
+TRANSPORT_KINDS = ("local", "adb", "ssh")  # the device kinds `make_transport` reaches
+
 
 def make_transport(profile) -> Transport:
     """The transport for a `devices.DeviceProfile` (local, adb over TCP or through the adb server, ssh)."""
@@ -22,7 +24,8 @@ def make_transport(profile) -> Transport:
             kw["workdir"] = workdir
         host, sep, port = profile.address.rpartition(":")
         if not profile.adb_server and sep and port.isdigit():
-            return adb.AdbShellTransport(host, int(port), **kw)
+            key = os.path.expanduser(profile.key_path) if profile.key_path else None  # default ~/.android/adbkey
+            return adb.AdbShellTransport(host, int(port), rsa_key_path=key, **kw)
         return adb.AdbServerTransport(profile.address, **kw)
     if profile.kind == "ssh":
         from agents.transports import ssh
@@ -41,4 +44,4 @@ def make_transport(profile) -> Transport:
     raise TransportError(f"{profile.name}: a {profile.kind!r} device has no transport")
 
 
-__all__ = ["CommandResult", "Transport", "TransportError", "make_transport", "quote_argv"]
+__all__ = ["CommandResult", "TRANSPORT_KINDS", "Transport", "TransportError", "make_transport", "quote_argv"]

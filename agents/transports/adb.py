@@ -5,8 +5,20 @@ stdout, so every command is wrapped: stderr goes to a temporary file on the devi
 wrapper prints a line with a per-call random marker and the exit status, then the stderr file. The marker is
 new for every call, so output can never be mistaken for it; a missing marker means the call did not finish.
 
-Workdir: `workdir=None` asks the device for `ro.ofa_bench.workdir` (the loopback device sets it to a folder
-inside its sandbox) and falls back to /data/local/tmp/ofa-bench, the usual writable folder of a phone.
+Workdir: `workdir=None` asks the device for `ro.ofa_bench.workdir` (the loopback device announces it) and falls
+back to /data/local/tmp/ofa-bench, the usual writable folder of a phone.
+
+Authentication: a phone answers the host's CNXN with an RSA challenge; adb-shell signs it with `rsa_key_path`
+(default ~/.android/adbkey), the adb server with its own keys. A key the phone does not know is offered to its
+user ("Allow USB debugging?"); if nobody accepts it in time the call fails with `AdbUnauthorizedError`, one line
+that says so.
+
+Bounded waits: every call has a hard limit (its `timeout_s`). A long call (a runner measuring for minutes) also
+checks every `timeout_s` of the transport that the device still answers, on a connection of its own (adb-shell
+over TCP: a CNXN on a new socket; the adb server: `adb shell true`); a device that does not answer a check
+within the transport's `timeout_s` is given up at once, and the error says after how long, of which limit.
+Giving up closes the call's connection (adb-shell) or kills its `adb` process, so the device's adbd ends the
+command it was running.
 """
 from __future__ import annotations
 
@@ -14,8 +26,10 @@ import re
 import secrets
 import socket
 import stat
+import struct
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -23,14 +37,65 @@ from adb_shell import exceptions as ex
 from adb_shell.adb_device import AdbDevice, AdbDeviceUsb
 from adb_shell.transport.tcp_transport import TcpTransport
 
-from agents.transports.base import (CommandResult, Transport, TransportError, quote_argv, run_process,
-                                     stoppable)
+from agents.transports.base import (CommandResult, Transport, TransportError, kill_process_group, quote_argv,
+                                     run_process, stoppable)
 from ofa_core.atomic import atomic_path
 
 DEFAULT_WORKDIR = "/data/local/tmp/ofa-bench"
 WORKDIR_PROPERTY = "ro.ofa_bench.workdir"
 DEFAULT_KEY = Path("~/.android/adbkey")
+ALLOW_PROMPT = ('unlock the phone and tap Allow on its "Allow USB debugging?" prompt (tick "Always allow from this '
+                'computer"), then run again')
 T = TypeVar("T")
+
+
+class AdbUnauthorizedError(TransportError):
+    """The device did not accept this host's adb key (its user has not tapped Allow), or asks for one we lack."""
+
+
+def _stalled(name: str, check_s: float, elapsed_s: float, limit_s: float, what: str) -> TransportError:
+    return TransportError(f"{name}: the device stopped answering (no reply to a check within {check_s:g} s); "
+                          f"gave up after {elapsed_s:.0f} s (limit: {limit_s:g} s per call) ({what})")
+
+
+def _join_watching(worker: threading.Thread, timeout_s: float, every_s: float | None, check_s: float,
+                   answers: Callable[[float], bool], ready: Callable[[], bool] = lambda: True) -> float | None:
+    """Wait for `worker` at most `timeout_s`. Meanwhile, every `every_s` (once `ready()`), ask `answers(check_s)`
+    whether the device still responds; no check starts that could outlast the limit. Returns None when the
+    worker ended or the time ran out, or the seconds waited when a check went unanswered."""
+    start = time.monotonic()
+    deadline = start + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        if not every_s or left <= check_s:
+            worker.join(left)
+            return None
+        worker.join(min(left - check_s, every_s))
+        if not worker.is_alive():
+            return None
+        if deadline - time.monotonic() > check_s and ready() and not answers(check_s):
+            return time.monotonic() - start if worker.is_alive() else None
+
+
+_CNXN_PROBE = b"host::ofa-bench-check\0"
+
+
+def tcp_adbd_answers(host: str, port: int, timeout_s: float) -> bool:
+    """True if an adbd at host:port answers a CNXN on a new connection within `timeout_s` (with CNXN or its
+    AUTH challenge; nothing is signed and no key is offered, so a phone shows no prompt)."""
+    command = int.from_bytes(b"CNXN", "little")
+    packet = struct.pack("<6I", command, 0x01000001, 4096, len(_CNXN_PROBE), sum(_CNXN_PROBE),
+                         command ^ 0xFFFFFFFF) + _CNXN_PROBE
+    deadline = time.monotonic() + timeout_s
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.sendall(packet)
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            return bool(sock.recv(24))
+    except OSError:
+        return False
 
 
 def wrap_command(argv: list[str], token: str) -> str:
@@ -71,11 +136,21 @@ def _short(argv: list[str]) -> str:
     return line if len(line) <= 80 else line[:77] + "..."
 
 
+class _AdbTransport(Transport):
+    """What every adb transport shares: the workdir, given or asked of the device on first use."""
 
-def _device_workdir(transport) -> str:
-    """The folder the device announces for pushed files (the loopback device does), else the phone default."""
-    found = transport.run(["getprop", WORKDIR_PROPERTY], timeout_s=transport.timeout_s).stdout.strip()
-    return found if found.startswith("/") else DEFAULT_WORKDIR
+    _workdir: str | None
+    timeout_s: float
+
+    @property
+    def workdir(self) -> str:
+        """The profile's folder, else the one the device announces (the loopback device does), else the phone
+        default."""
+        if self._workdir is None:
+            found = self.run(["getprop", WORKDIR_PROPERTY], timeout_s=self.timeout_s).stdout.strip()
+            self._workdir = found if found.startswith("/") else DEFAULT_WORKDIR
+        return self._workdir
+
 
 class _EofTcpTransport(TcpTransport):
     """adb-shell's TCP transport, but a closed socket fails the call at once.
@@ -96,8 +171,18 @@ class _EofTcpTransport(TcpTransport):
             raise ConnectionResetError("connection closed by the device")
         return data
 
+    def abort(self) -> None:
+        """Shut the socket down from any thread, without adb-shell's locks: a read blocked in another thread
+        (holding them) returns at once, so the connection can then be closed."""
+        sock = getattr(self, "_connection", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
-class _AdbShellBase(Transport):
+
+class _AdbShellBase(_AdbTransport):
     """Shared logic of the adb-shell transports: one connection, reopened after a failure; hard deadlines."""
 
     def __init__(self, name: str, workdir: str | None, timeout_s: float, rsa_key_path: str | Path | None) -> None:
@@ -107,8 +192,23 @@ class _AdbShellBase(Transport):
         self._rsa_key_path = rsa_key_path
         self._device: AdbDevice | None = None
         self._keys: list | None = None
+        self._key_offered = False  # the device refused our signatures and we offered our public key
         self._generation = 0
         self._lock = threading.RLock()
+
+    #: how often a long call checks that the device still answers (None: no checks)
+    check_every_s: float | None = None
+
+    def _answers(self, timeout_s: float) -> bool:
+        """Whether the device answers a check on a connection of its own (subclasses that can open one)."""
+        return True
+
+    def _key_name(self) -> str:
+        return str(Path(self._rsa_key_path).expanduser() if self._rsa_key_path else DEFAULT_KEY)
+
+    def _unauthorized(self) -> AdbUnauthorizedError:
+        return AdbUnauthorizedError(f"{self.name}: the device did not accept this host's adb key "
+                                    f"{self._key_name()}: {ALLOW_PROMPT}")
 
     # -- device construction (subclasses)
     def _make_device(self) -> AdbDevice:
@@ -134,14 +234,26 @@ class _AdbShellBase(Transport):
             self._keys = self._rsa_keys()
         generation = self._generation
         device = self._make_device()
+        self._key_offered = False
+
+        def offered(_device) -> None:  # adb-shell calls this just before it sends our public key
+            self._key_offered = True
+
         try:
             device.connect(rsa_keys=self._keys or None, transport_timeout_s=timeout_s, auth_timeout_s=timeout_s,
-                           read_timeout_s=timeout_s)
+                           read_timeout_s=timeout_s, auth_callback=offered)
         except Exception as e:  # refused, reset, auth rejected, garbage: all mean "cannot reach it"
             try:
                 device.close()
             except Exception:
                 pass
+            if isinstance(e, ex.DeviceAuthError):
+                raise AdbUnauthorizedError(
+                    f"{self.name}: the device asks for adb authentication and this host has no adb key "
+                    f"({self._key_name()}): create one (`adb keygen ~/.android/adbkey`, or start the adb server "
+                    f"once), then accept the \"Allow USB debugging?\" prompt on the phone") from None
+            if self._key_offered:
+                raise self._unauthorized() from None
             raise TransportError(f"{self.name}: unreachable ({_one_line(e)})") from None
         if generation != self._generation:  # the caller gave up while we were connecting
             device.close()
@@ -149,8 +261,12 @@ class _AdbShellBase(Transport):
         self._device = device
         return device
 
+    def _abort_io(self) -> None:
+        """Unblock a call in flight on the current connection (subclasses that can)."""
+
     def _drop(self) -> None:
         self._generation += 1
+        self._abort_io()
         device, self._device = self._device, None
         if device is not None:
             try:
@@ -180,11 +296,19 @@ class _AdbShellBase(Transport):
             # Stopping closes the connection: the device's adbd then ends the command's process.
             with stoppable(self._drop):
                 worker.start()
-                worker.join(timeout_s)
+                every = self.check_every_s if self.check_every_s and timeout_s > self.check_every_s else None
+                stalled_s = _join_watching(worker, timeout_s, every, self.timeout_s, self._answers,
+                                           lambda: "connected" in box)
+            if stalled_s is not None:
+                self._drop()
+                worker.join(2.0)
+                raise _stalled(self.name, self.timeout_s, stalled_s, timeout_s, what)
             if worker.is_alive():
                 self._drop()
                 worker.join(2.0)
                 if "connected" not in box:
+                    if self._key_offered:
+                        raise self._unauthorized()
                     raise TransportError(f"{self.name}: unreachable within {timeout_s:g} s")
                 raise TransportError(f"{self.name}: timed out after {timeout_s:g} s ({what})")
             error = box.get("error")
@@ -205,12 +329,6 @@ class _AdbShellBase(Transport):
             raise error
 
     # -- Transport
-    @property
-    def workdir(self) -> str:
-        if self._workdir is None:
-            self._workdir = _device_workdir(self)
-        return self._workdir
-
     def run(self, argv: list[str], timeout_s: float = 60.0) -> CommandResult:
         token = secrets.token_hex(8)
         command = wrap_command(list(argv), token)
@@ -253,7 +371,10 @@ class _AdbShellBase(Transport):
 
 
 class AdbShellTransport(_AdbShellBase):
-    """A device reached over TCP with adb-shell (no adb server): a phone in wireless debugging, the loopback device.
+    """A device reached over TCP with adb-shell (no adb server): a phone after `adb tcpip 5555`, the loopback device.
+
+    Not Android 11+ wireless debugging: its pairing and connections run over TLS, which adb-shell lacks; pair and
+    connect with the adb server (`adb pair`, `adb connect`) and use `AdbServerTransport`.
 
     Keys: `rsa_key_path` (default ~/.android/adbkey when it exists) answers a phone's AUTH request.
     """
@@ -263,13 +384,26 @@ class AdbShellTransport(_AdbShellBase):
         super().__init__(f"adb:{host}:{port}", workdir, timeout_s, rsa_key_path)
         self.host = host
         self.port = int(port)
+        self.check_every_s = max(1.0, self.timeout_s)
+
+        self._io: _EofTcpTransport | None = None
+
+    def _answers(self, timeout_s: float) -> bool:
+        return tcp_adbd_answers(self.host, self.port, timeout_s)
+
+    def _abort_io(self) -> None:
+        if self._io is not None:
+            self._io.abort()
 
     def _make_device(self) -> AdbDevice:
-        return AdbDevice(_EofTcpTransport(self.host, self.port), default_transport_timeout_s=self.timeout_s)
+        self._io = _EofTcpTransport(self.host, self.port)
+        return AdbDevice(self._io, default_transport_timeout_s=self.timeout_s)
 
 
 class AdbUsbTransport(_AdbShellBase):
-    """A device on USB through adb-shell (needs the `usb` extra, libusb1); fails while an adb server holds it."""
+    """A device on USB through adb-shell (needs the `usb` extra, libusb1); fails while an adb server holds it.
+
+    USB allows one connection at a time, so a long call has only its own limit, no liveness checks."""
 
     def __init__(self, serial: str | None = None, workdir: str | None = None, timeout_s: float = 10.0,
                  rsa_key_path: str | Path | None = None) -> None:
@@ -285,11 +419,13 @@ class AdbUsbTransport(_AdbShellBase):
             raise TransportError(f"{self.name}: unreachable ({_one_line(e)})") from None
 
 
-class AdbServerTransport(Transport):
+class AdbServerTransport(_AdbTransport):
     """A device known to the adb server, driven by the `adb` command (`adb -s SERIAL shell|push|pull`).
 
-    A TCP serial (`HOST:PORT`) is `adb connect`-ed first. `server_port` picks a non-default adb server
-    (like `adb -P`); otherwise the `adb` command's own default (ANDROID_ADB_SERVER_PORT or 5037) is used.
+    A TCP serial (`HOST:PORT`) is `adb connect`-ed first (a phone paired with `adb pair` for wireless debugging
+    is reached this way). `server_port` picks a non-default adb server (like `adb -P`); otherwise the `adb`
+    command's own default (ANDROID_ADB_SERVER_PORT or 5037) is used. A long `run` checks every `timeout_s` with
+    `adb shell true` that the device still answers.
     """
 
     def __init__(self, serial: str, workdir: str | None = None, adb: str = "adb", timeout_s: float = 10.0,
@@ -302,15 +438,17 @@ class AdbServerTransport(Transport):
         self._workdir = workdir or None
         self._ready = False
         self._lock = threading.RLock()
+        self.check_every_s: float | None = max(1.0, self.timeout_s)
 
-    def _adb(self, args: list[str], timeout_s: float, what: str, serial: bool = True) -> subprocess.CompletedProcess:
+    def _adb(self, args: list[str], timeout_s: float, what: str, serial: bool = True,
+             started: Callable[[subprocess.Popen], None] | None = None) -> subprocess.CompletedProcess:
         argv = [self.adb]
         if self.server_port is not None:
             argv += ["-P", str(self.server_port)]
         if serial:
             argv += ["-s", self.serial]
         try:
-            code, out, err = run_process(argv + args, timeout_s)
+            code, out, err = run_process(argv + args, timeout_s, started=started)
             return subprocess.CompletedProcess(argv + args, code, out, err)
         except FileNotFoundError:
             raise TransportError(f"{self.name}: the `{self.adb}` command is not installed "
@@ -330,26 +468,77 @@ class AdbServerTransport(Transport):
         if re.fullmatch(r"[^:\s]+:\d+", self.serial):
             proc = self._adb(["connect", self.serial], timeout_s, "adb connect", serial=False)
             out = proc.stdout.decode("utf-8", "replace")
-            if proc.returncode != 0 or "connected to" not in out:
+            # "failed to authenticate": the phone asked for a key it does not know and shows its prompt now
+            if proc.returncode != 0 or not ("connected to" in out or "failed to authenticate" in out):
                 raise TransportError(f"{self.name}: unreachable ({self._last_line(proc)})")
         proc = self._adb(["get-state"], timeout_s, "adb get-state")
         state = proc.stdout.decode("utf-8", "replace").strip()
-        if proc.returncode != 0 or state != "device":
-            raise TransportError(f"{self.name}: unreachable ({state or self._last_line(proc)})")
-        self._ready = True
+        if proc.returncode == 0 and state == "device":
+            self._ready = True
+            return
+        if "unauthorized" in (proc.stdout + proc.stderr).decode("utf-8", "replace"):
+            try:  # give the phone's user the transport's timeout to tap Allow
+                waited = self._adb(["wait-for-device"], timeout_s, "waiting for the key to be accepted")
+            except TransportError:
+                waited = None
+            if waited is None or waited.returncode != 0:
+                raise AdbUnauthorizedError(f"{self.name}: the device did not accept the adb server's key "
+                                           f"(`adb devices` lists it as `unauthorized`): {ALLOW_PROMPT}")
+            self._ready = True
+            return
+        raise TransportError(f"{self.name}: unreachable ({state or self._last_line(proc)})")
 
-    @property
-    def workdir(self) -> str:
-        if self._workdir is None:
-            self._workdir = _device_workdir(self)
-        return self._workdir
+    def _answers(self, timeout_s: float) -> bool:
+        """Whether the device runs `true` within `timeout_s` (through the server, beside the call in flight)."""
+        try:
+            proc = self._adb(["shell", "true"], timeout_s, "checking that the device answers")
+        except TransportError:
+            return False
+        return proc.returncode == 0
+
+    def _shell_watched(self, command: str, timeout_s: float, what: str) -> subprocess.CompletedProcess:
+        """`adb shell COMMAND` with a hard limit; a long one gives up early when the device stops answering."""
+        every = self.check_every_s if self.check_every_s and timeout_s > self.check_every_s else None
+        if every is None:
+            return self._adb(["shell", command], timeout_s, what)
+        procs: list[subprocess.Popen] = []
+        box: dict[str, object] = {}
+
+        def work() -> None:
+            try:
+                box["value"] = self._adb(["shell", command], timeout_s, what, started=procs.append)
+            except BaseException as e:  # handed over to the caller's thread
+                box["error"] = e
+
+        def kill() -> None:
+            for proc in procs:
+                kill_process_group(proc)
+
+        worker = threading.Thread(target=work, name=f"{self.name} {what}", daemon=True)
+        with stoppable(kill):
+            worker.start()
+            stalled_s = _join_watching(worker, timeout_s, every, self.timeout_s, self._answers)
+            if stalled_s is not None:
+                kill()
+                worker.join(5.0)
+                self._ready = False
+                raise _stalled(self.name, self.timeout_s, stalled_s, timeout_s, what)
+            worker.join(timeout_s + 5.0)  # run_process ends it at its own timeout
+            if worker.is_alive():
+                kill()
+                worker.join(5.0)
+        if "error" in box:
+            raise box["error"]  # type: ignore[misc]
+        if "value" not in box:
+            raise TransportError(f"{self.name}: timed out after {timeout_s:g} s ({what})")
+        return box["value"]  # type: ignore[return-value]
 
     def run(self, argv: list[str], timeout_s: float = 60.0) -> CommandResult:
         token = secrets.token_hex(8)
         what = f"running `{_short(argv)}`"
         with self._lock:
             self._ensure_ready(min(timeout_s, self.timeout_s))
-            proc = self._adb(["shell", wrap_command(list(argv), token)], timeout_s, what)
+            proc = self._shell_watched(wrap_command(list(argv), token), timeout_s, what)
             result = parse_wrapped(proc.stdout, token)
             if result is None:
                 self._ready = False

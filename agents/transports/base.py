@@ -88,13 +88,17 @@ def kill_process_group(proc: subprocess.Popen) -> None:
 
 
 def run_process(argv: list[str], timeout_s: float | None, *, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, cwd: str | None = None) -> tuple[int, bytes, bytes]:
+                stdout=subprocess.PIPE, cwd: str | None = None,
+                started: Callable[[subprocess.Popen], None] | None = None) -> tuple[int, bytes, bytes]:
     """Run a host process in its own session, stoppable (Ctrl-C, `interrupt_calls`) and killed with its whole
-    group at the timeout (`subprocess.TimeoutExpired`). Returns (exit status, stdout or b"", stderr)."""
+    group at the timeout (`subprocess.TimeoutExpired`). Returns (exit status, stdout or b"", stderr).
+    `started(proc)` is told the process once it runs (a watcher in another thread may kill it)."""
     if _interrupt.is_set():
         raise Interrupted()
     proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, start_new_session=True,
                             cwd=cwd)
+    if started is not None:
+        started(proc)
     with stoppable(lambda: kill_process_group(proc)):
         try:
             out, err = proc.communicate(timeout=timeout_s)

@@ -27,7 +27,10 @@ def default_store() -> str:
 
 
 StoreOption = typer.Option(None, "--store", help=f"SQLite file or postgresql:// URL (default: ${STORE_ENV} or the user data folder)")
-SpaceOption = typer.Option(DEFAULT_SPACE, "--space", help="search space name")
+SpaceOption = typer.Option(None, "--space", help="search space name (default: the space of the device's table)")
+#: for commands that make tables: a device with none yet gets the default space
+NewTableSpaceOption = typer.Option(None, "--space", help=f"search space name (default: the space of the device's "
+                                                          f"table, else {DEFAULT_SPACE})")
 JsonOption = typer.Option(False, "--json", help="print one JSON document on stdout")
 
 
@@ -43,6 +46,15 @@ def resolve_store(store: str | None, must_exist: bool = False, default_may_be_mi
 
         check_store_exists(target)
     return target
+
+
+def check_space(space: str | None) -> None:
+    """A --space that was given must name a registered space: said first, before outputs or tables are looked
+    at (an omitted one is found from the device's table, `bench.table.device_space`)."""
+    if space:
+        from ofa_core.space import SearchSpace
+
+        SearchSpace.get(space)
 
 
 # ---- values a typer callback checks at parse time (a usage error: the usage line, one error line, exit 2)

@@ -13,20 +13,21 @@ KIND_HELP = "local | adb | ssh | fpga"
 
 def _summary(p) -> dict:
     return {"name": p.name, "kind": p.kind, "runtime": p.runtime, "model_format": p.model_format,
+            "precision": p.precision,
             "address": p.address or None, "threads": p.threads, "cores": list(p.cores) or None,
             "binary": p.binary or None, "example": p.example, "simulated": p.simulated, "aliases": list(p.aliases),
             "description": p.description, "source": p.source}
 
 
 def _parse_cores(text: Optional[str]) -> tuple[int, ...]:
-    from devices import ProfileError
+    from devices import DeviceProfileError
 
     if not text:
         return ()
     try:
         return tuple(int(c) for c in text.split(",") if c.strip())
     except ValueError:
-        raise ProfileError(f"--cores must be CPU numbers separated by commas, got {text!r}") from None
+        raise DeviceProfileError(f"--cores must be CPU numbers separated by commas, got {text!r}") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -104,6 +105,7 @@ def register(app: typer.Typer) -> None:
         address: str = typer.Option("", "--address", help="adb: HOST:PORT or serial; ssh: USER@HOST[:PORT]; fpga: board"),
         runtime: str = typer.Option("onnxruntime", "--runtime", help="onnxruntime | litert | torch | null | fpga-model"),
         model_format: str = typer.Option("", "--model-format", help="onnx | tflite | pt2 (default: the runtime's)"),
+        precision: str = typer.Option("fp32", "--precision", help="fp32 | int8 (static int8 .tflite: LiteRT devices)"),
         threads: int = typer.Option(1, "--threads", callback=at_least_one),
         cores: Optional[str] = typer.Option(None, "--cores", help="CPU numbers to pin to, e.g. 4,5,6,7"),
         python: str = typer.Option("python3", "--python", help="interpreter on the device"),
@@ -123,7 +125,8 @@ def register(app: typer.Typer) -> None:
 
         check_profile_name(name)  # a name, never a path: the profile is written as NAME.toml in the user's folder
         profile = DeviceProfile(
-            name=name, kind=kind, address=address, runtime=runtime, model_format=model_format, threads=threads,
+            name=name, kind=kind, address=address, runtime=runtime, model_format=model_format, precision=precision,
+            threads=threads,
             cores=_parse_cores(cores), python=python, workdir=workdir, binary=binary, key_path=key_path,
             adb_server=adb_server, cooldown_s=cooldown_s, cooldown_temp_c=cooldown_temp_c,
             cv_threshold=cv_threshold, description=description)

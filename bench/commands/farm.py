@@ -1,10 +1,13 @@
 """`ofa-bench farm submit|worker|status`: a job queue in the store, shared by the hosts of a measuring farm."""
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
-from bench.commands._common import (JsonOption, SpaceOption, StoreOption, at_least_one, emit_json, info, non_negative,
-                                    parse_resolutions, positive, resolve_store)
+from bench.commands._common import (DEFAULT_SPACE, JsonOption, NewTableSpaceOption, StoreOption, at_least_one,
+                                    check_space, emit_json, info, non_negative, parse_resolutions, positive,
+                                    resolve_store)
 
 MEASURERS = ("agent", "null")
 
@@ -17,7 +20,7 @@ def register(app: typer.Typer) -> None:
     @farm.command("submit")
     def submit_cmd(
         devices: list[str] = typer.Argument(..., help="device names"),
-        space: str = SpaceOption,
+        space: Optional[str] = NewTableSpaceOption,
         resolutions: str = typer.Option(None, "--resolutions", help="R1,R2,... (default: all of the space's)"),
         max_attempts: int = typer.Option(3, "--max-attempts", callback=at_least_one,
                                          help="a job fails for good after this many tries"),
@@ -26,11 +29,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Queue one job per table entry not yet measured (nor queued) for each device."""
         from bench.farm import submit
+        from bench.table import device_space
         from bench.store import open_store
 
+        check_space(space)
         res = parse_resolutions(resolutions)
         with open_store(resolve_store(store)) as s:
-            doc = submit(s, devices, space, res, max_attempts=max_attempts)
+            sp = device_space(devices, space, s, default=DEFAULT_SPACE)  # a device's table goes on in its space
+            doc = submit(s, devices, sp.name, res, max_attempts=max_attempts)
         if json_out:
             emit_json(doc)
         else:
@@ -88,7 +94,7 @@ def register(app: typer.Typer) -> None:
     @farm.command("status")
     def status_cmd(store: str = StoreOption, json_out: bool = JsonOption) -> None:
         """Per device: queued, running, done and failed jobs, and the workers serving it."""
-        from bench.jobs import farm_status
+        from bench.farm import farm_status
         from bench.store import open_store
 
         with open_store(resolve_store(store, must_exist=True), create=False) as s:

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from bench.commands._common import (JsonOption, SpaceOption, StoreOption, check_output_folder, check_output_path,
-                                    emit_json, info, resolve_store)
+                                    check_space, emit_json, info, resolve_store)
 
 
 def register(app: typer.Typer) -> None:
@@ -18,7 +19,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Argument(..., help="device name"),
         out: Path = typer.Option(..., "--out", help="folder (yaml) or file (parquet, csv)"),
         fmt: str = typer.Option("yaml", "--format", help="yaml | parquet | csv"),
-        space: str = SpaceOption,
+        space: Optional[str] = SpaceOption,
         store: str = StoreOption,
         statistic: str = typer.Option("median", "--statistic", help="median | p25 | p10 | min of the raw samples"),
         partial: bool = typer.Option(False, "--partial", help="write a table that misses entries (say how many) "
@@ -26,18 +27,17 @@ def register(app: typer.Typer) -> None:
         json_out: bool = JsonOption,
     ) -> None:
         """Write the device's table (latest good measurement per key); an incomplete table only with --partial."""
-        from ofa_core.space import SearchSpace
-
-        from bench.lut import LutError, export_table, load_device_table
+        from bench.table import LutError, device_table, export_table
 
         if fmt not in ("yaml", "parquet", "csv"):
             raise LutError(f"unknown table format {fmt!r}; use yaml, parquet or csv")
-        sp = SearchSpace.get(space)
+        check_space(space)
         if fmt == "yaml":
             check_output_folder(out, "--out")
         else:
             check_output_path(out, "--out")
-        table = load_device_table(device, sp, resolve_store(store, must_exist=True, default_may_be_missing=True), statistic=statistic)
+        target = resolve_store(store, must_exist=True, default_may_be_missing=True)
+        sp, table = device_table(device, space, target, statistic=statistic)
         missing = table.missing(sp, [r for r in table.resolutions if r in sp.resolutions])
         if missing and not partial:
             at = sorted({r for r, _ in missing})
@@ -57,23 +57,22 @@ def register(app: typer.Typer) -> None:
     @lut.command("import")
     def import_cmd(
         device: str = typer.Argument(..., help="device name to file the table under"),
-        source: Path = typer.Argument(..., help="folder of {R}_lookup_table.yaml files, or a .parquet/.csv file"),
-        space: str = SpaceOption,
+        source: Path = typer.Argument(..., help="folder of {R}_lookup_table.yaml/.json files, one such file, "
+                                      "or a .csv/.parquet file (columns resolution, key, mean_ms, optional "
+                                      "std_ms or var, count)"),
+        space: Optional[str] = typer.Option(None, "--space", help="search space name (default: the one space "
+                                            "whose entries the table's keys are)"),
         store: str = StoreOption,
         json_out: bool = JsonOption,
     ) -> None:
-        """Read an official table (checked completely before anything is written) into the store."""
-        from ofa_core.space import SearchSpace
-
-        from bench.lut import import_table, read_table_source, check_fits_space
+        """Read a published table (checked completely before anything is written) into the store."""
+        from bench.table import import_table, read_table
         from bench.store import open_store
 
-        sp = SearchSpace.get(space)
-        entries = read_table_source(source)  # fail on a corrupt table before the store is even opened
-        check_fits_space(entries, sp, str(source))
+        sp, entries = read_table(source, space)  # fail on a corrupt table before the store is even opened
         st = open_store(resolve_store(store))
         try:
-            doc = import_table(st, device, sp, source)
+            doc = import_table(st, device, sp, source, entries=entries)
         finally:
             st.close()
         if json_out:

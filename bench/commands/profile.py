@@ -1,17 +1,20 @@
-"""`ofa-bench profile DEVICE... --space S --resolutions R,...`: measure every missing table entry, resumably."""
+"""`ofa-bench profile DEVICE... [--space S] --resolutions R,...`: measure every missing table entry, resumably."""
 from __future__ import annotations
+
+from typing import Optional
 
 import typer
 
-from bench.commands._common import (JsonOption, SpaceOption, StoreOption, at_least_one, emit_json, info, non_negative,
-                                    number_check, parse_resolutions, resolve_store)
+from bench.commands._common import (DEFAULT_SPACE, JsonOption, NewTableSpaceOption, StoreOption, at_least_one,
+                                    check_space, emit_json, info, non_negative, number_check, parse_resolutions,
+                                    resolve_store)
 
 
 def register(app: typer.Typer) -> None:
     @app.command("profile")
     def profile_cmd(
         devices: list[str] = typer.Argument(..., help="device profile names or addresses (one worker each)"),
-        space: str = SpaceOption,
+        space: Optional[str] = NewTableSpaceOption,
         resolutions: str = typer.Option(None, "--resolutions", help="R1,R2,... (default: all for small spaces; "
                                         "160,192,224 for ImageNet spaces)"),
         store: str = StoreOption,
@@ -31,19 +34,24 @@ def register(app: typer.Typer) -> None:
                                                 help="whole subnets measured once the table is complete (smallest, "
                                                      "largest, a spread between), so that predictions are "
                                                      "calibrated from the start; 0: leave it to validate"),
+        few_shot: Optional[int] = typer.Option(None, "--few-shot", callback=number_check(ge=1),
+                                               help="measure only K informative entries and transfer the rest "
+                                                    "from other devices' tables of the space in the store (a "
+                                                    "later profile without --few-shot measures them)"),
         json_out: bool = JsonOption,
     ) -> None:
         """Profile devices: export, measure and store every table entry not yet measured (resumes after a crash)."""
-        from ofa_core.space import SearchSpace
-
+        from bench.table import device_space
         from bench.profile import MeasureSettings, ProfileError, profile_devices
 
-        sp = SearchSpace.get(space)
+        check_space(space)
         settings = MeasureSettings(rounds=rounds, batch_size=batch, min_duration_s=min_duration_s,
                                    warmup_s=warmup_s, reference=not no_reference,
                                    calibration_subnets=calibration_subnets, remeasure_raw=remeasure_raw)
         target = resolve_store(store)
-        reports = profile_devices(devices, sp, target, parse_resolutions(resolutions), settings)
+        sp = device_space(devices, space, target, default=DEFAULT_SPACE)  # resumes the table a device has
+        reports = profile_devices(devices, sp, target, parse_resolutions(resolutions), settings,
+                                  few_shot=few_shot)
         failed = [r for r in reports if r.status == "failed"]
         if json_out:
             doc = reports[0].to_dict() if len(reports) == 1 else {}
@@ -57,8 +65,13 @@ def register(app: typer.Typer) -> None:
                 info(f"{r.device}{sim}: {r.status}; {r.entries_total} entries, {r.entries_measured} measured, "
                      f"{r.entries_reused} reused, {r.entries_noisy} noisy, {r.subnets_measured} whole subnets "
                      f"measured, {r.duration_s:.1f} s" + (f"; error: {r.error}" if r.error else ""))
+                if r.transfer:
+                    t = r.transfer
+                    info(f"{r.device}: {r.entries_transferred} of {r.entries_total} entries transferred from "
+                         f"{', '.join(t['sources'])} ({t['model']} model on {t['n_measured']} measured entries, "
+                         f"leave-one-out error {100 * t['loo_rel_rmse']:.1f}%)")
                 if r.calibration:
-                    from bench.predictor import Calibration
+                    from bench.table import Calibration
 
                     info(f"{r.device}: latency model: {Calibration.from_dict(r.calibration).describe()}")
         if failed:

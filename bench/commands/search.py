@@ -7,12 +7,11 @@ from typing import List, Optional
 
 import typer
 
-from bench.commands._common import (FIGURE_SUFFIXES, JsonOption, StoreOption, at_least_one, check_output_path,
-                                    emit_json, info, non_negative, number_check, parse_resolutions, positive,
-                                    resolve_store)
+from bench.commands._common import (FIGURE_SUFFIXES, JsonOption, SpaceOption, StoreOption, at_least_one,
+                                    check_output_path, emit_json, info, non_negative, number_check, parse_resolutions,
+                                    positive, resolve_store)
 from ofa_core.errors import OFABenchError
 
-SpaceChoice = typer.Option(None, "--space", help="search space (default: the space of the device's table)")
 PredictorOption = typer.Option(None, "--predictor", help="accuracy predictor (.safetensors of ours or the official .pth); "
                                                          "default: the one of the space, if it has one")
 ResolutionsOption = typer.Option(None, "--resolutions", help="resolutions to search, e.g. 160,176,192,208,224 "
@@ -24,41 +23,12 @@ class SearchSetupError(OFABenchError):
 
 
 # ---- shared set-up ------------------------------------------------------------------------------------
-def table_device_name(device: str) -> str:
-    """The name tables are stored under: a profile's canonical name for an alias, else the name as given."""
-    from bench.lut import KNOWN_ANCHORS
-
-    if device in KNOWN_ANCHORS:
-        return device
-    try:
-        from devices import get_device
-
-        return get_device(device).name
-    except OFABenchError:
-        return device
-
-
 def device_table(device: str, space_name: str | None, store: str):
-    """(space, table) for a device: the given space, or the one space the device has a table for."""
-    from bench.lut import LutError, load_device_table
-    from ofa_core.space import SearchSpace
+    """(space, table) for a device: the given space, or the one space the device has a table of (the rule every
+    command shares, `bench.table.device_table`)."""
+    from bench.table import device_table as shared
 
-    name = table_device_name(device)
-    if space_name:
-        sp = SearchSpace.get(space_name)
-        return sp, load_device_table(name, sp, store)
-    found = []
-    for candidate in SearchSpace.names():
-        try:
-            found.append((SearchSpace.get(candidate), load_device_table(name, candidate, store)))
-        except LutError:
-            continue
-    if not found:
-        raise SearchSetupError(f"no latency table for device {device!r} in store {store}; "
-                               f"run `ofa-bench profile {device}` or `ofa-bench lut import` first")
-    if len(found) > 1:
-        raise SearchSetupError(f"device {device!r} has tables for {', '.join(s.name for s, _ in found)}; pass --space")
-    return found[0]
+    return shared(device, space_name, store)
 
 
 def accuracy_predictor(space, path: str | None):
@@ -103,7 +73,7 @@ def run_search(device: str, latency_ms: float | None, macs: float | None, space_
     """Everything `ofa-bench search` reports, before export and confirmation."""
     import numpy as np
 
-    from bench.predictor import LatencyPredictor
+    from bench.table import LatencyPredictor
     from ofa_core.search import InfeasibleBudgetError, SearchParams, check_budget, evolution_search
 
     if latency_ms is None and macs is None:
@@ -158,27 +128,24 @@ def unreachable(exc, latency, device: str, budget_ms: float | None) -> OFABenchE
         f"({latency.calibration.describe()}); ask for at least {upper:.4g} ms")
 
 
-def export_subnet_onnx(space_name: str, cfg_dict: dict, out: Path) -> dict:
-    """Extract the subnet from the supernet (shipped weights if the space has them, else random) and write
-    it as ONNX (checked against torch)."""
-    from ofa_core.checkpoint import load_supernet, shipped_weights_path
-    from ofa_core.onnx_export import export_onnx
+def device_format(device: str) -> str:
+    """The model format a device runs (its profile's, e.g. .tflite for LiteRT); ONNX for a table that has no
+    profile (one imported from files)."""
+    from devices import get_device
+
+    try:
+        return get_device(device).model_format
+    except OFABenchError:
+        return "onnx"
+
+
+def export_chosen(space_name: str, cfg_dict: dict, out: Path, fmt: str) -> dict:
+    """The chosen subnet extracted from the supernet (shipped weights if the space has them, else random),
+    written to `out` as the device runs it (`fmt`, its layout) and checked against torch."""
+    from bench.export import write_subnet
     from ofa_core.space import SearchSpace, SubnetConfig
-    from ofa_core.supernet import OFAMobileNetV3
 
-    space = SearchSpace.get(space_name)
-    cfg = space.validate(SubnetConfig.from_ofa_dict(cfg_dict))
-    if shipped_weights_path(space.name).is_file():
-        net, weights = load_supernet(space), "shipped"
-    else:
-        import torch
-
-        torch.manual_seed(0)
-        net, weights = OFAMobileNetV3(space).eval(), "random"
-    path = export_onnx(net.extract(cfg), out, (1, space.in_channels, cfg.r, cfg.r))
-    return {"path": str(path), "weights": weights,
-            "note": "" if weights == "shipped" else f"no shipped weights for {space.name}: random weights "
-                                                    "(fine for latency, meaningless for accuracy)"}
+    return write_subnet(SearchSpace.get(space_name), SubnetConfig.from_ofa_dict(cfg_dict), out, fmt)
 
 
 def confirm_on_device(device: str, path: Path, doc: dict, store: str, passes: int = 3,
@@ -189,7 +156,7 @@ def confirm_on_device(device: str, path: Path, doc: dict, store: str, passes: in
     import numpy as np
 
     from agents import connect
-    from bench.measure import MeasureSettings, ReferenceWatch, agent_profile, reference_nominal_ms
+    from bench.measure import ReferenceWatch, agent_profile, reference_nominal_ms
     from bench.store import open_store
     from bench.validate import ValidateSettings, measure_subnets
     from devices import get_device
@@ -198,8 +165,7 @@ def confirm_on_device(device: str, path: Path, doc: dict, store: str, passes: in
     profile = get_device(device)
     space = SearchSpace.get(doc["space"])
     cfg = space.parse_config(doc["config_string"])
-    settings = ValidateSettings(n=1, passes=passes, max_passes=2 * passes, min_duration_s=min_duration_s,
-                                warmup_s=MeasureSettings.warmup_s)  # the agent's default warm-up, as before
+    settings = ValidateSettings(n=1, passes=passes, max_passes=2 * passes, min_duration_s=min_duration_s)
     ms = settings.measure_settings(profile)
     st = open_store(store, create=False)
     try:
@@ -241,13 +207,14 @@ def search_confirmed(device: str, latency_ms: float | None, macs: float | None, 
                           population, generations, restarts)
     # Without --export, the model lives in a temporary folder only while it is measured.
     with tempfile.TemporaryDirectory(prefix="ofa-bench-search-") as scratch:
-        out = export if export is not None else Path(scratch) / "subnet.onnx"
+        fmt = device_format(device)  # what the device runs: the file it is timed on, the file a user gets
+        out = export if export is not None else Path(scratch) / f"subnet.{fmt}"
         history: list[dict] = []
         for n in range(1, max(1, rounds) + 1):
             doc = run_search(device, latency_ms, macs, space_name, store, predictor_path, resolutions, seed,
                              population, generations, restarts)
             say(f"exporting {doc['config_string']} to {out}")
-            doc["export"] = export_subnet_onnx(doc["space"], doc["config"], out)
+            doc["export"] = export_chosen(doc["space"], doc["config"], out, fmt)
             doc["export"]["kept"] = export is not None
             if doc["export"]["note"]:
                 say(doc["export"]["note"])
@@ -281,7 +248,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option(..., "--device", help="device whose latency table constrains the search"),
         latency_ms: Optional[float] = typer.Option(None, "--latency-ms", callback=positive, help="latency budget (ms)"),
         macs: Optional[float] = typer.Option(None, "--macs", callback=positive, help="MACs budget (e.g. 3e8)"),
-        space: Optional[str] = SpaceChoice,
+        space: Optional[str] = SpaceOption,
         predictor: Optional[str] = PredictorOption,
         resolutions: Optional[str] = ResolutionsOption,
         seed: int = typer.Option(0, "--seed", callback=non_negative),
@@ -289,7 +256,8 @@ def register(app: typer.Typer) -> None:
         generations: int = typer.Option(500, "--generations", callback=non_negative),
         restarts: Optional[int] = typer.Option(None, "--restarts", callback=at_least_one,
                                                help="independent searches side by side, best kept (default 1)"),
-        export: Optional[Path] = typer.Option(None, "--export", help="write the subnet as ONNX here"),
+        export: Optional[Path] = typer.Option(None, "--export", help="write the subnet here, as the device runs it "
+                                                                 "(.tflite for a LiteRT device, else .onnx)"),
         confirm: bool = typer.Option(False, "--confirm", help="measure the subnet on the device and compare; "
                                      "over the budget, refit with that measurement and search again"),
         confirm_rounds: int = typer.Option(3, "--confirm-rounds", callback=at_least_one,
@@ -302,7 +270,7 @@ def register(app: typer.Typer) -> None:
         if latency_ms is None and macs is None:
             raise SearchSetupError("give a budget: --latency-ms and/or --macs")
         if export is not None:
-            check_output_path(export, "--export", (".onnx",))
+            check_output_path(export, "--export", (f".{device_format(device)}",))
         target = resolve_store(store, must_exist=True, default_may_be_missing=True)
         doc = search_confirmed(device, latency_ms, macs, space, target, predictor, parse_resolutions(resolutions),
                                seed, population, generations, restarts, export, confirm, confirm_rounds)
@@ -334,7 +302,7 @@ def register(app: typer.Typer) -> None:
         device: List[str] = typer.Option(..., "--device", help="device (repeat for several fronts on one figure)"),
         out: Path = typer.Option(..., "--out", help="figure to write (.png, .pdf, .svg)"),
         csv_path: Optional[Path] = typer.Option(None, "--csv", help="also write the points as CSV"),
-        space: Optional[str] = SpaceChoice,
+        space: Optional[str] = SpaceOption,
         predictor: Optional[str] = PredictorOption,
         resolutions: Optional[str] = ResolutionsOption,
         seed: int = typer.Option(0, "--seed", callback=non_negative),
@@ -348,7 +316,7 @@ def register(app: typer.Typer) -> None:
         import numpy as np
 
         from bench.pareto import build_device_front, measured_subnets, plot_fronts, write_csv
-        from bench.predictor import LatencyPredictor
+        from bench.table import LatencyPredictor
         from ofa_core.search import SearchParams
 
         check_output_path(out, "--out", FIGURE_SUFFIXES)
@@ -367,7 +335,7 @@ def register(app: typer.Typer) -> None:
             # the ends are searched as `ofa-bench search` does by default, so the front's top is checked against it
             fronts.append(build_device_front(dev, sp, acc, latency, np.random.default_rng(seed), res, population,
                                              generations, with_macs, measured, simulated=_simulated(dev),
-                                             end_params=SearchParams()))
+                                             end_params=SearchParams(), provenance=table.provenance()))
         plot_fronts(fronts, out)
         doc = {"out": str(out), "devices": [f.to_dict() for f in fronts]}
         if csv_path is not None:
@@ -381,6 +349,9 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"{f.device} ({f.space}): {len(f.front)} points, {lat.min():.2f}-{lat.max():.2f} ms, "
                            f"accuracy {100 * f.front.accuracy.min():.2f}-{100 * f.front.accuracy.max():.2f}%, "
                            f"{len(f.measured)} measured subnet(s), {f.front.seconds:.1f} s")
+                if f.transferred_share:
+                    typer.echo(f"  {100 * f.transferred_share:.0f}% of its table transferred from "
+                               f"{', '.join(f.provenance.get('transferred_from', []))}, not measured")
                 typer.echo(f"  top: {100 * top['front_accuracy']:.2f}% on the front within the largest subnet's "
                            f"{top['budget_latency_ms']:.3g} ms; single-budget search there "
                            f"{100 * top['search_accuracy']:.2f}%")

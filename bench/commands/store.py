@@ -13,8 +13,7 @@ def register(app: typer.Typer) -> None:
     @store_app.command("migrate")
     def migrate_cmd(store: str = StoreOption, json_out: bool = JsonOption) -> None:
         """Create the store if new and apply every pending schema migration."""
-        from bench.migrations import LATEST_VERSION
-        from bench.store import open_store
+        from bench.store import LATEST_VERSION, open_store
 
         with open_store(resolve_store(store), migrate=False) as s:
             before = s.version
@@ -34,8 +33,7 @@ def register(app: typer.Typer) -> None:
         json_out: bool = JsonOption,
     ) -> None:
         """Copy every row of SRC into DST, skipping rows DST already holds (safe to run again)."""
-        from bench.store import open_store
-        from bench.store_copy import copy_store
+        from bench.store import copy_store, open_store
 
         with open_store(src, create=False) as a, open_store(dst) as b:
             report = copy_store(a, b)

@@ -118,5 +118,5 @@ def commit(store, run_id: int, fp_id: str, space: SearchSpace, records: list[dic
             done = store.measured_keys(fp_id, space.name)
             records = [r for r in records if r["kind"] != "block" or r["noisy"]
                        or (r["resolution"], r["key"]) not in done]
-        store._insert_measurements(run_id, records)
+        store.insert_measurements(run_id, records)
     return [r for r in records if r["kind"] == "block"]

@@ -8,11 +8,14 @@ spots invocations that ran in a slow stretch and has them run again.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ofa_core.space import SearchSpace
 
-from bench.candidates import Entry, candidates, mbconv_key
 from bench.measure.stats import DEFAULT_STATISTIC, sample_statistic
+
+if TYPE_CHECKING:
+    from bench.table.candidates import Entry
 
 REFERENCE_PREFIX = "reference:"
 #: the device's current speed is the median reference latency of its most recent invocations
@@ -21,6 +24,8 @@ REFERENCE_WINDOW = 9
 
 def reference_entry(space: SearchSpace) -> Entry:
     """A fixed mid-sized block (third stage, second slot, k5 e4, middle resolution) timed in every batch."""
+    from bench.table.candidates import candidates, mbconv_key
+
     r = sorted(space.resolutions)[len(space.resolutions) // 2]
     spec = space.blocks()[2 * space.max_depth + 1]
     key = mbconv_key(space, spec, r, 5 if 5 in space.ks_list else space.ks_list[0],

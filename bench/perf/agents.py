@@ -109,7 +109,7 @@ def transports_overhead(model: Path, folder: Path) -> dict:
         agent.measure([model])  # first call pushes
         out["local"] = null_overhead(agent, model)
     try:
-        from agents.loopback_adbd import LoopbackAdbd
+        from agents.sim.loopback_adbd import LoopbackAdbd
         from devices import get_device
 
         server = LoopbackAdbd()

@@ -5,7 +5,7 @@ devices on one host.
    measurer timing an empty call) against a PostgreSQL server this benchmark starts (PostgreSQL's default,
    durable settings unless --fast-pg). Jobs are enqueued once every worker is polling; the rate is jobs
    claimed and completed per second from the enqueue commit to the last completion.
-2. One table on 1, 2 and 4 loopback ADB devices (`python -m agents.loopback_adbd`, simulated phones running
+2. One table on 1, 2 and 4 loopback ADB devices (`python -m agents.sim.loopback_adbd`, simulated phones running
    the Python runner with onnxruntime on this host), all served by one worker process: wall time from the
    enqueue commit (table split evenly across the devices) to the last measurement. Models are exported
    before the clock starts, so the figure is measuring plus the farm's overhead.
@@ -84,7 +84,7 @@ def _children_cpu_s() -> float:
 
 def queue_throughput(server, workers: int, jobs_per_worker: int) -> dict:
     """Jobs claimed and completed per second with `workers` null-measurer worker processes."""
-    from bench.jobs import enqueue
+    from bench.farm import enqueue
     from bench.store import open_store
 
     url = server.create_db("farm_bench")
@@ -145,10 +145,10 @@ timeout_s = 60.0
 
 
 def _start_loopback(tmp: Path, index: int) -> tuple[subprocess.Popen, int]:
-    from bench.store_pgserver import free_port
+    from bench.store.pgserver import free_port
 
     port = free_port()
-    p = subprocess.Popen([sys.executable, "-m", "agents.loopback_adbd", "--port", str(port),
+    p = subprocess.Popen([sys.executable, "-m", "agents.sim.loopback_adbd", "--port", str(port),
                           "--root", str(tmp / f"adbd-{index}")], cwd=REPO, env=_env(),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = p.stdout.readline()
@@ -161,9 +161,9 @@ def _start_loopback(tmp: Path, index: int) -> tuple[subprocess.Popen, int]:
 def loopback_table(server, n_devices: int, space_name: str, resolution: int, min_duration_s: float,
                    tmp: Path) -> dict:
     """Wall time of one table split across `n_devices` loopback ADB devices served by one worker process."""
-    from bench.candidates import candidates
+    from bench.table import candidates
     from bench.export import export_entry
-    from bench.jobs import enqueue
+    from bench.farm import enqueue
     from bench.store import open_store
     from ofa_core.space import SearchSpace
 
@@ -235,7 +235,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop the server and the processes
 
-    from bench.store_pgserver import start_local_server
+    from bench.store.pgserver import start_local_server
 
     doc: dict = {"host_cpus": os.cpu_count(), "load_avg_1m_start": round(os.getloadavg()[0], 2)}
     with start_local_server(fast=args.fast_pg) as server, tempfile.TemporaryDirectory(prefix="ofa-farm-bench-") as tmp:

@@ -5,7 +5,9 @@ freshly profiled device, in one run.
 2. Fresh predictions: `--holdout` random subnets (a seed the calibration never saw) predicted from that table,
    then measured the way `validate` measures them, into a copy of the store (so that they do not calibrate
    step 3). Side by side: the plain table sum and the calibrated prediction. Target: within 10% for >= 90%.
-3. Budgets kept: `--budgets` budgets spread from the fastest subnet's upper bound to the largest subnet's
+3. Validating helps: `validate` adds `--validate` subnets (another seed) to the calibration; the held-out subnets
+   are predicted again. It must not make them worse.
+4. Budgets kept: `--budgets` budgets spread from the fastest subnet's upper bound to the largest subnet's
    prediction, each searched and confirmed on the device (`search --confirm`, re-searching while over budget).
    Targets: every confirmed subnet measures at most 5% over its budget; predicted within 10% of measured for
    at least 4 of 5 budgets.
@@ -33,9 +35,8 @@ def fresh_predictions(device: str, space, store: str, n: int, seed: int) -> dict
     import numpy as np
 
     from agents import connect
-    from bench.lut import load_device_table
+    from bench.table import Calibration, LatencyPredictor, load_device_table
     from bench.measure import ReferenceWatch, agent_profile
-    from bench.predictor import Calibration, LatencyPredictor
     from bench.store import open_store
     from bench.validate import ValidateSettings, accuracy_metrics, measure_subnets
     from devices import get_device
@@ -59,9 +60,26 @@ def fresh_predictions(device: str, space, store: str, n: int, seed: int) -> dict
     finally:
         st.close()
     measured = np.array([t.value_ms for t in timed])
-    return {"n": n, "seed": seed, "calibration": pred.calibration.describe(),
+    return {"n": n, "seed": seed, "calibration": pred.calibration.describe(), "_cfgs": cfgs, "_measured": measured,
             "calibrated": accuracy_metrics(predicted, measured), "table_sum": accuracy_metrics(sums, measured),
             "measured_within_upper": float(np.mean(measured <= upper)), "measure_s": round(time.monotonic() - t0, 1),
+            "loadavg": _load()}
+
+
+def after_validate(device: str, space, store: str, fresh: dict, n: int, seed: int) -> dict:
+    """`validate` adds `n` subnets (another seed) to the table's calibration; the held-out subnets of `fresh` are
+    predicted again with it. Validating must not make those predictions worse."""
+    from bench.table import LatencyPredictor, load_device_table
+    from bench.validate import ValidateSettings, accuracy_metrics, validate_device
+
+    t0 = time.monotonic()
+    val = validate_device(device, space, store, ValidateSettings(n=n, seed=seed))
+    pred = LatencyPredictor.from_table(load_device_table(device, space, store), space)
+    after = accuracy_metrics(pred(fresh["_cfgs"]), fresh["_measured"])
+    before = fresh["calibrated"]
+    return {"n": n, "seed": seed, "calibration": pred.calibration.describe(), "calibrated": after,
+            "validate_s": round(time.monotonic() - t0, 1), "validate_cv": {k: val[k] for k in ("within_5pct", "within_10pct", "mape")},
+            "not_worse": bool(after["mape"] <= before["mape"] + 0.001 and after["within_10pct"] >= before["within_10pct"]),
             "loadavg": _load()}
 
 
@@ -70,7 +88,7 @@ def budgets_kept(device: str, space, store: str, n_budgets: int, seed: int) -> d
     import numpy as np
 
     from bench.commands.search import device_table, search_confirmed
-    from bench.predictor import LatencyPredictor
+    from bench.table import LatencyPredictor
     from ofa_core.accuracy import default_predictor_path
     from ofa_core.search import smallest_achievable
 
@@ -110,6 +128,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--resolutions", default=None, help="R1,R2,... (default: profile's default)")
     parser.add_argument("--holdout", type=int, default=30, help="random subnets predicted fresh, then measured")
     parser.add_argument("--budgets", type=int, default=5)
+    parser.add_argument("--validate", type=int, default=20,
+                        help="subnets `validate` adds before the held-out ones are predicted again (0: skip)")
     parser.add_argument("--seed", type=int, default=101, help="seed of the held-out subnets and the searches")
     parser.add_argument("--store", default=None, help="keep the store here (default: a temporary folder)")
     parser.add_argument("--json", action="store_true")
@@ -133,6 +153,11 @@ def main(argv: list[str]) -> int:
         holdout_store = str(tmp / "holdout.sqlite")
         shutil.copyfile(store, holdout_store)
         doc["fresh"] = fresh_predictions(args.device, space, holdout_store, args.holdout, args.seed)
+        if args.validate:
+            doc["after_validate"] = after_validate(args.device, space, store, doc["fresh"], args.validate,
+                                                   args.seed + 1000)
+        for key in ("_cfgs", "_measured"):
+            doc["fresh"].pop(key)
         doc["budgets"] = budgets_kept(args.device, space, store, args.budgets, args.seed)
     finally:
         if args.store is None:
@@ -150,6 +175,13 @@ def main(argv: list[str]) -> int:
               f"MAPE {100 * m['mape']:5.1f}%  tau {m['kendall_tau']:.3f}")
     print(f"  measured <= upper bound: {100 * f['measured_within_upper']:.1f}% (target within 10% >= 90%: "
           f"{'met' if f['calibrated']['within_10pct'] >= 0.9 else 'NOT met'}), load {f['loadavg']}")
+    if "after_validate" in doc:
+        a = doc["after_validate"]
+        m = a["calibrated"]
+        print(f"after validate added {a['n']} subnets ({a['validate_s']} s), {a['calibration']}: the same held-out "
+              f"subnets within 5% {100 * m['within_5pct']:5.1f}%  within 10% {100 * m['within_10pct']:5.1f}%  "
+              f"MAPE {100 * m['mape']:5.1f}%  tau {m['kendall_tau']:.3f}; not worse: {a['not_worse']}, "
+              f"load {a['loadavg']}")
     print("budgets (search --confirm):")
     for r in b["budgets"]:
         print(f"  {r['budget_ms']:8.4f} ms: predicted {r['predicted_ms']:.4f} upper {r['upper_ms']:.4f} measured "

@@ -10,9 +10,7 @@ import time
 def main(argv: list[str]) -> int:
     import numpy as np
 
-    from bench.candidates import candidates
-    from bench.lut import EntryStats, LatencyTable, anchor_table
-    from bench.predictor import LatencyPredictor
+    from bench.table import EntryStats, LatencyPredictor, LatencyTable, anchor_table, candidates
     from ofa_core.space import SearchSpace
 
     ap = argparse.ArgumentParser(prog="python -m bench.perf lut")

@@ -123,8 +123,7 @@ def run_official(acc, lat, budget_ms: float, seed: int, population: int, generat
 
 # ---- ours ---------------------------------------------------------------------------------------------
 def _ours(anchors: Path):
-    from bench.lut import load_device_table
-    from bench.predictor import LatencyPredictor
+    from bench.table import LatencyPredictor, load_device_table
     from ofa_core.accuracy import AccuracyPredictor
     from ofa_core.space import SearchSpace
 
@@ -169,7 +168,8 @@ def main(argv: list[str]) -> int:
 
     from ofa_core.search import SearchParams, evolution_search, evolution_search_many
 
-    from bench.lut import anchors_missing, anchors_root
+    from bench.table import anchors_missing
+    from ofa_core.accuracy import anchors_root
 
     torch.set_num_threads(1)
     anchors = anchors_root() / "ofa-mbv3-w12-note10"

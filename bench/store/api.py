@@ -1,8 +1,9 @@
-"""The measurement store: devices and their fingerprints, runs, and append-only measurements with raw samples.
+"""The store's one API: devices and their fingerprints, runs, and append-only measurements with raw samples.
 
-One interface, two backends: an SQLite file (the embedded default) or a PostgreSQL database (a farm of hosts
-sharing one store). `open_store(target)` picks the backend from the target, checks the store is one of ours
-and not from a newer version of this code, and applies the pending migrations (`bench.migrations`).
+One interface, two backends: an SQLite file (the embedded default, `bench.store.sqlite`) or a PostgreSQL
+database (a farm of hosts sharing one store, `bench.store.postgres`). `open_store(target)` picks the backend
+from the target, checks the store is one of ours and not from a newer version of this code, and applies the
+pending migrations (`bench.store.migrations`).
 """
 from __future__ import annotations
 
@@ -17,21 +18,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.migrations import LATEST_VERSION, MIGRATIONS, VERSION_TABLE, render
-from bench.store_errors import StoreError, one_line
-from bench.store_rows import (MEASUREMENT_COLUMNS, decode_measurement, decode_run, measurement_row,  # noqa: F401
-                              to_json)
-from bench.store_pg import PostgresBackend, is_postgres_url
-from bench.store_sqlite import SqliteBackend
+from bench.store.errors import StoreConflict, StoreError, one_line
+from bench.store.migrations import LATEST_VERSION, MIGRATIONS, VERSION_TABLE, render
+from bench.store.postgres import PostgresBackend, is_postgres_url
+from bench.store.rows import MEASUREMENT_COLUMNS, decode_measurement, decode_run, measurement_row, to_json
+from bench.store.sqlite import SqliteBackend
 
-__all__ = ["open_store", "check_store_exists", "Store", "StoreError", "StoreConflict", "fingerprint_id",
-           "measurement_row", "RUN_STATUSES"]
+__all__ = ["open_store", "check_store_exists", "Store", "fingerprint_id", "RUN_STATUSES"]
 
 RUN_STATUSES = ("running", "done", "interrupted", "failed")
-
-
-class StoreConflict(StoreError):
-    """A write refused by a uniqueness rule (used internally by the job queue to detect races)."""
 
 
 def fingerprint_id(fingerprint: dict) -> str:
@@ -90,7 +85,11 @@ def open_store(target: str | os.PathLike, *, connect_timeout_s: float = 10.0,
 
 
 class Store:
-    """A connection to one store. Not shared between threads: open one per thread (cheap)."""
+    """A connection to one store. Not shared between threads: open one per thread (cheap).
+
+    Each write method (`register_fingerprint`, `start_run`, `finish_run`, `add_measurements`) is one transaction
+    of its own, or part of the caller's when called inside `transaction()` (`lut import` writes a whole table so).
+    """
 
     def __init__(self, backend, conn):
         self._backend = backend
@@ -173,6 +172,15 @@ class Store:
                 except Exception:
                     pass
                 raise self._error(exc) from None
+
+    @contextmanager
+    def _writing(self) -> Iterator["Store"]:
+        """The caller's transaction when one is open, else a write transaction of its own."""
+        if self._in_tx:
+            yield self
+        else:
+            with self.transaction(write=True):
+                yield self
 
     def _error(self, exc: BaseException) -> StoreError:
         if self._backend.is_unique_violation(exc):
@@ -268,7 +276,7 @@ class Store:
             raise StoreError(f"fingerprint of {device_name} must be a dict, got {type(fingerprint).__name__}")
         fp_id = fingerprint_id(fingerprint)
         now = time.time()
-        with self.transaction():
+        with self._writing():
             self.execute("INSERT INTO fingerprints (id, device, fingerprint, created_at, last_seen_at) "
                          "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device, id) DO UPDATE SET "
                          "last_seen_at = excluded.last_seen_at",
@@ -303,7 +311,7 @@ class Store:
     def start_run(self, device_name: str, fp_id: str, space: str, kind: str, settings: dict,
                   metadata: dict) -> int:
         """Open a run (who, when, host, settings) that measurements will belong to; returns its id."""
-        with self.transaction():
+        with self._writing():
             rows = self.query(
                 "INSERT INTO runs (uuid, device, fingerprint_id, space, kind, settings, metadata, status, "
                 "user_name, host, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?) RETURNING id",
@@ -312,9 +320,10 @@ class Store:
         return int(rows[0]["id"])
 
     def finish_run(self, run_id: int, status: str) -> None:
+        """End a run as "done", "interrupted" or "failed"."""
         if status not in RUN_STATUSES[1:]:
             raise StoreError(f"run status must be one of {', '.join(RUN_STATUSES[1:])}, got {status!r}")
-        with self.transaction():
+        with self._writing():
             if self.execute("UPDATE runs SET status = ?, finished_at = ? WHERE id = ?",
                             (status, time.time(), int(run_id))) != 1:
                 raise StoreError(f"store {self.target} has no run {run_id}")
@@ -348,11 +357,12 @@ class Store:
     # ---------------------------------------------------------------- measurements
     def add_measurements(self, run_id: int, records: list[dict]) -> list[int]:
         """Append measurements to a run in one transaction; returns their ids. A bad record writes nothing."""
-        with self.transaction():
-            return self._insert_measurements(run_id, records)
+        with self._writing():
+            return self.insert_measurements(run_id, records)
 
-    def _insert_measurements(self, run_id: int, records: list[dict]) -> list[int]:
-        """The body of `add_measurements`, for callers that already hold a transaction (the farm worker)."""
+    def insert_measurements(self, run_id: int, records: list[dict]) -> list[int]:
+        """The rows of `add_measurements`, written inside the caller's transaction (a farm job's completion, a
+        profile's commit, `lut import`); returns their ids."""
         rows = self.query("SELECT device, fingerprint_id, space FROM runs WHERE id = ?", (int(run_id),))
         if not rows:
             raise StoreError(f"store {self.target} has no run {run_id}")
@@ -376,6 +386,12 @@ class Store:
         wanted = None if resolutions is None else {int(r) for r in resolutions}
         return {(int(r["resolution"]), r["key"]) for r in rows
                 if wanted is None or int(r["resolution"]) in wanted}
+
+    def spaces(self, fp_id: str, kind: str = "block") -> list[str]:
+        """The spaces this fingerprint has at least one good measurement of `kind` in (its tables' spaces)."""
+        rows = self.query("SELECT DISTINCT space FROM measurements WHERE fingerprint_id = ? AND kind = ? "
+                          "AND noisy = 0 ORDER BY space", (fp_id, kind))
+        return [r["space"] for r in rows]
 
     def latest_measurements(self, fp_id: str, space: str, kind: str = "block", whole_run: bool = False) -> list[dict]:
         """The latest good measurement of each (resolution, key), ordered by resolution then key. With

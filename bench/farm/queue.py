@@ -1,5 +1,9 @@
 """The farm's job queue, kept in the store: one job per table entry to measure on one device.
 
+`submit` and `nightly` put jobs in (`enqueue`); a worker takes them (`claim`), keeps them (`renew`) and
+finishes them (`complete` writes the measurement, `fail` records an attempt); `release` and `requeue_expired`
+hand back what a worker lost or abandoned.
+
 A job is `queued`, then `running` under a worker's lease (renewed while it measures), then `done` (its
 measurement written in the same transaction) or back to `queued` after an error or an expired lease, and
 `failed` once it has used all its attempts. Two unique indexes do the bookkeeping races would break: an entry
@@ -7,15 +11,13 @@ is active (queued or running) at most once per device, and a device runs at most
 """
 from __future__ import annotations
 
-import json
-import socket
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from bench.store import MEASUREMENT_COLUMNS, Store, StoreConflict, StoreError, measurement_row
-from bench.store_pg import name_lock_key
+from bench.store.postgres import name_lock_key
 
 JOB_STATUSES = ("queued", "running", "done", "failed")
 DEFAULT_MAX_ATTEMPTS = 3
@@ -63,7 +65,7 @@ class EnqueueResult:
 
 
 def _entry_pairs(entries: Iterable) -> list[tuple[int, str]]:
-    """(resolution, key) from tuples or from objects with `.resolution` and `.key` (bench.candidates.Entry)."""
+    """(resolution, key) from tuples or from objects with `.resolution` and `.key` (bench.table.Entry)."""
     out: list[tuple[int, str]] = []
     seen: set[tuple[int, str]] = set()
     for e in entries:
@@ -74,13 +76,15 @@ def _entry_pairs(entries: Iterable) -> list[tuple[int, str]]:
     return out
 
 
-def enqueue(store: Store, device: str, space: str, entries: Iterable, *, fingerprint_id: str | None = None,
+def enqueue(store: Store, device: str, space, entries: Iterable, *, fingerprint_id: str | None = None,
             kind: str = "block", max_attempts: int = DEFAULT_MAX_ATTEMPTS, in_transaction: bool = False
             ) -> EnqueueResult:
-    """Queue one job per entry for `device` (entries already queued or running for it are skipped).
+    """Queue one job per entry of `space` (a name or a `SearchSpace`) for `device`; entries already queued or
+    running for it are skipped. Used by `submit` and `nightly`.
 
-    Entries are `(resolution, key)` pairs or `bench.candidates.Entry` objects. Everything is queued in one
+    Entries are `(resolution, key)` pairs or `bench.table.Entry` objects. Everything is queued in one
     transaction (or inside the caller's, with `in_transaction=True`)."""
+    space = str(getattr(space, "name", space))
     if not device:
         raise StoreError("device name is empty")
     if max_attempts < 1:
@@ -196,7 +200,7 @@ def complete(store: Store, job: Job, worker: str, run_id: int, record: dict) -> 
                           (measurement_uuid, now, job.id, worker))
         if n != 1:
             raise _lost(job, worker)
-        (measurement_id,) = store._insert_measurements(run_id, [rec])
+        (measurement_id,) = store.insert_measurements(run_id, [rec])
     return measurement_id
 
 
@@ -239,57 +243,3 @@ def active_count(store: Store, devices: Sequence[str]) -> int:
     rows = store.query(f"SELECT COUNT(*) AS n FROM jobs WHERE status IN ('queued', 'running') "
                        f"AND device IN ({marks})", tuple(devices))
     return int(rows[0]["n"])
-
-
-# -------------------------------------------------------------------- workers
-def worker_name(pid: int) -> str:
-    return f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:6]}"
-
-
-def register_worker(store: Store, name: str, pid: int, devices: Sequence[str]) -> None:
-    now = time.time()
-    with store.transaction():
-        store.execute("INSERT INTO workers (name, host, pid, devices, started_at, last_heartbeat, status) "
-                      "VALUES (?, ?, ?, ?, ?, ?, 'running') ON CONFLICT (name) DO UPDATE SET "
-                      "last_heartbeat = excluded.last_heartbeat, status = 'running'",
-                      (name, socket.gethostname(), int(pid), json.dumps(list(devices)), now, now))
-
-
-def stop_worker(store: Store, name: str, status: str = "stopped") -> None:
-    with store.transaction():
-        store.execute("UPDATE workers SET status = ?, last_heartbeat = ? WHERE name = ?", (status, time.time(), name))
-
-
-# -------------------------------------------------------------------- status
-def farm_status(store: Store, now: float | None = None, stale_after_s: float = 120.0) -> dict:
-    """Per device: job counts by status, last errors of failed jobs, and the workers serving it."""
-    now = time.time() if now is None else now
-    devices: dict[str, dict] = {}
-
-    def dev(name: str) -> dict:
-        return devices.setdefault(name, {"device": name, **{s: 0 for s in JOB_STATUSES}, "failed_jobs": [],
-                                         "workers": []})
-
-    for row in store.query("SELECT device, status, COUNT(*) AS n FROM jobs GROUP BY device, status"):
-        dev(row["device"])[row["status"]] = int(row["n"])
-    for row in store.query("SELECT device, space, resolution, key, attempts, last_error FROM jobs "
-                           "WHERE status = 'failed' ORDER BY updated_at DESC"):
-        d = dev(row["device"])
-        if len(d["failed_jobs"]) < 10:
-            d["failed_jobs"].append({k: row[k] for k in ("space", "resolution", "key", "attempts", "last_error")})
-    workers = []
-    for row in store.query("SELECT name, host, pid, devices, started_at, last_heartbeat, status FROM workers "
-                           "ORDER BY name"):
-        age = now - float(row["last_heartbeat"])
-        state = row["status"]
-        if state == "running" and age > stale_after_s:
-            state = "stale"
-        w = {"name": row["name"], "host": row["host"], "pid": int(row["pid"]), "devices": json.loads(row["devices"]),
-             "status": state, "last_heartbeat": float(row["last_heartbeat"]), "heartbeat_age_s": round(age, 3)}
-        workers.append(w)
-        for d in w["devices"]:
-            dev(d)["workers"].append({"name": w["name"], "status": state, "last_heartbeat": w["last_heartbeat"],
-                                      "heartbeat_age_s": w["heartbeat_age_s"]})
-    totals = {s: sum(d[s] for d in devices.values()) for s in JOB_STATUSES}
-    return {"store": store.target, "devices": [devices[k] for k in sorted(devices)], "workers": workers,
-            "totals": totals}

@@ -1,4 +1,5 @@
-"""The one error the store raises for anything a user can fix (bad path, foreign file, unreachable database)."""
+"""The store's errors: `StoreError` for anything a user can fix (bad path, foreign file, unreachable database),
+and `StoreConflict` for a write a uniqueness rule refused."""
 from __future__ import annotations
 
 import re
@@ -8,6 +9,10 @@ from ofa_core.errors import OFABenchError
 
 class StoreError(OFABenchError):
     """A store that cannot be opened or used; the message is one line and names the store."""
+
+
+class StoreConflict(StoreError):
+    """A write refused by a uniqueness rule (used internally by the job queue to detect races)."""
 
 
 def one_line(text: object) -> str:

@@ -1,5 +1,5 @@
-"""The measuring farm: hosts share one store (PostgreSQL), `submit` queues missing table entries as jobs, and a
-`Worker` on each host measures the jobs of the devices plugged into it.
+"""The farm's worker: on each host, a `Worker` measures the queued jobs (`bench.farm.queue`) of the devices
+plugged into it and writes their measurements to the shared store.
 
 A worker runs one thread per device (so a device never measures two things at once), plus a heartbeat thread
 that renews the leases of the jobs its device threads are working on (only those: a job a thread lost track of,
@@ -16,88 +16,18 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agents.transports.base import clear_interrupt, interrupt_calls
-from bench.farm_sessions import AgentSession, DeviceSession, NullSession, SessionFactory
-from bench.jobs import (EnqueueResult, LostJob, active_count, claim, complete, fail, register_worker, release,
-                        renew,
-                        stop_worker, worker_name)
-from bench.jobs import enqueue as _enqueue
+from bench.farm.errors import FarmError
+from bench.farm.queue import LostJob, active_count, claim, complete, fail, release, renew
+from bench.farm.sessions import DeviceSession, SessionFactory
+from bench.farm.status import register_worker, stop_worker, worker_name
 from bench.store import Store, StoreError, measurement_row, open_store
 from bench.workers import Workers
-from ofa_core.errors import OFABenchError
-
-__all__ = ["AgentSession", "DeviceSession", "FarmError", "NullSession", "Worker", "WorkerReport", "WorkerSettings",
-           "enqueue", "submit"]
 
 
-class FarmError(OFABenchError):
-    """Bad farm input (unknown device, nothing to serve) or a worker that could not start any device."""
-
-
-# -------------------------------------------------------------------- queueing
-def enqueue(store: Store, device: str, space, entries: Iterable, *, fingerprint_id: str | None = None,
-            kind: str = "block", max_attempts: int = 3) -> EnqueueResult:
-    """Queue `entries` ((resolution, key) pairs or `bench.candidates.Entry`) of `space` (name or SearchSpace)
-    as jobs for `device`; entries already queued or running for it are skipped. Used by `nightly`."""
-    space_name = getattr(space, "name", space)
-    return _enqueue(store, device, str(space_name), entries, fingerprint_id=fingerprint_id, kind=kind,
-                    max_attempts=max_attempts)
-
-
-def device_is_known(store: Store, name: str) -> bool:
-    """A device profile of this host, an ad-hoc address, or a device some worker already registered."""
-    if store.latest_fingerprint(name) is not None:
-        return True
-    try:
-        from devices import get_device
-
-        get_device(name)
-        return True
-    except OFABenchError:
-        return False
-
-
-def submit(store: Store, devices: Sequence[str], space_name: str, resolutions: Sequence[int] | None = None,
-           *, max_attempts: int = 3) -> dict:
-    """Queue every table entry not yet measured (nor queued) for each device's latest fingerprint.
-
-    All devices are checked before anything is written; the jobs of all devices go in one transaction."""
-    from bench.candidates import candidates
-    from ofa_core.space import SearchSpace
-
-    if not devices:
-        raise FarmError("farm submit needs at least one device")
-    space = SearchSpace.get(space_name)
-    entries = candidates(space, resolutions)
-    unknown = [d for d in devices if not device_is_known(store, d)]
-    if unknown:
-        raise FarmError(f"unknown device {unknown[0]!r}: no device profile and no worker ever registered it "
-                        f"in {store.target}")
-    report = {"store": store.target, "space": space.name,
-              "resolutions": sorted({e.resolution for e in entries}), "entries": len(entries), "devices": []}
-    with store.transaction():
-        names = sorted(set(devices))
-        for device in names:  # sorted: two submits lock devices in the same order
-            store.lock_name(f"device:{device}")
-        for device in names:
-            # read inside the locked transaction: a job completing meanwhile is either seen measured or
-            # still active, so no entry is queued twice
-            fp = store.latest_fingerprint(device)
-            fp_id = fp["id"] if fp else None
-            measured = store.measured_keys(fp_id, space.name, resolutions) if fp_id else set()
-            missing = [e for e in entries if (e.resolution, e.key) not in measured]
-            res = _enqueue(store, device, space.name, missing, fingerprint_id=fp_id, max_attempts=max_attempts,
-                           in_transaction=True)
-            report["devices"].append({"device": device, "fingerprint_id": fp_id, "measured": len(measured),
-                                      "queued": res.queued, "already_queued": res.already_active})
-    report["queued"] = sum(d["queued"] for d in report["devices"])
-    return report
-
-
-# -------------------------------------------------------------------- the worker
 @dataclass(frozen=True)
 class WorkerSettings:
     """How a worker serves its devices. `heartbeat_s` defaults to a third of the lease."""
@@ -118,7 +48,7 @@ class WorkerSettings:
 
 
 @dataclass
-class DeviceReport:
+class WorkerDeviceReport:
     device: str
     fingerprint_id: str | None = None
     done: int = 0
@@ -130,7 +60,7 @@ class DeviceReport:
 @dataclass
 class WorkerReport:
     name: str
-    devices: dict[str, DeviceReport] = field(default_factory=dict)
+    devices: dict[str, WorkerDeviceReport] = field(default_factory=dict)
     wall_s: float = 0.0
 
     def to_json(self) -> dict:
@@ -186,7 +116,7 @@ class Worker:
 
     def run(self) -> WorkerReport:
         t0 = time.monotonic()
-        report = WorkerReport(self.name, {d: DeviceReport(d) for d in self.settings.devices})
+        report = WorkerReport(self.name, {d: WorkerDeviceReport(d) for d in self.settings.devices})
         with self._open() as store:
             register_worker(store, self.name, os.getpid(), self.settings.devices)
             self._log(f"farm worker {self.name}: serving {', '.join(self.settings.devices)} from {store.target}"
@@ -270,7 +200,7 @@ class Worker:
                 delay = min(self.settings.max_backoff_s, delay * 2)
         return None
 
-    def _serve_device(self, store: Store, rep: DeviceReport) -> None:
+    def _serve_device(self, store: Store, rep: WorkerDeviceReport) -> None:
         device, s = rep.device, self.settings
         session = None
         runs: dict[str, int] = {}
@@ -314,7 +244,7 @@ class Worker:
                     pass
             store.close()
 
-    def _one_job(self, store: Store, session: DeviceSession, rep: DeviceReport, runs: dict[str, int],
+    def _one_job(self, store: Store, session: DeviceSession, rep: WorkerDeviceReport, runs: dict[str, int],
                  failures: list[int]) -> bool:
         """Claim, measure and complete one job (or wait a poll interval); False once idle with exit_when_idle."""
         device, s = rep.device, self.settings

@@ -4,20 +4,36 @@ It lets the whole adb path (adb-shell, Debian's `adb` client and server) be exer
 simulated device and says so: `ro.product.model=ofa-bench-loopback`, `ro.ofa_bench.simulated=1`.
 
 Protocol: 24-byte little-endian packets (command, arg0, arg1, payload length, byte-sum checksum, command ^
-0xFFFFFFFF); CNXN without AUTH; streams opened by `shell:CMD` / `exec:CMD` / `sync:`, each WRTE acknowledged
-by OKAY, CLSE both ways. The banner advertises no `shell_v2`, so clients use the legacy shell (stdout and
-stderr merged, no exit status: callers append an exit-status sentinel).
+0xFFFFFFFF); streams opened by `shell:CMD` / `exec:CMD` / `sync:`, each WRTE acknowledged by OKAY, CLSE both
+ways. The banner advertises no `shell_v2`, so clients use the legacy shell (stdout and stderr merged, no exit
+status: callers append an exit-status sentinel).
 
-Path model: the sandbox folder ROOT mirrors a phone's layout (`ROOT/data/local/tmp`, `ROOT/system/build.prop`,
-`ROOT/bin/getprop`), but device paths are plain host paths, so shell commands and sync see the same files. The
-device's workdir is the absolute host path `ROOT/data/local/tmp/ofa-bench`, advertised as
-`ro.ofa_bench.workdir` in the CNXN banner and through `getprop`. Shell commands run with /bin/sh in ROOT
-(`ROOT/bin` first on PATH, TMPDIR=ROOT/data/local/tmp) and are not confined: it is a shell on this host, which
-is why the server binds 127.0.0.1 only. Sync (push, pull, stat, list) is confined: a path is taken relative to
-ROOT unless absolute, resolved through symlinks, and refused (FAIL, or "absent" for STAT/LIST) unless it ends
-up inside ROOT, so nothing outside the sandbox can be read or written through sync.
+Authentication (`auth`), as a phone's adbd does it (agents/sim/adb_auth.py): `none` answers CNXN at once;
+otherwise CNXN is answered with AUTH(TOKEN), a signature that a trusted key verifies gets CNXN, any other a fresh token,
+and a public key the host then offers (AUTH(RSAPUBLICKEY)) is the "Allow USB debugging?" prompt: `always`
+accepts it and remembers it in ROOT/data/misc/adb/adb_keys (the phone's file), `never` leaves it unanswered (a
+user who does not tap Allow: the host waits, then gives up), `keys` trusts only the keys of an adb_keys file
+(`adb_keys`, default the sandbox's), like a phone whose keys were provisioned.
 
-Run: `python -m agents.loopback_adbd --port PORT [--root DIR]`; in-process: `with loopback_adbd() as dev:`.
+Path model: the sandbox folder ROOT holds the phone's folders: ROOT/data/local/tmp, ROOT/data/misc/adb,
+ROOT/storage/emulated/0 (with ROOT/sdcard linking to it), ROOT/system/build.prop and ROOT/system/bin/getprop.
+A device path under /data, /sdcard, /storage or /system is that path inside ROOT, for sync and for shell
+commands alike; the device's workdir is the phone's /data/local/tmp/ofa-bench (`ro.ofa_bench.workdir`). Shell
+commands run with /bin/sh in ROOT (its "/", so relative paths agree with sync; ROOT/system/bin first on PATH,
+TMPDIR=ROOT/data/local/tmp): in the command line, a word that starts with one of those four folders gets ROOT
+in front of it, and in the output ROOT is taken out again, so the host sees phone paths only. Every other
+path is this host's own (/proc, /sys, /bin/sh: the device reports this host's CPU). Shell commands are not
+confined: it is a shell on this host, which is why the server binds 127.0.0.1 only. Sync (push, pull, stat,
+list) is confined: a path is mapped as above (relative to ROOT unless absolute), resolved through symlinks, and
+refused (FAIL, or "absent" for STAT/LIST) unless it ends up inside ROOT, so nothing outside the sandbox can be
+read or written through sync.
+
+For tests, `hang_on` makes the device stop answering, as a phone that froze, once a shell command containing
+that text arrives: packets are still read (so a host that hangs up is noticed and its commands are killed), but
+nothing is sent on any connection, and new connections get no CNXN.
+
+Run: `python -m agents.sim.loopback_adbd --port PORT [--root DIR] [--auth POLICY [--adb-keys FILE]]`;
+in-process: `with loopback_adbd() as dev:`.
 """
 from __future__ import annotations
 
@@ -27,6 +43,7 @@ import itertools
 import os
 import platform
 import queue
+import re
 import shlex
 import shutil
 import signal
@@ -40,6 +57,8 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from agents.sim.adb_auth import (AUTH_RSAPUBLICKEY, AUTH_SIGNATURE, AUTH_TOKEN, AdbKeyError, AdbPublicKey,
+                                 new_token, read_adb_keys)
 from ofa_core.errors import OFABenchError
 
 HOST = "127.0.0.1"
@@ -54,6 +73,16 @@ HEADER = struct.Struct("<6I")
 SYNC_HEADER = struct.Struct("<4sI")
 SYNC_STAT = struct.Struct("<4sIII")
 SYNC_DENT = struct.Struct("<4sIIII")
+PHONE_DIRS = ("data", "sdcard", "storage", "system")  # absolute device paths under these live in ROOT
+WORKDIR = "/data/local/tmp/ofa-bench"
+ADB_KEYS = "data/misc/adb/adb_keys"  # where a phone keeps the keys its user accepted
+AUTH_POLICIES = ("none", "always", "never", "keys")
+# A sandbox path is pasted into shell command lines (quoted or not), so it may hold only these characters.
+_SAFE_ROOT = re.compile(r"/[A-Za-z0-9_@%+,./-]*")
+# A phone path in a command line: one of PHONE_DIRS at the start of a word (after a blank, a quote, `=`, `:`,
+# a redirection or another shell operator, or `${VAR:-`), followed by `/` or the end of the word.
+_PHONE_PATH = re.compile(r"(?:^|(?<=[\s'\"=:(<>|;&`{,])|(?<=:-)|(?<=:=)|(?<=:\+))/(?:" + "|".join(PHONE_DIRS)
+                         + r")(?=[/\s'\";:)&|<>`}]|$)")
 
 
 def _wire(name: bytes) -> int:
@@ -92,8 +121,7 @@ def device_properties(root: Path) -> dict[str, str]:
         "ro.product.cpu.abi": platform.machine(),
         "ro.build.fingerprint": f"ofa-bench/loopback/{platform.system()}-{platform.release()}:simulated",
         "ro.ofa_bench.simulated": "1",
-        "ro.ofa_bench.root": str(root),
-        "ro.ofa_bench.workdir": str(root / "data/local/tmp/ofa-bench"),
+        "ro.ofa_bench.workdir": WORKDIR,
     }
 
 
@@ -119,14 +147,17 @@ printf '%s\\n' "$2"
 def prepare_root(root: Path) -> dict[str, str]:
     """Lay out the sandbox (phone-like folders, build.prop, a getprop script) and return the properties."""
     text = str(root)
-    if not root.is_absolute() or any(c in text for c in ";=\n\0"):
-        raise LoopbackAdbdError(f"loopback adbd: root must be an absolute path without ';', '=' or newlines: {text!r}")
+    if not _SAFE_ROOT.fullmatch(text):
+        raise LoopbackAdbdError(f"loopback adbd: root must be an absolute path of letters, digits and _@%+,.-/ "
+                                f"only (it is pasted into shell command lines): {text!r}")
     props = device_properties(root)
     try:
-        for sub in ("bin", "system", "data/local/tmp"):
+        for sub in ("system/bin", "data/local/tmp", "data/misc/adb", "storage/emulated/0"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+        if not (root / "sdcard").is_symlink():
+            (root / "sdcard").symlink_to("storage/emulated/0")   # relative: it stays inside the sandbox
         (root / "system/build.prop").write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-        getprop = root / "bin/getprop"
+        getprop = root / "system/bin/getprop"
         getprop.write_text(_GETPROP.format(props=shlex.quote(str(root / "system/build.prop"))))
         getprop.chmod(0o755)
     except OSError as e:
@@ -203,8 +234,41 @@ class _Stream:
         raise NotImplementedError
 
 
+class _OutputMapper:
+    """Takes the sandbox folder out of a byte stream (ROOT/data/x -> /data/x, ROOT alone -> /), across chunks."""
+
+    def __init__(self, root: str) -> None:
+        self._root = root.encode()
+        self._pattern = re.compile(re.escape(self._root) + rb"(?![\w.-])/?")
+        self._pending = b""
+
+    def feed(self, chunk: bytes, final: bool = False) -> bytes:
+        data = self._pending + chunk
+        limit = len(data)
+        if not final:  # hold back an end that may be the start of ROOT
+            for k in range(min(len(self._root), len(data)), 0, -1):
+                if self._root.startswith(data[-k:]):
+                    limit = len(data) - k
+                    break
+        out = bytearray()
+        pos = 0
+        for match in self._pattern.finditer(data):
+            if match.start() >= limit:
+                break
+            if match.end() == len(data) and not final:  # a `/` may follow in the next chunk
+                limit = match.start()
+                break
+            out += data[pos:match.start()] + b"/"
+            pos = match.end()
+        limit = max(limit, pos)
+        out += data[pos:limit]
+        self._pending = data[limit:]
+        return bytes(out)
+
+
 class _ShellStream(_Stream):
-    """`shell:CMD` / `exec:CMD`: /bin/sh -c CMD in ROOT, stdout and stderr merged (legacy shell protocol)."""
+    """`shell:CMD` / `exec:CMD`: /bin/sh -c CMD in ROOT, stdout and stderr merged (legacy shell protocol); phone
+    paths in CMD are mapped into the sandbox, and the sandbox folder is taken out of the output."""
 
     def __init__(self, conn: "_Connection", local_id: int, remote_id: int, command: str) -> None:
         super().__init__(conn, local_id, remote_id)
@@ -215,7 +279,9 @@ class _ShellStream(_Stream):
 
     def run(self) -> None:
         server = self.conn.server
-        argv = ["/bin/sh", "-c", self.command] if self.command.strip() else ["/bin/sh"]
+        command = server.map_command(self.command)
+        argv = ["/bin/sh", "-c", command] if command.strip() else ["/bin/sh"]
+        mapper = _OutputMapper(str(server.root))
         with self._proc_lock:
             if self._aborted:
                 return
@@ -233,9 +299,11 @@ class _ShellStream(_Stream):
         try:
             while True:
                 chunk = os.read(fd, self.conn.peer_max_payload)
+                out = mapper.feed(chunk, final=not chunk)
+                if out:
+                    self.write(out)
                 if not chunk:
                     break
-                self.write(chunk)
         except (_StreamClosed, OSError):
             self.abort()
         finally:
@@ -427,8 +495,11 @@ class _Connection:
         self._streams_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._connected = False
+        self._token: bytes | None = None  # the AUTH token the host must sign, while authenticating
 
     def send(self, command: int, arg0: int, arg1: int, payload: bytes = b"") -> None:
+        if self.server.hung.is_set():  # a frozen device answers nothing
+            return
         packet = pack_packet(command, arg0, arg1, payload)
         with self._send_lock:
             self.sock.sendall(packet)
@@ -462,8 +533,13 @@ class _Connection:
                 if command == CNXN:
                     self.version = min(arg0, VERSION)
                     self.peer_max_payload = max(256, min(arg1, MAX_PAYLOAD))
-                    self._connected = True
-                    self.send(CNXN, VERSION, MAX_PAYLOAD, self.server.banner)
+                    if self.server.auth == "none":
+                        self._online()
+                    else:
+                        self._connected = False
+                        self._ask_token()
+                elif command == AUTH:
+                    self._auth(arg0, payload)
                 elif not self._connected:
                     continue
                 elif command == OPEN:
@@ -486,7 +562,42 @@ class _Connection:
         finally:
             self.close()
 
+    # -- authentication, as a phone's adbd does it
+    def _online(self) -> None:
+        self._connected = True
+        self._token = None
+        self.send(CNXN, VERSION, MAX_PAYLOAD, self.server.banner)
+
+    def _ask_token(self) -> None:
+        self._token = new_token()
+        self.send(AUTH, AUTH_TOKEN, 0, self._token)
+
+    def _auth(self, kind: int, payload: bytes) -> None:
+        if self._connected or self._token is None:
+            return
+        server = self.server
+        if kind == AUTH_SIGNATURE:
+            if any(key.verify(self._token, payload) for key in server.trusted_keys()):
+                server.note("auth: signature verified with a trusted key; connected")
+                self._online()
+            else:
+                self._ask_token()
+        elif kind == AUTH_RSAPUBLICKEY:
+            try:
+                key = AdbPublicKey.parse(payload)
+            except AdbKeyError as e:
+                server.note(f"auth: the host offered an unreadable key ({e}); ignored")
+                return
+            if server.accept_key(key):
+                self._online()
+            # else: like a phone whose user does not tap "Allow", say nothing; the host gives up in time
+
     def _open(self, remote_id: int, service: str) -> None:
+        hang_on = self.server.hang_on
+        if hang_on and service.startswith(("shell:", "exec:")) and hang_on in service:
+            self.server.note(f"hang: {hang_on!r} received; the device stops answering")
+            self.server.hung.set()
+            return
         local_id = next(self._ids)
         if service.startswith(("shell:", "exec:")):
             stream: _Stream = _ShellStream(self, local_id, remote_id, service.partition(":")[2])
@@ -517,10 +628,26 @@ class LoopbackAdbd:
     """The loopback device server. `start()` binds 127.0.0.1:`port` (0 = a free port); `stop()` ends everything.
 
     Without `root`, a temporary sandbox folder is created and removed on stop; a given `root` is kept.
+    `auth` is the authentication policy (`none`, `always`, `never`, `keys`; see the module's docstring) and
+    `adb_keys` the keys file the `keys` policy trusts (default: the sandbox's data/misc/adb/adb_keys).
+    `hang_on` (tests) makes the device freeze when a shell command containing it arrives; `verbose` prints
+    what the device decides about keys (the phone's prompt) on stdout.
     """
 
-    def __init__(self, port: int = 0, root: Path | str | None = None) -> None:
+    def __init__(self, port: int = 0, root: Path | str | None = None, auth: str = "none",
+                 adb_keys: Path | str | None = None, hang_on: str | None = None, verbose: bool = False) -> None:
+        if auth not in AUTH_POLICIES:
+            raise LoopbackAdbdError(f"loopback adbd: auth must be one of {', '.join(AUTH_POLICIES)}, got {auth!r}")
+        if adb_keys is not None and auth != "keys":
+            raise LoopbackAdbdError("loopback adbd: an adb_keys file goes with auth 'keys'")
         self.requested_port = port
+        self.auth = auth
+        self.adb_keys = Path(adb_keys).expanduser().resolve() if adb_keys is not None else None
+        self.hang_on = hang_on or None
+        self.hung = threading.Event()
+        self.verbose = verbose
+        self.events: list[str] = []   # what the device decided (keys offered, accepted, refused; hangs)
+        self._accepted: list[AdbPublicKey] = []
         self._own_root = root is None
         self.root = Path(root).resolve() if root is not None else Path()   # a temporary folder is made by start()
         self.properties: dict[str, str] = {}
@@ -540,20 +667,70 @@ class LoopbackAdbd:
 
     @property
     def workdir(self) -> str:
-        """Absolute path of the device's work folder (inside the sandbox)."""
+        """The device's work folder as the device names it (/data/local/tmp/ofa-bench; see `host_path`)."""
         return self.properties["ro.ofa_bench.workdir"]
+
+    def host_path(self, device_path: str) -> Path:
+        """Where a device path is on this host: under /data, /sdcard, /storage, /system or relative -> inside
+        ROOT; any other absolute path is this host's own. Not resolved through symlinks, not confined."""
+        first = device_path.lstrip("/").split("/", 1)[0]
+        if not device_path.startswith("/") or first in PHONE_DIRS:
+            return self.root / device_path.lstrip("/")
+        return Path(device_path)
 
     def resolve(self, device_path: str) -> str | None:
         """Host path of a device path for sync, or None if it resolves outside the sandbox."""
         if not device_path or "\0" in device_path:
             return None
         root = os.path.realpath(self.root)
-        real = os.path.realpath(os.path.join(root, device_path))  # join keeps absolute paths as they are
+        real = os.path.realpath(self.host_path(device_path))
         return real if os.path.commonpath([real, root]) == root else None
+
+    def map_command(self, command: str) -> str:
+        """A shell command line with its phone paths (/data/..., /sdcard/..., ...) moved into the sandbox."""
+        return _PHONE_PATH.sub(lambda m: str(self.root) + m.group(0), command)
+
+    # -- authentication policy
+    def trusted_keys(self) -> list[AdbPublicKey]:
+        """Keys whose signatures the device accepts now (the file is read each time, as adbd reads it)."""
+        if self.auth == "always":
+            return self._accepted + read_adb_keys(self.root / ADB_KEYS)
+        if self.auth == "keys":
+            return read_adb_keys(self.adb_keys or self.root / ADB_KEYS)
+        return []
+
+    def accept_key(self, key: AdbPublicKey) -> bool:
+        """The "Allow USB debugging?" prompt for a key the host offers: the policy answers it."""
+        who = key.comment or "a host"
+        if self.auth == "always":
+            self._accepted.append(key)
+            try:
+                with open(self.root / ADB_KEYS, "a", encoding="utf-8") as f:
+                    f.write(key.to_android() + "\n")
+            except OSError as e:
+                self.note(f"auth: cannot remember the key in {ADB_KEYS}: {e.strerror}")
+            self.note(f"auth: key of {who} accepted and remembered (policy always)")
+            return True
+        if self.auth == "keys" and key in self.trusted_keys():
+            self.note(f"auth: key of {who} is in the adb_keys file; accepted")
+            return True
+        self.note(f"auth: key of {who} not accepted (policy {self.auth}); the host is left waiting")
+        return False
+
+    def note(self, message: str) -> None:
+        self.events.append(message)
+        del self.events[:-100]
+        if self.verbose:
+            print(f"ofa-bench loopback adb device (simulated): {message}", flush=True)
+
+    def hang(self) -> None:
+        """Stop answering from now on, like a phone that froze (tests)."""
+        self.note("hang: the device stops answering")
+        self.hung.set()
 
     def start(self) -> int:
         if self._own_root:
-            self.root = Path(tempfile.mkdtemp(prefix="ofa-bench-loopback-"))
+            self.root = Path(tempfile.mkdtemp(prefix="ofa-bench-loopback-")).resolve()
         try:
             return self._start()
         except BaseException:
@@ -565,7 +742,7 @@ class LoopbackAdbd:
         self.properties = prepare_root(self.root)
         self.banner = _banner(self.properties)
         env = dict(os.environ)
-        env["PATH"] = f"{self.root / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
+        env["PATH"] = f"{self.root / 'system/bin'}:{env.get('PATH', '/usr/bin:/bin')}"
         env["TMPDIR"] = str(self.root / "data/local/tmp")
         env["OFA_BENCH_LOOPBACK_ROOT"] = str(self.root)
         self.shell_env = env
@@ -632,9 +809,10 @@ class LoopbackAdbd:
 
 
 @contextlib.contextmanager
-def loopback_adbd(port: int = 0, root: Path | str | None = None) -> Iterator[LoopbackAdbd]:
+def loopback_adbd(port: int = 0, root: Path | str | None = None, auth: str = "none",
+                  adb_keys: Path | str | None = None) -> Iterator[LoopbackAdbd]:
     """Run a loopback device for the duration of a `with` block; yields the server (`.port`, `.serial`)."""
-    server = LoopbackAdbd(port=port, root=root)
+    server = LoopbackAdbd(port=port, root=root, auth=auth, adb_keys=adb_keys)
     server.start()
     try:
         yield server
@@ -644,14 +822,25 @@ def loopback_adbd(port: int = 0, root: Path | str | None = None) -> Iterator[Loo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m agents.loopback_adbd",
+        prog="python -m agents.sim.loopback_adbd",
         description="Loopback ADB device on 127.0.0.1 (simulated: runs commands on this host).")
     parser.add_argument("--port", type=int, default=0, help="TCP port (0 picks a free one, printed)")
     parser.add_argument("--root", type=Path, default=None,
                         help="sandbox folder (default: a temporary folder removed at exit)")
+    parser.add_argument("--auth", choices=AUTH_POLICIES, default="none",
+                        help="RSA authentication: none (default), always (accept and remember every offered key, "
+                             "like tapping Allow), never (leave every key unanswered), keys (only the keys of "
+                             "--adb-keys)")
+    parser.add_argument("--adb-keys", type=Path, default=None, metavar="FILE",
+                        help="with --auth keys: the trusted public keys, one per line as in a phone's "
+                             "/data/misc/adb/adb_keys (default: ROOT/data/misc/adb/adb_keys)")
+    parser.add_argument("--hang-on", default=None, metavar="TEXT",
+                        help="testing: stop answering, like a frozen phone, once a shell command containing "
+                             "TEXT arrives")
     args = parser.parse_args(argv)
-    server = LoopbackAdbd(port=args.port, root=args.root)
     try:
+        server = LoopbackAdbd(port=args.port, root=args.root, auth=args.auth, adb_keys=args.adb_keys,
+                              hang_on=args.hang_on, verbose=True)
         server.start()
     except LoopbackAdbdError as e:
         print(f"ofa-bench: error: {e}", file=sys.stderr)
@@ -660,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     print(f"ofa-bench loopback adb device (simulated, runs on this host) listening on {server.serial}; "
-          f"root {server.root}; workdir {server.workdir}", flush=True)
+          f"root {server.root}; workdir {server.workdir}; auth {server.auth}", flush=True)
     try:
         while not done.wait(0.5):
             pass

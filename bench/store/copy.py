@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from bench.store import MEASUREMENT_COLUMNS, Store, StoreError
+from bench.store.api import Store
+from bench.store.errors import StoreError
+from bench.store.rows import MEASUREMENT_COLUMNS
 
 RUN_COLUMNS = ("uuid", "device", "fingerprint_id", "space", "kind", "settings", "metadata", "status", "user_name",
                "host", "started_at", "finished_at")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 
-from bench.migrations import POSTGRES_TYPES
-from bench.store_errors import StoreError, one_line, redact_url
+from bench.store.migrations import POSTGRES_TYPES
+from bench.store.errors import StoreError, one_line, redact_url
 
 #: tables of ours; a database holding any of them without `schema_version` is not a store we can adopt
 OWN_TABLES = ("fingerprints", "runs", "measurements", "jobs", "workers")

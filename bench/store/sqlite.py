@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from bench.migrations import SQLITE_TYPES
-from bench.store_errors import StoreError, one_line
+from bench.store.migrations import SQLITE_TYPES
+from bench.store.errors import StoreError, one_line
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 

@@ -22,6 +22,7 @@ from typing import Any
 from agents.errors import ModelFileError
 from agents.host import Agent
 from agents.measurement import Measurement
+from agents.registry import register_agent
 
 MODEL_VERSION = "fpga-model/1"
 FUSED = {"Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "BatchNormalization", "Identity",
@@ -238,7 +239,9 @@ class FpgaAgent(Agent):
     """Plugs the analytic model in as a device: same `measure()` API; each result is the model's single
     deterministic value (n=1, `samples_ms` of one value), flagged `simulated`."""
 
-    def __init__(self, profile):
+    needs_transport = False  # the model is the device
+
+    def __init__(self, profile, transport=None):
         super().__init__(profile, None)
         self.accelerator = accelerator_for(profile)
 
@@ -266,3 +269,7 @@ class FpgaAgent(Agent):
             out.append(Measurement(model=str(path), samples_ms=(value,), median_ms=value, p10_ms=value,
                                    p90_ms=value, mean_ms=value, std_ms=0.0, cv=0.0, n=1, env=env))
         return out
+
+
+register_agent("fpga-model", FpgaAgent, lambda p: p.kind == "fpga",
+               serves="an fpga device (simulated: the analytic model)")

@@ -15,8 +15,8 @@ import numpy as np
 from ofa_core.errors import InvalidConfigError
 from ofa_core.space import ConfigBatch, SearchSpace, SubnetConfig
 
-from bench.candidates import fixed_entries, mbconv_key
-from bench.lut import LatencyTable, LutError
+from bench.table.candidates import fixed_entries, mbconv_key
+from bench.table.model import LatencyTable, LutError
 
 
 class Latencies(np.ndarray):

@@ -11,9 +11,10 @@ import time
 import uuid
 from typing import Any
 
-from bench.store_errors import StoreError
+from bench.store.errors import StoreError
 
-MEASUREMENT_KINDS = ("block", "subnet", "reference")
+#: "transferred": a table entry predicted from other devices' tables (`profile --few-shot`), not measured
+MEASUREMENT_KINDS = ("block", "subnet", "reference", "transferred")
 _STAT_FIELDS = ("mean_ms", "std_ms", "p10_ms", "p90_ms", "cv")
 MEASUREMENT_COLUMNS = ("uuid", "run_id", "fingerprint_id", "device", "space", "kind", "resolution", "key",
                        "latency_ms", "mean_ms", "std_ms", "p10_ms", "p90_ms", "cv", "n", "samples_ms", "noisy",

@@ -1,5 +1,8 @@
 """How a farm worker measures one job on one device: the `DeviceSession` protocol and its two implementations.
 
+The worker (`bench.farm.worker`) opens one session per device through a factory, asks it for the device's
+fingerprint once, then hands it the jobs it claims and stores the records it returns.
+
 `AgentSession` exports the entry's model (cached) and measures it with `agents.connect(profile)`;
 `NullSession` times an empty call in-process: a simulated device for testing the queue and its throughput.
 """
@@ -10,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from bench.jobs import Job
+from bench.farm.queue import Job
 from ofa_core.errors import OFABenchError
 
 
@@ -90,7 +93,7 @@ class AgentSession:
         return self._agent.fingerprint()
 
     def _entry(self, space_name: str, resolution: int, key: str):
-        from bench.candidates import candidates
+        from bench.table import candidates
         from ofa_core.space import SearchSpace
 
         table = self._entries.get((space_name, resolution))

@@ -1,0 +1,95 @@
+"""A device's table as a command asks for it: the name it is stored under, the spaces it has tables of, and
+the (space, table) to work on when `--space` is left out (`device_space` is the one place that decides).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from ofa_core.accuracy import anchors_root
+from ofa_core.errors import OFABenchError
+from ofa_core.space import SearchSpace
+
+from bench.measure.stats import DEFAULT_STATISTIC
+from bench.table.anchors import KNOWN_ANCHORS
+from bench.table.build import load_device_table
+from bench.table.model import LutError
+
+
+def table_device_name(device: str) -> str:
+    """The name tables are stored under: a profile's canonical name for an alias, else the name as given."""
+    if device in KNOWN_ANCHORS:
+        return device
+    try:
+        from devices import get_device
+
+        return get_device(device).name
+    except OFABenchError:
+        return device
+
+
+@contextmanager
+def _reading(store):
+    """An open Store for a path, URL or Store; None for a path that does not exist (never created here)."""
+    if store is None or not isinstance(store, (str, Path)):
+        yield store
+        return
+    if "://" not in str(store) and not Path(store).exists():
+        yield None
+        return
+    from bench.store import open_store
+
+    st = open_store(str(store))
+    try:
+        yield st
+    finally:
+        st.close()
+
+
+def table_spaces(device: str, store) -> list[str]:
+    """The registered spaces the device has a table of: in the store (its latest fingerprint's block
+    measurements) or published beside the repository (`KNOWN_ANCHORS`)."""
+    found = set()
+    with _reading(store) as st:
+        fp = st.latest_fingerprint(device) if st is not None else None
+        if fp is not None:
+            found.update(st.spaces(fp["id"]))
+    known = KNOWN_ANCHORS.get(device)
+    if known is not None and (anchors_root() / known[1]).is_dir():
+        found.add(known[0])
+    return sorted(found & set(SearchSpace.names()))
+
+
+def _where(store) -> str:
+    if store is None:
+        return "no store"
+    return f"store {getattr(store, 'target', store)}"
+
+
+def device_space(devices: str | Sequence[str], space: str | None, store, default: str | None = None) -> SearchSpace:
+    """The space a command works on: `space` when given (--space), else the one space the devices' tables are
+    of. No table: `default` (commands that make tables) or a one-line error; tables of several spaces: a
+    one-line error that lists them and asks for --space."""
+    if space:
+        return SearchSpace.get(space)
+    names = [devices] if isinstance(devices, str) else list(devices)
+    with _reading(store) as st:  # opened once for all the devices
+        found = sorted({s for d in names for s in table_spaces(table_device_name(d), st)})
+    who = f"device {names[0]!r}" if len(names) == 1 else f"devices {', '.join(map(repr, names))}"
+    if len(found) > 1:
+        raise LutError(f"{who} {'has' if len(names) == 1 else 'have'} tables of several spaces "
+                       f"({', '.join(found)}); pass --space NAME")
+    if found:
+        return SearchSpace.get(found[0])
+    if default:
+        return SearchSpace.get(default)
+    raise LutError(f"no latency table for {who} in {_where(store)}; run `ofa-bench profile {names[0]} "
+                   f"--space NAME` or `ofa-bench lut import {names[0]} TABLE` first")
+
+
+def device_table(device: str, space: str | None, store, statistic: str = DEFAULT_STATISTIC):
+    """(space, table) of a device: `device_space`, then its table from the store or the published anchors."""
+    name = table_device_name(device)
+    sp = device_space(name, space, store)
+    return sp, load_device_table(name, sp, store, statistic=statistic)
