@@ -4,7 +4,8 @@
 
 Imports every module of the four packages from the installed distribution (not from a checkout), and
 requires that a module whose optional dependency is missing fails with a one-line ImportError naming what to
-install; runs `ofa-bench --help` and a usage mistake through the console script. Exit 0 when all hold.
+install, and that the benchmarks (bench.perf, run from a clone) were left out; runs `ofa-bench --help` and a
+usage mistake through the console script. Exit 0 when all hold.
 """
 from __future__ import annotations
 
@@ -36,6 +37,12 @@ def import_every_module() -> list[str]:
     return problems
 
 
+def benchmarks_left_out() -> list[str]:
+    """bench/perf holds the benchmarks, which run from a clone (`python -m bench.perf AREA`): not installed."""
+    folder = Path(importlib.import_module("bench").__file__).resolve().parent / "perf"
+    return [f"bench.perf (the benchmarks, checkout-only) is installed at {folder}"] if folder.exists() else []
+
+
 def cli_checks() -> list[str]:
     exe = Path(sys.executable).parent / "ofa-bench"
     problems = []
@@ -52,7 +59,7 @@ def cli_checks() -> list[str]:
 
 
 def main() -> int:
-    problems = import_every_module() + cli_checks()
+    problems = import_every_module() + benchmarks_left_out() + cli_checks()
     for p in problems:
         print(f"check_install: {p}", file=sys.stderr)
     if not problems:

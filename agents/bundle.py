@@ -3,10 +3,10 @@ cached by content hash (the same sources always give byte-identical archives, so
 from __future__ import annotations
 
 import hashlib
-import os
 import zipfile
 from pathlib import Path
 
+from agents.cache import cache_root
 from ofa_core.atomic import atomic_write
 
 AGENTS_DIR = Path(__file__).resolve().parent
@@ -16,14 +16,6 @@ _MAIN = (
 )
 _PKG_INIT = '"""Device-side part of ofa-bench agents (runner and runtimes only)."""\n'
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
-
-
-def cache_dir() -> Path:
-    """`$OFA_BENCH_CACHE`, else `~/.cache/ofa-bench` (or `$XDG_CACHE_HOME/ofa-bench`)."""
-    env = os.environ.get("OFA_BENCH_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ofa-bench"
 
 
 def runner_sources() -> dict[str, bytes]:
@@ -44,7 +36,7 @@ def build_runner(cache: Path | None = None) -> Path:
     digest = hashlib.sha256()
     for name in sorted(files):
         digest.update(name.encode() + b"\0" + files[name] + b"\0")
-    folder = Path(cache) if cache else cache_dir() / "runner"
+    folder = Path(cache) if cache else cache_root() / "runner"
     target = folder / f"runner-{digest.hexdigest()[:16]}.pyz"
     if target.is_file():
         return target

@@ -5,6 +5,11 @@ until both a minimum count and a minimum duration are reached (capped by a maxim
 JSON line per model with every raw sample in ms, summary statistics and the environment. With `--rounds K`
 the models are interleaved round-robin K times, each round taking 1/K of the budget, which spreads slow
 machine drift evenly over the models. `--fingerprint` and `--temperature` print one JSON line about the device.
+
+On a GPU (torch on `--device cuda`, onnxruntime with `--provider cuda|tensorrt`) the warm-up goes on until the
+clocks settle (the median of each window of runs stops falling, within `--settle-s`), a run is timed with its
+outputs synchronised (CUDA events for torch, I/O binding for onnxruntime), and the GPU's name, driver and
+clocks (nvidia-smi) go into the fingerprint and the environment.
 """
 import argparse
 import gc
@@ -22,6 +27,9 @@ if __package__ in (None, ""):  # run as a plain script: make `agents.runtimes` i
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from agents.runtimes import ModelLoadError, RuntimeUnavailable, get_runtime  # noqa: E402
+
+#: execution providers, for runtimes that have them (onnxruntime); the others run on `cpu` only
+PROVIDERS = ("cpu", "cuda", "tensorrt")
 
 EXIT_USAGE, EXIT_RUNTIME, EXIT_MODEL = 2, 3, 4
 
@@ -71,6 +79,38 @@ CLOCKS = {
     "wall": time.perf_counter_ns,
     "thread": time.thread_time_ns,
 }
+
+
+#: on a GPU, warm-up goes on in windows of this many runs until a window's median is no more than
+#: SETTLE_TOLERANCE below the one before (boost clocks ramp up over the first runs), for at most --settle-s
+SETTLE_WINDOW = 16
+SETTLE_TOLERANCE = 0.01
+
+
+def settle(sample_ns, max_ns, window=SETTLE_WINDOW, tolerance=SETTLE_TOLERANCE):
+    """Warm up until the clocks settle: windows of `window` runs (`sample_ns()` times one, in ns) until a
+    window's median stops falling, or `max_ns` has passed. Returns the runs done."""
+    pc = time.perf_counter_ns
+    end = pc() + max_ns
+    previous, n = None, 0
+    while True:
+        values = sorted(sample_ns() for _ in range(window))
+        n += window
+        median = values[window // 2]
+        if (previous is not None and median >= previous * (1.0 - tolerance)) or pc() >= end:
+            return n
+        previous = median
+
+
+def _wall_sample(run):
+    pc = time.perf_counter_ns
+
+    def sample():
+        t0 = pc()
+        run()
+        return pc() - t0
+
+    return sample
 
 
 def time_runs(run, min_runs, min_ns, max_runs, max_ns, clock=time.perf_counter_ns):
@@ -203,6 +243,29 @@ def affinity():
         return None
 
 
+def nvidia_smi(fields):
+    """{field: value} of the GPU that CUDA calls device 0 (the first of CUDA_VISIBLE_DEVICES), from
+    `nvidia-smi --query-gpu=...`; None where nvidia-smi is missing or fails."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    index = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip() or "0"
+    argv = ["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits", "-i", index]
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = res.stdout.strip().splitlines()
+    if res.returncode != 0 or not lines:
+        return None
+    values = [v.strip() for v in lines[0].split(",")]
+    return dict(zip(fields, values)) if len(values) == len(fields) else None
+
+
+def on_gpu(args):
+    """Whether the models run on a GPU: torch on cuda, onnxruntime with a GPU provider."""
+    return args.device == "cuda" or getattr(args, "provider", "cpu") != "cpu"
+
+
 def environment(runtime_name, runtime_module, threads):
     """What was true while measuring: runtime, threads, affinity, governor and frequency, temperature, load."""
     cores = affinity() or []
@@ -250,14 +313,15 @@ def _cpuinfo_field(*names):
     return None
 
 
-def fingerprint(runtime_name, runtime_module, threads):
-    """Identity of the device and software build: no volatile values (no frequency, temperature, load)."""
+def fingerprint(runtime_name, runtime_module, threads, provider="cpu", gpu=False):
+    """Identity of the device and software build: no volatile values (no frequency, temperature, load). An
+    execution provider other than the CPU and the GPU's name and driver (`gpu`) are part of it."""
     model = (_getprop("ro.product.model") or _read("/sys/firmware/devicetree/base/model")
              or _read("/sys/devices/virtual/dmi/id/product_name"))
     soc = _getprop("ro.soc.model") or _getprop("ro.board.platform") or _cpuinfo_field("hardware")
     android = _getprop("ro.build.version.release")
     uname = platform.uname()
-    return {
+    out = {
         "model": (model or "").replace("\x00", "") or None,
         "cpu": _cpuinfo_field("model name", "cpu model", "processor name") or uname.processor or None,
         "soc": soc,
@@ -271,6 +335,12 @@ def fingerprint(runtime_name, runtime_module, threads):
         "threads": threads,
         "simulated": simulated_device(),
     }
+    if provider != "cpu":  # CPU tables keep the fingerprint they had before providers existed
+        out["provider"] = provider
+    if gpu:
+        found = nvidia_smi(("name", "driver_version"))
+        out["gpu"] = {"name": found["name"], "driver": found["driver_version"]} if found else None
+    return out
 
 
 # ---------------------------------------------------------------- main
@@ -280,6 +350,11 @@ def _parse(argv):
     p.add_argument("models", nargs="*")
     p.add_argument("--runtime", default="onnxruntime")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--provider", default="cpu", choices=PROVIDERS,
+                   help="execution provider of a runtime that has them (onnxruntime)")
+    p.add_argument("--cache-dir", default="", help="folder for the runtime's caches (TensorRT engines)")
+    p.add_argument("--settle-s", type=float, default=2.0,
+                   help="on a GPU, the longest warm-up spent waiting for the clocks to settle (s)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cores", default="", help="comma-separated CPU numbers to pin to")
     p.add_argument("--warmup-runs", type=int, default=10)
@@ -321,19 +396,34 @@ def _pin(cores):
 
 def preemption_filter(args):
     """Whether preempted runs are left out: wall clock, one thread, on the CPU, not turned off."""
-    return (args.clock == "wall" and args.threads == 1 and args.device in (None, "", "cpu")
+    return (args.clock == "wall" and args.threads == 1 and args.device in (None, "", "cpu") and not on_gpu(args)
             and not args.keep_preempted)
+
+
+def load_options(args, runtime):
+    """Keyword arguments of `runtime.load` beyond path, threads and device: the execution provider and the
+    cache folder for a runtime that has providers. Raises RuntimeUnavailable (one line) for a provider this
+    runtime or this build of it does not have."""
+    providers = getattr(runtime, "PROVIDERS", None)
+    if providers is None:
+        if args.provider != "cpu":
+            raise RuntimeUnavailable(f"runtime {args.runtime!r} has no execution providers; --provider "
+                                     f"{args.provider} is for onnxruntime")
+        return {}
+    runtime.check_provider(args.provider)
+    return {"provider": args.provider, "cache_dir": args.cache_dir or None}
 
 
 def measure(args, runtime):
     """Load every model, then warm up and time them round-robin; returns one record per model."""
     loaded, records = [], []
+    options = load_options(args, runtime)
     for path in args.models:
         t0 = time.perf_counter_ns()
-        model = runtime.load(path, args.threads, args.device)
+        model = runtime.load(path, args.threads, args.device, **options)
         loaded.append(model)
         records.append({"model": path, "load_ms": (time.perf_counter_ns() - t0) / 1e6, "inputs": model.inputs,
-                        "samples_ns": [], "warmup_runs": 0, "preempted_runs": 0})
+                        "samples_ns": [], "warmup_runs": 0, "preempted_runs": 0, "settle_runs": 0})
     k = max(1, args.rounds)
     # runs the measuring thread spent partly off the CPU are left out where the thread does all the work
     skip_preempted = preemption_filter(args)
@@ -343,9 +433,13 @@ def measure(args, runtime):
         "min_runs": max(1, -(-args.min_runs // k)), "min_ns": int(args.min_duration_s * 1e9 / k),
         "max_runs": max(1, args.max_runs // k), "max_ns": int(args.max_duration_s * 1e9 / k),
     }
-    for _ in range(k):
+    settle_ns = int(max(0.0, args.settle_s) * 1e9) if on_gpu(args) else 0
+    for r in range(k):
         for model, rec in zip(loaded, records):
             rec["warmup_runs"] += warm_up(model.run, per["warm_runs"], per["warm_ns"])
+            if settle_ns and r == 0:  # after the warm-up, whose first run builds (or loads) a TensorRT engine
+                sample = (lambda m=model: m.event_timer(1)[0]) if model.event_timer else _wall_sample(model.run)
+                rec["settle_runs"] += settle(sample, settle_ns)
             if model.event_timer is not None:
                 samples = time_events(model.event_timer, per["min_runs"], per["min_ns"], per["max_runs"], per["max_ns"])
             elif skip_preempted:
@@ -375,8 +469,13 @@ def main(argv=None):
     if pin_error:
         _emit({"error": pin_error, "kind": "pin"})
         return EXIT_USAGE
+    try:
+        load_options(args, runtime)
+    except RuntimeUnavailable as exc:
+        _emit({"error": _one_line(exc), "kind": "runtime"})
+        return EXIT_RUNTIME
     if args.fingerprint:
-        _emit({"fingerprint": fingerprint(args.runtime, runtime, args.threads)})
+        _emit({"fingerprint": fingerprint(args.runtime, runtime, args.threads, args.provider, on_gpu(args))})
         return 0
     if not args.models:
         _emit({"error": "no model files given", "kind": "usage"})
@@ -386,14 +485,22 @@ def main(argv=None):
     except ModelLoadError as exc:
         _emit({"error": _one_line(exc), "kind": "model"})
         return EXIT_MODEL
+    except RuntimeUnavailable as exc:  # a provider whose libraries fail to load shows only when a model does
+        _emit({"error": _one_line(exc), "kind": "runtime"})
+        return EXIT_RUNTIME
     env = environment(args.runtime, runtime, args.threads)
     env["timer"] = timer
     env["device"] = args.device
+    if args.provider != "cpu":
+        env["provider"] = args.provider
+    if on_gpu(args):
+        env["gpu_clocks"] = nvidia_smi(("clocks.sm", "clocks.mem", "temperature.gpu", "power.draw"))
     for rec in records:
         samples_ms = [v / 1e6 for v in rec.pop("samples_ns")]
         out = {"model": rec["model"], "samples_ms": samples_ms}
         out.update(summarise(samples_ms))
-        out.update({"load_ms": rec["load_ms"], "warmup_runs": rec["warmup_runs"], "rounds": max(1, args.rounds),
+        out.update({"load_ms": rec["load_ms"], "warmup_runs": rec["warmup_runs"], "settle_runs": rec["settle_runs"],
+                    "rounds": max(1, args.rounds),
                     "inputs": rec["inputs"], "preempted_runs": rec["preempted_runs"],
                     "preemption_filter": preemption_filter(args), "env": env})
         _emit(out)

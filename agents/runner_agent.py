@@ -44,6 +44,9 @@ class RunnerAgent(Agent):
                 "--device", p.device]
         if p.cores:
             argv += ["--cores", ",".join(str(c) for c in p.cores)]
+        provider = getattr(p, "provider", "cpu")
+        if provider != "cpu":  # TensorRT engines are kept beside the pushed files, so later calls reuse them
+            argv += ["--provider", provider, "--cache-dir", f"{self.transport.workdir}/ort-cache"]
         return argv + extra
 
     def _call(self, extra: list[str], timeout_s: float, files: dict[str, str], wanted: tuple[str, ...]) -> list[dict]:
@@ -101,15 +104,17 @@ class RunnerAgent(Agent):
                  "--min-duration-s", repr(p.min_duration_s), "--max-runs", str(p.max_runs),
                  "--max-duration-s", repr(p.max_duration_s), "--rounds", str(rounds), "--clock", p.clock,
                  *remote]
-        budget = p.timeout_s + len(models) * (p.max_duration_s + p.warmup_s + 2.0)
+        # on a GPU the runner also waits for the clocks to settle (--settle-s, 2 s at most per model)
+        settle_s = 2.0 if p.device == "cuda" or getattr(p, "provider", "cpu") != "cpu" else 0.0
+        budget = p.timeout_s + len(models) * (p.max_duration_s + p.warmup_s + settle_s + 2.0)
         docs = [d for d in self._call(extra, budget, names, ("median_ms",)) if "median_ms" in d]
         out = []
         for i, (path_remote, local) in enumerate(zip(remote, models)):
             doc = docs[i] if i < len(docs) else None
             if doc is None or doc.get("model") != path_remote:
                 raise RunnerOutputError(f"{self.name}: the runner printed no result for {local}")
-            extra_env = {k: doc[k] for k in ("load_ms", "warmup_runs", "rounds", "inputs", "preempted_runs",
-                                             "preemption_filter") if k in doc}
+            extra_env = {k: doc[k] for k in ("load_ms", "warmup_runs", "settle_runs", "rounds", "inputs",
+                                             "preempted_runs", "preemption_filter") if k in doc}
             try:
                 out.append(Measurement.from_record(doc, model=str(local), env_extra=extra_env))
             except (TypeError, ValueError) as exc:

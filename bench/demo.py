@@ -79,13 +79,7 @@ def run_demo(out_dir: str | Path, store: str | None = None, settings: DemoSettin
              log=_stderr, predictor_path: str | Path | None = None) -> dict:
     """Run every step, write `report.md`, `report.json` and the figures into `out_dir`; returns the report.
     `log` takes the step lines (stderr by default); progress bars always go to stderr."""
-    from bench.commands.search import confirm_on_device, device_format, device_table, export_chosen, search_confirmed
-    from bench.pareto import build_device_front, chosen_subnets, measured_subnets, plot_fronts, write_csv
-    from bench.table import Calibration, LatencyPredictor
-    from bench.profile import MeasureSettings, profile_devices
-    from bench.validate import ValidateSettings, validate_device
     from ofa_core.accuracy import AccuracyPredictor, default_predictor_path
-    from ofa_core.search import SearchParams
     from ofa_core.checkpoint import shipped_weights_path
     from ofa_core.space import SearchSpace
 
@@ -100,13 +94,33 @@ def run_demo(out_dir: str | Path, store: str | None = None, settings: DemoSettin
     if predictor is None or (settings.score_accuracy and not weights.is_file()):
         raise DemoError(f"the shipped {SPACE} supernet or its accuracy predictor is missing (ofa_core/weights/)")
     store = store or str(out / "store.sqlite")
-    res = list(settings.resolutions)
     acc = AccuracyPredictor.load(predictor)
     steps = DemoSteps(log)
     doc: dict = {"space": SPACE, "device": DEVICE, "store": store, "out": str(out), "settings": settings.__dict__,
                  "weights": str(weights), "predictor": str(predictor), "steps_s": steps.times}
     t_all = time.perf_counter()
+    _profile_step(doc, steps, space, store, settings)
+    _validate_step(doc, steps, space, store, settings, out)
+    _search_step(doc, steps, space, store, settings, out, predictor, log)
+    measured, latency = _one_measured_number(doc, space, store, acc)
+    if settings.score_accuracy:
+        _accuracy_step(doc, steps, space, log)
+    _front_step(doc, steps, space, settings, acc, latency, measured, out)
+    doc["accuracy_predictor"] = accuracy_summary(acc, space, list(settings.resolutions))
+    doc["total_s"] = round(time.perf_counter() - t_all, 1)
+    (out / "report.json").write_text(json.dumps(doc, indent=1, default=_plain) + "\n")
+    (out / "report.md").write_text(render_report(doc))
+    doc["report"] = str(out / "report.md")
+    log(f"== demo done in {doc['total_s']:.1f} s: {doc['report']}")
+    return doc
 
+
+def _profile_step(doc: dict, steps: DemoSteps, space, store: str, settings: DemoSettings) -> None:
+    """The table of the default device, and the calibration its 8 whole subnets give it."""
+    from bench.profile import MeasureSettings, profile_devices
+    from bench.table import Calibration
+
+    res = list(settings.resolutions)
     with steps("profile", f"profiling {DEVICE}: {SPACE} at {res}"):  # profile_devices draws its own bar
         rep = profile_devices([DEVICE], space, store, res, MeasureSettings(
             rounds=settings.profile_rounds, min_duration_s=settings.profile_min_duration_s, warmup_s=0.05),
@@ -119,24 +133,37 @@ def run_demo(out_dir: str | Path, store: str | None = None, settings: DemoSettin
     doc["calibration_after_profile"] = (Calibration.from_dict(rep.calibration) if rep.calibration
                                         else Calibration()).describe()  # what profile fitted, not a refit
 
+
+def _validate_step(doc: dict, steps: DemoSteps, space, store: str, settings: DemoSettings, out: Path) -> None:
+    from bench.validate import ValidateSettings, validate_device
+
     with steps("validate", f"validating the table on {settings.validate_subnets} random subnets"), \
             StderrProgress(unit="subnet timings") as bar:
         val = validate_device(DEVICE, space, store, ValidateSettings(
-            n=settings.validate_subnets, seed=settings.seed, resolutions=tuple(res), rounds=1,
+            n=settings.validate_subnets, seed=settings.seed, resolutions=tuple(settings.resolutions), rounds=1,
             min_duration_s=settings.validate_min_duration_s, folds=min(5, settings.validate_subnets)),
             plot_path=str(out / "validate.png"), progress=bar.callback("validate"))
     doc["validate"] = {k: val.get(k) for k in ("n", "mape", "within_5pct", "within_10pct", "kendall_tau",
                                                "duration_s", "simulated")}
 
+
+def _search_step(doc: dict, steps: DemoSteps, space, store: str, settings: DemoSettings, out: Path,
+                 predictor: Path, log) -> None:
+    """A subnet per budget (spread over the device's range), then the smallest and the largest: each searched,
+    exported in the device's format and confirmed on the device."""
+    from bench.commands.search import confirm_on_device, device_table, device_target, export_chosen, search_confirmed
+    from bench.table import LatencyPredictor
+
+    res = list(settings.resolutions)
     _, table = device_table(DEVICE, SPACE, store)
     latency = LatencyPredictor.from_table(table, space)
     doc["calibration"] = latency.calibration.describe()
     lo = float(latency.upper([space.smallest(min(res))])[0])  # budgets hold upper bounds: start where one fits
     hi = float(latency([space.largest(max(res))])[0])
     budgets = [round(lo + f * (hi - lo), 4) for f in BUDGET_FRACTIONS]
-    fmt = doc["model_format"] = device_format(DEVICE)  # chosen subnets go out as the device runs them
+    fmt, precision = device_target(DEVICE)  # chosen subnets go out as the device runs them
+    doc["model_format"] = fmt
     doc["latency_range_ms"] = [lo, hi]
-
     n_chosen = len(budgets) + 2  # a subnet per budget, then the smallest and the largest
     with steps("search", f"searching at latency budgets {budgets} ms, exporting and confirming on {DEVICE}"), \
             StderrProgress(unit="subnets searched/exported/confirmed") as bar:
@@ -156,14 +183,21 @@ def run_demo(out_dir: str | Path, store: str | None = None, settings: DemoSettin
         for name, cfg in (("smallest", space.smallest(min(res))), ("largest", space.largest(max(res)))):
             e = {"name": name, "space": SPACE, "config": cfg.to_ofa_dict(), "config_string": cfg.to_string(),
                  "predicted_latency_ms": float(latency([cfg])[0]), "macs": int(space.macs(cfg))}
-            e["export"] = export_chosen(SPACE, e["config"], out / f"{name}.{fmt}", fmt)
+            e["export"] = export_chosen(SPACE, e["config"], out / f"{name}.{fmt}", fmt, precision=precision)
             e["confirm"] = confirm_on_device(DEVICE, Path(e["export"]["path"]), e, store,
                                             min_duration_s=settings.validate_min_duration_s)
             doc["extremes"].append(e)
             bar.set("search", len(doc["searches"]) + len(doc["extremes"]), n_chosen)
-    # Every measured number from here on comes from one place: the final table's value of each measured subnet
-    # (median of the passes of the latest run that timed it, at the table's reference speed), the value the
-    # calibration fits on. The confirm step's own reading stays under each subnet's "confirm".
+
+
+def _one_measured_number(doc: dict, space, store: str, acc) -> tuple[list, object]:
+    """Every measured number from here on comes from one place: the final table's value of each measured subnet
+    (median of the passes of the latest run that timed it, at the table's reference speed), the value the
+    calibration fits on. The confirm step's own reading stays under each subnet's "confirm"."""
+    from bench.commands.search import device_table
+    from bench.pareto import measured_subnets
+    from bench.table import LatencyPredictor
+
     _, table = device_table(DEVICE, SPACE, store)
     latency = LatencyPredictor.from_table(table, space)
     measured = measured_subnets(store, table.device, space, acc, latency, table=table)
@@ -171,39 +205,42 @@ def run_demo(out_dir: str | Path, store: str | None = None, settings: DemoSettin
     doc["calibration_final"] = latency.calibration.describe()
     small, large = (e["measured_latency_ms"] for e in doc["extremes"])
     doc["latency_ratio_largest_to_smallest"] = large / small
+    return measured, latency
 
-    if settings.score_accuracy:
-        from ofa_core.data import DatasetError
 
-        with steps("accuracy", "scoring the chosen subnets on the Fashion-MNIST test set (BN recalibrated)"), \
-                StderrProgress(unit="subnets") as bar:
-            try:
-                _score_chosen(space, doc["searches"] + doc["extremes"], bar.callback("accuracy"))
-            except DatasetError as exc:  # the latency half of the demo stands without the data set
-                log(f"   skipped: {exc}")
-                doc["accuracy_skipped"] = str(exc)
+def _accuracy_step(doc: dict, steps: DemoSteps, space, log) -> None:
+    from ofa_core.data import DatasetError
+
+    with steps("accuracy", "scoring the chosen subnets on the Fashion-MNIST test set (BN recalibrated)"), \
+            StderrProgress(unit="subnets") as bar:
+        try:
+            _score_chosen(space, doc["searches"] + doc["extremes"], bar.callback("accuracy"))
+        except DatasetError as exc:  # the latency half of the demo stands without the data set
+            log(f"   skipped: {exc}")
+            doc["accuracy_skipped"] = str(exc)
+
+
+def _front_step(doc: dict, steps: DemoSteps, space, settings: DemoSettings, acc, latency, measured: list,
+                out: Path) -> None:
+    """The Pareto front from both ends of the range, the measured and chosen subnets on it, and its CSV."""
+    from bench.pareto import build_device_front, chosen_subnets, plot_fronts, write_csv
+    from ofa_core.search import SearchParams
 
     with steps("pareto", "drawing the Pareto front from both ends of the range"):
         chosen = chosen_subnets([dict(s, label=f"budget {s['budget']['latency_ms']:g} ms") for s in doc["searches"]]
                                 + [dict(e, label=e["name"], predicted_accuracy=float(acc([space.parse_config(
                                     e["config_string"])])[0])) for e in doc["extremes"]], measured)
-        dev = build_device_front(DEVICE, space, acc, latency, np.random.default_rng(settings.seed), res,
-                                 settings.front_population, settings.front_generations, measured=measured,
-                                 chosen=chosen, end_params=SearchParams(population=settings.population,
-                                                                        generations=settings.generations))
+        dev = build_device_front(DEVICE, space, acc, latency, np.random.default_rng(settings.seed),
+                                 list(settings.resolutions), settings.front_population, settings.front_generations,
+                                 measured=measured, chosen=chosen,
+                                 end_params=SearchParams(population=settings.population,
+                                                         generations=settings.generations))
         plot_fronts([dev], out / "pareto.png", title=f"{SPACE} on {DEVICE}")
         csv_path = write_csv([dev], out / "front.csv")
     whole = dev.to_dict()
     doc["front"] = {"n_points": whole["n_points"], "latency_ms": whole["latency_ms"], "accuracy": whole["accuracy"],
                     "measured_subnets": len(measured), "chosen": len(chosen), "ends": whole["ends"],
                     "floor": whole["floor"], "csv": str(csv_path), "points": whole["points"]}
-    doc["accuracy_predictor"] = accuracy_summary(acc, space, res)
-    doc["total_s"] = round(time.perf_counter() - t_all, 1)
-    (out / "report.json").write_text(json.dumps(doc, indent=1, default=_plain) + "\n")
-    (out / "report.md").write_text(render_report(doc))
-    doc["report"] = str(out / "report.md")
-    log(f"== demo done in {doc['total_s']:.1f} s: {doc['report']}")
-    return doc
 
 
 def _score_chosen(space, searches: list[dict], progress=None) -> None:

@@ -2,8 +2,9 @@
 ONNX (NCHW), or .tflite as deployed on a phone (NHWC in and out, no layout TRANSPOSE; the optional `convert`
 extra), cached on disk by the content of the model.
 
-The cache key is the model's content (architecture and every weight), its input shape, the format, layout and
-precision, and the versions of the exporters: re-exporting the same model is free, and a change in any of them
+The cache key is the model's content (architecture and every weight), its input shape (batch size included: a
+model takes a batch of B images, (B, C, R, R)), the format, layout and precision, and the versions of the
+exporters: re-exporting the same model is free, and a change in any of them
 gives a new file. Files are written to a temporary name and renamed, so concurrent profilers never see half a
 model. .tflite files are converted in worker processes (`bench.converters`); an `ExportQueue` converts the
 models a command will need next while it measures the ones it has.
@@ -14,7 +15,6 @@ import functools
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
 import threading
 import time
@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
+from agents.cache import cache_root
 from ofa_core.atomic import atomic_path
 from ofa_core.errors import OFABenchError
 from ofa_core.onnx_export import OPSET, export_onnx
@@ -29,14 +30,17 @@ from ofa_core.space import SearchSpace, SubnetConfig
 
 from bench.table import Entry
 
-CACHE_ENV = "OFA_BENCH_CACHE"
 # Building a module seeds torch's global generator: one build at a time, so two profile threads never mix seeds
 # (the weights, and so the cache key, of an entry are the same whoever builds it).
 _BUILD_LOCK = threading.Lock()
 FORMATS = ("onnx", "tflite")
 #: "nchw": torch's own layout (ONNX); "nhwc": channel-last inputs and outputs, as LiteRT runs models on phones
 LAYOUTS = ("nchw", "nhwc")
-PRECISIONS = ("fp32",)
+#: "int8": static int8 weights and activations (int8 inputs and outputs), .tflite only, calibrated
+PRECISIONS = ("fp32", "int8")
+#: spaces with a data set: their image-input models calibrate on its training images, others on seeded noise
+CALIBRATION_DATA = {"ofa-mbv3-fmnist": "fashion-mnist"}
+CALIBRATION_SAMPLES = 64
 EXPORTER_TAG = "bench.export/2"  # 2: content keys, layout and precision in the key, .tflite channel-last
 
 
@@ -45,10 +49,8 @@ class ExportError(OFABenchError):
 
 
 def cache_dir() -> Path:
-    """`$OFA_BENCH_CACHE/models`, else `~/.cache/ofa-bench/models`."""
-    env = os.environ.get(CACHE_ENV)
-    base = Path(env) if env else Path.home() / ".cache" / "ofa-bench"
-    return base / "models"
+    """Exported models: `models` in the host's cache folder (`agents.cache.cache_root`)."""
+    return cache_root() / "models"
 
 
 def default_layout(fmt: str) -> str:
@@ -67,8 +69,13 @@ def check_target(fmt: str, layout: str | None, precision: str = "fp32") -> str:
         raise ExportError("ONNX models are exported channel-first (nchw) only")
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    if precision == "int8" and fmt != "tflite":
+        raise ExportError(f"int8 models are exported as .tflite only, not {fmt}")
     if fmt == "tflite" and importlib.util.find_spec("litert_torch") is None:
         raise ExportError("converting to .tflite needs the optional litert-torch package "
+                          "(pip install 'ofa-bench[convert]')")
+    if precision == "int8" and importlib.util.find_spec("ai_edge_quantizer") is None:
+        raise ExportError("int8 quantisation needs the optional ai-edge-quantizer package "
                           "(pip install 'ofa-bench[convert]')")
     return layout
 
@@ -95,7 +102,8 @@ def _exporter_versions(fmt: str) -> tuple:
     if fmt == "onnx":
         out.update(opset=OPSET, onnx=_version("onnx"))
     if fmt == "tflite":
-        out.update({d: _version(d) for d in ("litert-torch", "ai-edge-litert", "litert-converter")})
+        out.update({d: _version(d) for d in ("litert-torch", "ai-edge-litert", "litert-converter",
+                                               "ai-edge-quantizer")})
     return tuple(sorted(out.items()))
 
 
@@ -135,12 +143,14 @@ def subnet_module(space: SearchSpace, cfg: SubnetConfig, seed: int = 0):
                                B.feature_mix(space), B.classifier(space)).eval()
 
 
-def model_key(module, input_shape: Sequence[int], fmt: str, layout: str, precision: str = "fp32") -> str:
+def model_key(module, input_shape: Sequence[int], fmt: str, layout: str, precision: str = "fp32",
+              calibration: str = "") -> str:
     """Content hash of what the exported file depends on: architecture, weights and buffers, input shape,
-    format, layout, precision, exporter versions."""
+    format, layout, precision (and the calibration data of an int8 model), exporter versions."""
     h = hashlib.sha256()
     h.update(json.dumps({"architecture": repr(module), "shape": list(input_shape), "format": fmt, "layout": layout,
-                         "precision": precision, "versions": exporter_versions(fmt)}, sort_keys=True).encode())
+                         "precision": precision, "calibration": calibration, "versions": exporter_versions(fmt)},
+                        sort_keys=True).encode())
     state = module.state_dict()
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous()
@@ -149,25 +159,60 @@ def model_key(module, input_shape: Sequence[int], fmt: str, layout: str, precisi
     return h.hexdigest()[:24]
 
 
+def calibration_inputs(space: SearchSpace, input_shape: Sequence[int], image_input: bool, seed: int = 0):
+    """(NCHW float32 samples, description) to calibrate an int8 model: the space's data set, prepared as in
+    training, for a model that takes the image (a whole subnet, the first conv); seeded noise otherwise (an
+    inner block, a space without a data set, a data set not installed). Latency hardly depends on the scales."""
+    import numpy as np
+
+    n = CALIBRATION_SAMPLES
+    if image_input and CALIBRATION_DATA.get(space.name) == "fashion-mnist":
+        try:
+            return _fmnist_images(int(input_shape[-1]), n, seed), f"fashion-mnist:train:{n}:seed{seed}"
+        except OFABenchError:
+            pass  # no data set here: noise, and the key says so
+    noise = np.random.default_rng(seed).standard_normal((n, *tuple(input_shape)[1:])).astype(np.float32)
+    return noise, f"noise:normal:{n}:seed{seed}"
+
+
+@functools.lru_cache(maxsize=8)
+def _fmnist_images(resolution: int, n: int, seed: int):
+    import numpy as np
+    import torch
+
+    from ofa_core.data import load_fmnist, prepare
+
+    train = load_fmnist().train
+    pick = torch.from_numpy(np.random.default_rng(seed).choice(len(train), n, replace=False))
+    return prepare(train.images[pick], resolution).contiguous().numpy().astype(np.float32)
+
+
 # ---- writing ---------------------------------------------------------------------------------------------
 class _Job:
-    """One model to export: the module, its NCHW input shape, where it goes."""
+    """One model to export: the module, its NCHW input shape, where it goes, how (int8: calibrated on what)."""
 
-    def __init__(self, module, input_shape, path: Path, fmt: str, layout: str, check: bool, what: str):
+    def __init__(self, module, input_shape, path: Path, fmt: str, layout: str, check: bool, what: str,
+                 precision: str = "fp32", calibration=None, calibration_doc: str = ""):
         self.module, self.input_shape, self.path = module, tuple(input_shape), path
         self.fmt, self.layout, self.check, self.what = fmt, layout, check, what
+        self.precision, self.calibration, self.calibration_doc = precision, calibration, calibration_doc
 
 
-def _entry_job(space: SearchSpace, entry: Entry, fmt: str, layout: str, cache: Path | None) -> _Job:
+def _entry_job(space: SearchSpace, entry: Entry, fmt: str, layout: str, cache: Path | None,
+               precision: str = "fp32", batch: int = 1) -> _Job:
     with _BUILD_LOCK:
         module = entry_module(space, entry)
-    digest = model_key(module, entry.input_shape, fmt, layout)
+    shape = (int(batch), *entry.input_shape[1:])
+    data, doc = (calibration_inputs(space, shape, entry.kind == "first_conv") if precision == "int8"
+                 else (None, ""))
+    digest = model_key(module, shape, fmt, layout, precision, doc)
     path = Path(cache or cache_dir()) / space.name / f"{entry.resolution}" / f"{digest}.{fmt}"
-    return _Job(module, entry.input_shape, path, fmt, layout, check=fmt == "tflite", what=entry.key)
+    return _Job(module, shape, path, fmt, layout, check=fmt == "tflite", what=entry.key,
+                precision=precision, calibration=data, calibration_doc=doc)
 
 
 def _subnet_job(space: SearchSpace, cfg: SubnetConfig, fmt: str, layout: str, weights, seed: int,
-                cache: Path | None) -> _Job:
+                cache: Path | None, precision: str = "fp32", batch: int = 1) -> _Job:
     space.validate(cfg)
     if hasattr(weights, "state_dict"):
         module = weights.eval()
@@ -176,10 +221,12 @@ def _subnet_job(space: SearchSpace, cfg: SubnetConfig, fmt: str, layout: str, we
             module = subnet_module(space, cfg, seed)
         if weights is not None:
             module.load_state_dict(weights)
-    shape = (1, space.in_channels, cfg.r, cfg.r)
-    digest = model_key(module, shape, fmt, layout)
+    shape = (int(batch), space.in_channels, cfg.r, cfg.r)
+    data, doc = calibration_inputs(space, shape, True) if precision == "int8" else (None, "")
+    digest = model_key(module, shape, fmt, layout, precision, doc)
     path = Path(cache or cache_dir()) / space.name / "subnets" / f"{digest}.{fmt}"
-    return _Job(module, shape, path, fmt, layout, check=True, what=cfg.to_string())
+    return _Job(module, shape, path, fmt, layout, check=True, what=cfg.to_string(), precision=precision,
+                calibration=data, calibration_doc=doc)
 
 
 def _write_onnx(job: _Job) -> None:
@@ -187,8 +234,11 @@ def _write_onnx(job: _Job) -> None:
 
 
 def _metadata(job: _Job) -> dict:
-    return {"exporter": EXPORTER_TAG, "precision": "fp32", "input_shape_nchw": list(job.input_shape),
-            "model": job.what}
+    doc = {"exporter": EXPORTER_TAG, "precision": job.precision, "input_shape_nchw": list(job.input_shape),
+           "model": job.what}
+    if job.precision == "int8":
+        doc["calibration"] = job.calibration_doc
+    return doc
 
 
 # Conversions in flight, by target path: two queues (two devices' profiles) asking for one file share a job.
@@ -205,7 +255,8 @@ def _start(job: _Job) -> Future | None:
             return _inflight[job.path]
         if job.path.exists():
             return None
-        fut = shared_pool().submit("tflite", job.module, job.input_shape, str(job.path), job.layout, _metadata(job))
+        fut = shared_pool().submit("tflite", job.module, job.input_shape, str(job.path), job.layout, _metadata(job),
+                                   job.precision, job.calibration)
         _inflight[job.path] = fut
     fut.add_done_callback(lambda f, p=job.path: _finished(p, f))
     return fut
@@ -242,29 +293,32 @@ def _materialise(job: _Job) -> Path:
 
 
 def export_entry(space: SearchSpace, entry: Entry, fmt: str = "onnx", cache: Path | None = None,
-                 layout: str | None = None) -> Path:
-    """The model file of one table entry (batch 1, fixed shape), exported once and then served from the cache."""
-    layout = check_target(fmt, layout)
-    return _materialise(_entry_job(space, entry, fmt, layout, cache))
+                 layout: str | None = None, precision: str = "fp32", batch: int = 1) -> Path:
+    """The model file of one table entry (a fixed input shape of `batch` samples), exported once and then served
+    from the cache."""
+    layout = check_target(fmt, layout, precision)
+    return _materialise(_entry_job(space, entry, fmt, layout, cache, precision, batch))
 
 
 def export_subnet(space: SearchSpace, cfg: SubnetConfig, fmt: str = "onnx", weights=None, seed: int = 0,
-                  cache: Path | None = None, layout: str | None = None) -> Path:
-    """A whole subnet as one model, checked against torch: random-but-seeded weights (latency does not depend
-    on values), or `weights` (a state dict of the static subnet, or an nn.Module such as
-    `supernet.extract(cfg)`)."""
-    layout = check_target(fmt, layout)
-    return _materialise(_subnet_job(space, cfg, fmt, layout, weights, seed, cache))
+                  cache: Path | None = None, layout: str | None = None, precision: str = "fp32",
+                  batch: int = 1) -> Path:
+    """A whole subnet as one model taking (batch, C, R, R), checked against torch: random-but-seeded weights
+    (latency does not depend on values), or `weights` (a state dict of the static subnet, or an nn.Module such
+    as `supernet.extract(cfg)`)."""
+    layout = check_target(fmt, layout, precision)
+    return _materialise(_subnet_job(space, cfg, fmt, layout, weights, seed, cache, precision, batch))
 
 
-def write_subnet(space: SearchSpace, cfg: SubnetConfig, out: str | Path, fmt: str = "onnx") -> dict:
+def write_subnet(space: SearchSpace, cfg: SubnetConfig, out: str | Path, fmt: str = "onnx",
+                 precision: str = "fp32", batch: int = 1) -> dict:
     """The subnet extracted from the supernet (the shipped weights if the space has them, else seeded random
     ones), in the format and layout a device running `fmt` takes, checked against torch, copied to `out`.
     Every command that hands a subnet to a user or a device (`search --export`, `--confirm`, the demo) uses it."""
     from ofa_core.checkpoint import load_supernet, shipped_weights_path
     from ofa_core.supernet import OFAMobileNetV3
 
-    layout = check_target(fmt, None)
+    layout = check_target(fmt, None, precision)
     cfg = space.validate(cfg)
     if shipped_weights_path(space.name).is_file():
         net, weights = load_supernet(space), "shipped"
@@ -273,12 +327,14 @@ def write_subnet(space: SearchSpace, cfg: SubnetConfig, out: str | Path, fmt: st
 
         torch.manual_seed(0)
         net, weights = OFAMobileNetV3(space).eval(), "random"
-    cached = export_subnet(space, cfg, fmt, weights=net.extract(cfg).eval(), layout=layout)
+    cached = export_subnet(space, cfg, fmt, weights=net.extract(cfg).eval(), layout=layout, precision=precision,
+                           batch=batch)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         shutil.copyfile(cached, tmp)
-    return {"path": str(out), "format": fmt, "layout": layout, "weights": weights,
+    return {"path": str(out), "format": fmt, "layout": layout, "precision": precision, "batch": int(batch),
+            "weights": weights,
             "note": "" if weights == "shipped" else f"no shipped weights for {space.name}: random weights "
                                                     "(fine for latency, meaningless for accuracy)"}
 
@@ -291,13 +347,14 @@ class ExportQueue:
     `entry` / `subnet` return a model's file, waiting for it if it is still converting (and converting it then
     if it was never queued). ONNX exports take milliseconds: they are done on demand, in this process.
     `progress(done, total)` follows the conversions. Leaving the `with` block cancels what was not needed;
-    leaving it through an error or Ctrl-C ends the workers at once.
+    leaving it through an error or Ctrl-C ends the workers at once. Every model of a queue takes `batch` samples.
     """
 
     def __init__(self, fmt: str, layout: str | None = None, cache: Path | None = None,
-                 progress: Callable[[int, int], None] | None = None):
-        self.fmt, self.cache, self.progress = fmt, cache, progress
-        self.layout = check_target(fmt, layout)
+                 progress: Callable[[int, int], None] | None = None, precision: str = "fp32", batch: int = 1):
+        self.fmt, self.cache, self.progress, self.precision = fmt, cache, progress, precision
+        self.batch = int(batch)
+        self.layout = check_target(fmt, layout, precision)
         self.converted = 0  # files this queue had converted
         self.queued = 0
         self.convert_s = 0.0  # worker seconds spent converting them (wall time, side by side with the caller)
@@ -312,12 +369,13 @@ class ExportQueue:
     def add_entries(self, space: SearchSpace, entries: Sequence[Entry]) -> None:
         for e in entries:
             self._add(("entry", space.name, e.resolution, e.key),
-                      lambda e=e: _entry_job(space, e, self.fmt, self.layout, self.cache))
+                      lambda e=e: _entry_job(space, e, self.fmt, self.layout, self.cache, self.precision, self.batch))
 
     def add_subnets(self, space: SearchSpace, cfgs: Sequence[SubnetConfig], seed: int = 0) -> None:
         for c in cfgs:
             self._add(("subnet", space.name, c.to_string(), seed),
-                      lambda c=c: _subnet_job(space, c, self.fmt, self.layout, None, seed, self.cache))
+                      lambda c=c: _subnet_job(space, c, self.fmt, self.layout, None, seed, self.cache,
+                                              self.precision, self.batch))
 
     def _add(self, key: tuple, make: Callable[[], _Job]) -> Path | None:
         """Queue a model unless it is cached or queued; its path (None for ONNX: exported when asked for). Only
@@ -359,11 +417,13 @@ class ExportQueue:
     # -- getting
     def entry(self, space: SearchSpace, entry: Entry) -> Path:
         return self._get(("entry", space.name, entry.resolution, entry.key),
-                         lambda: _entry_job(space, entry, self.fmt, self.layout, self.cache))
+                         lambda: _entry_job(space, entry, self.fmt, self.layout, self.cache, self.precision,
+                                            self.batch))
 
     def subnet(self, space: SearchSpace, cfg: SubnetConfig, seed: int = 0) -> Path:
         return self._get(("subnet", space.name, cfg.to_string(), seed),
-                         lambda: _subnet_job(space, cfg, self.fmt, self.layout, None, seed, self.cache))
+                         lambda: _subnet_job(space, cfg, self.fmt, self.layout, None, seed, self.cache,
+                                             self.precision, self.batch))
 
     def _get(self, key: tuple, make: Callable[[], _Job]) -> Path:
         t0 = time.monotonic()

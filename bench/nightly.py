@@ -25,6 +25,7 @@ from ofa_core.space import SearchSpace
 from bench.table import Entry, candidates
 from bench.drift import detect_step
 from bench.transfer import transferred_entries
+from bench.measure import keys
 from bench.measure import (MeasureSettings, agent_profile, commit, measure_models, reference_entry, reference_key,
                            reference_nominal_ms, reference_records, to_record)
 
@@ -74,7 +75,7 @@ def sentinels(space: SearchSpace, resolutions: Sequence[int]) -> list[Entry]:
 
 def _ratio_series(rows: list[dict]) -> list[float]:
     """Speed-normalised history: latency relative to the reference timed in the same invocation."""
-    return [r["latency_ms"] / r["env"]["reference_ms"] if (r.get("env") or {}).get("reference_ms")
+    return [r["latency_ms"] / r["env"][keys.REFERENCE_MS] if (r.get("env") or {}).get(keys.REFERENCE_MS)
             else r["latency_ms"] for r in rows if not r.get("noisy")]
 
 
@@ -157,11 +158,12 @@ def _check_space(agent, store, profile, fp_id: str, sp: SearchSpace, res: list[i
     moved = transferred_entries(store, fp_id, sp, res)[:settings.max_transferred]  # measured first
     todo = list({(e.resolution, e.key): e for e in moved + watch + stale}.values())
     fmt = profile.model_format
-    ref_path = export_entry(sp, reference_entry(sp), fmt)
+    ref_path = export_entry(sp, reference_entry(sp), fmt, precision=profile.precision)
     nominal = reference_nominal_ms(store, fp_id, sp)
     with store.running(profile.name, fp_id, sp.name, "nightly", settings.__dict__,
                        {"sentinels": len(watch), "stale": len(stale), "transferred": len(moved)}) as run_id:
-        _measure_entries(agent, store, run_id, fp_id, sp, todo, ref_path, nominal, settings.rounds, fmt)
+        _measure_entries(agent, store, run_id, fp_id, sp, todo, ref_path, nominal, settings.rounds, fmt,
+                         profile.precision)
     drift = detect_drift(store, fp_id, sp, watch, settings)
     return {"space": sp.name, "resolutions": res, "remeasured": len(todo), "sentinels": len(watch),
             "stale": len(stale), "transferred_measured": len(moved), "drift": drift}
@@ -259,15 +261,16 @@ def remeasure_entries(profile, sp: SearchSpace, store, fp_id: str, entries: list
         return None
     fmt = profile.model_format
     with connect(agent_profile(profile, MeasureSettings())) as agent:
-        ref_path = export_entry(sp, reference_entry(sp), fmt)
+        ref_path = export_entry(sp, reference_entry(sp), fmt, precision=profile.precision)
         nominal = reference_nominal_ms(store, fp_id, sp)
         with store.running(profile.name, fp_id, sp.name, "rebuild", {"entries": len(entries)}, {}) as run_id:
-            measured = _measure_entries(agent, store, run_id, fp_id, sp, entries, ref_path, nominal, rounds, fmt)
+            measured = _measure_entries(agent, store, run_id, fp_id, sp, entries, ref_path, nominal, rounds, fmt,
+                                        profile.precision)
     return {"entries_measured": measured, "status": "done"}
 
 
 def _measure_entries(agent, store, run_id: int, fp_id: str, sp: SearchSpace, entries: list[Entry], ref_path,
-                     nominal: float | None, rounds: int, fmt: str) -> int:
+                     nominal: float | None, rounds: int, fmt: str, precision: str = "fp32") -> int:
     """Time `entries` 16 to an invocation, the reference first in each, and append every result as new rows
     (history kept: no reuse of earlier ones); returns how many rows were written."""
     from bench.export import export_entry
@@ -275,7 +278,8 @@ def _measure_entries(agent, store, run_id: int, fp_id: str, sp: SearchSpace, ent
     written = 0
     for i in range(0, len(entries), 16):
         chunk = entries[i:i + 16]
-        timed, refs = measure_models(agent, [export_entry(sp, e, fmt) for e in chunk], ref_path, rounds, 0.01, 1)
+        timed, refs = measure_models(agent, [export_entry(sp, e, fmt, precision=precision) for e in chunk], ref_path,
+                                     rounds, 0.01, 1)
         nominal = nominal or (refs[0].latency_ms if refs else None)
         records = reference_records(sp, refs, nominal)
         records += [to_record(t, e.resolution, e.key, "block", nominal) for t, e in zip(timed, chunk)]
@@ -329,3 +333,26 @@ def plot_drift(doc: dict, store_target: str, folder) -> list:
                                              None if step is None else step.index,
                                              title=f"{dev['device']} r{d['resolution']} {d['key'][:70]}"))
     return out
+
+
+def run_nightly(devices: Sequence[str] | None, store_target: str, settings: NightlySettings = NightlySettings(),
+                plots=None) -> dict:
+    """What `ofa-bench nightly` does: with a farm's store (PostgreSQL), queue the work for its workers, else
+    measure here; with `plots`, draw the drift history of every drifted entry into that folder."""
+    queued = enqueue_nightly(store_target, devices, settings)
+    doc = queued if queued is not None else nightly(devices, store_target, settings)
+    if plots:
+        doc["plots"] = [str(p) for p in plot_drift(doc, store_target, plots)]
+    return doc
+
+
+def check_alert(doc: dict) -> None:
+    """Raise NightlyAlert, naming the unreachable and drifted devices, for a report that is not ok."""
+    if doc.get("ok", True):
+        return
+    parts = []
+    if doc.get("unreachable"):
+        parts.append("unreachable: " + ", ".join(doc["unreachable"]))
+    if doc.get("drifted"):
+        parts.append(f"drifted beyond {100 * doc['threshold']:.0f}%: " + ", ".join(doc["drifted"]))
+    raise NightlyAlert("nightly: " + "; ".join(parts))

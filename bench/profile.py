@@ -1,4 +1,8 @@
-"""Profile a device: measure every missing table entry of a space, in small committed batches, resumably.
+"""Profile a device: measure every missing table entry of a space, in small committed groups, resumably.
+
+A table is for one batch size B: every entry and the reference are exported taking B samples, (B, C, R, R), and
+timed as one inference of the whole batch. A device profile's `batch` list (default [1]) says which tables
+`profile` makes; each is measured in turn, as a table of its own.
 
 Each batch goes to the device as one runner invocation holding a fixed *reference* model next to the entries,
 interleaved round-robin (`rounds`). The reference's latency in that invocation, against its first-ever latency
@@ -22,6 +26,7 @@ from ofa_core.errors import OFABenchError
 from ofa_core.space import SearchSpace, SubnetConfig
 
 from bench.table import candidates
+from bench.measure import keys
 from bench.measure import (MeasureSettings, ProfileError, ReferenceWatch, agent_profile, commit,  # noqa: F401
                            measure_models, reference_entry, reference_nominal_ms, reference_records, to_record)
 from bench.progress import StderrProgress
@@ -38,6 +43,7 @@ class DeviceReport:
     device: str
     space: str
     resolutions: list[int]
+    batch: int = 1  # the batch size of this table (latencies are the whole batch's)
     fingerprint_id: str = ""
     run_id: int | None = None
     entries_total: int = 0
@@ -103,10 +109,11 @@ def _with_retries(fn: Callable, retries: int, what: str):
 
 def profile_device(device, space: SearchSpace, store_target: str, resolutions: Sequence[int] | None,
                    settings: MeasureSettings = MeasureSettings(), progress=None,
-                   stop: threading.Event | None = None, few_shot: int | None = None) -> DeviceReport:
-    """Measure every missing entry of `space` at `resolutions` on one device; returns what was done.
+                   stop: threading.Event | None = None, few_shot: int | None = None, batch: int = 1) -> DeviceReport:
+    """Measure every missing entry of `space` at `resolutions` on one device, at batch size `batch`; returns
+    what was done.
 
-    `progress(device, advanced, total)` is called after each committed batch. With `few_shot` K, only K
+    `progress(device, advanced, total)` is called after each committed invocation. With `few_shot` K, only K
     informative entries are measured and the rest transferred from other devices' tables (`bench.transfer`).
     """
     from agents import connect
@@ -116,8 +123,9 @@ def profile_device(device, space: SearchSpace, store_target: str, resolutions: S
 
     profile = get_device(device) if isinstance(device, str) else device
     res = check_resolutions(space, resolutions)
-    report = DeviceReport(device=profile.name, space=space.name, resolutions=res, simulated=bool(profile.simulated),
-                          few_shot=few_shot)
+    report = DeviceReport(device=profile.name, space=space.name, resolutions=res, batch=int(batch),
+                          simulated=bool(profile.simulated), few_shot=few_shot)
+    label = profile.name if batch == 1 else f"{profile.name} batch {batch}"  # progress bars, one per table
     start = time.monotonic()
     entries = candidates(space, res)
     report.entries_total = len(entries)
@@ -128,7 +136,8 @@ def profile_device(device, space: SearchSpace, store_target: str, resolutions: S
         # first, so the workers start while the device is reached.
         fmt = profile.model_format
         ref = reference_entry(space)
-        exports = ExportQueue(fmt, progress=(lambda done, total: progress(f"{profile.name} .tflite", 1, total))
+        exports = ExportQueue(fmt, precision=profile.precision, batch=batch,
+                              progress=(lambda done, total: progress(f"{label} .tflite", 1, total))
                               if progress else None)
         if settings.reference:
             exports.add_entries(space, [ref])
@@ -138,11 +147,11 @@ def profile_device(device, space: SearchSpace, store_target: str, resolutions: S
         report.simulated = report.simulated or bool(fp.get("simulated"))
         fp_id = store.register_fingerprint(profile.name, fp)
         report.fingerprint_id = fp_id
-        done = store.measured_keys(fp_id, space.name, res)
+        done = store.measured_keys(fp_id, space.name, res, batch=batch)
         if settings.remeasure_raw and settings.reference:
             done -= {(int(row["resolution"]), row["key"]) for row in store.latest_measurements(fp_id, space.name,
-                                                                                              kind="block")
-                     if not (row.get("env") or {}).get("reference_ms")}
+                                                                                              kind="block", batch=batch)
+                     if not (row.get("env") or {}).get(keys.REFERENCE_MS)}
         todo = [e for e in entries if (e.resolution, e.key) not in done]
         report.entries_reused = len(entries) - len(todo)
         plan = None
@@ -156,27 +165,28 @@ def profile_device(device, space: SearchSpace, store_target: str, resolutions: S
         if todo and settings.calibration_subnets > 0:  # the subnets every calibration starts with, next
             exports.add_subnets(space, calibration_ends(space, res, settings.calibration_subnets))
         if progress:
-            progress(profile.name, 0, len(todo))
+            progress(label, 0, len(todo))
         if not todo:
             _transfer_rest(plan, profile.name, space, res, store, fp_id, settings, report)
-            measure_calibration_subnets(profile, space, res, store, fp_id, settings, report, stop, exports)
+            measure_calibration_subnets(profile, space, res, store, fp_id, settings, report, stop, exports, batch)
             if report.run_id is not None:
                 store.finish_run(report.run_id, "done")
             report.status = "done"
             return report
         report.run_id = store.start_run(profile.name, fp_id, space.name, "profile",
-                                        {"resolutions": res, **settings.__dict__, "few_shot": few_shot},
+                                        {"resolutions": res, **settings.__dict__, "few_shot": few_shot,
+                                         "batch": batch},
                                         {"entries_total": len(entries), "entries_todo": len(todo),
                                          "profile": profile.to_dict()})
         threshold = settings.precision
         max_rem = settings.max_remeasure if settings.max_remeasure is not None else profile.max_remeasure
         ref_path = exports.entry(space, ref) if settings.reference else None
-        nominal = reference_nominal_ms(store, fp_id, space)
+        nominal = reference_nominal_ms(store, fp_id, space, batch)
         watch = ReferenceWatch() if settings.reference else None
-        for i in range(0, len(todo), settings.batch_size):
+        for i in range(0, len(todo), settings.per_call):
             if stop is not None and stop.is_set():
                 raise KeyboardInterrupt
-            chunk = todo[i:i + settings.batch_size]
+            chunk = todo[i:i + settings.per_call]
             paths = [exports.entry(space, e) for e in chunk]
             report.export_s = round(exports.waited_s, 2)
             timed, refs = _with_retries(
@@ -184,19 +194,20 @@ def profile_device(device, space: SearchSpace, store_target: str, resolutions: S
                 settings.retries, f"device {profile.name}")
             if refs and nominal is None:
                 nominal = refs[0].latency_ms
-            records = reference_records(space, refs, nominal)
-            records += [to_record(t, e.resolution, e.key, "block", nominal) for t, e in zip(timed, chunk)]
-            written = commit(store, report.run_id, fp_id, space, records, dedupe=not settings.remeasure_raw)
+            records = reference_records(space, refs, nominal, batch)
+            records += [to_record(t, e.resolution, e.key, "block", nominal, batch) for t, e in zip(timed, chunk)]
+            written = commit(store, report.run_id, fp_id, space, records, dedupe=not settings.remeasure_raw,
+                             batch=batch)
             report.entries_measured += sum(1 for r in written if not r["noisy"])
             report.entries_noisy += sum(1 for r in written if r["noisy"])
             report.entries_reused += len(chunk) - len(written)
             report.entries_remeasured += sum(1 for t in timed if t.attempts > 1)
             report.batches_redone = watch.redone if watch is not None else 0
             if progress:
-                progress(profile.name, len(chunk), len(todo))
+                progress(label, len(chunk), len(todo))
         _transfer_rest(plan, profile.name, space, res, store, fp_id, settings, report)
         if report.entries_noisy == 0:
-            measure_calibration_subnets(profile, space, res, store, fp_id, settings, report, stop, exports)
+            measure_calibration_subnets(profile, space, res, store, fp_id, settings, report, stop, exports, batch)
         store.finish_run(report.run_id, "done")
         report.status = "done" if report.entries_noisy == 0 else "incomplete"
         return report
@@ -269,16 +280,17 @@ def calibration_configs(space: SearchSpace, resolutions: Sequence[int], table_su
 
 def measure_calibration_subnets(profile, space: SearchSpace, res: Sequence[int], store, fp_id: str,
                                 settings: MeasureSettings, report: DeviceReport,
-                                stop: threading.Event | None = None, exports=None) -> None:
-    """Measure the calibration subnets the table does not have yet, the way `validate` measures (passes beside
-    the reference block, a fresh agent with validate's timing settings), into the profile's run."""
+                                stop: threading.Event | None = None, exports=None, batch: int = 1) -> None:
+    """Measure the calibration subnets the table (of batch size `batch`) does not have yet, the way `validate`
+    measures (passes beside the reference block, a fresh agent with validate's timing settings), into the
+    profile's run."""
     if settings.calibration_subnets <= 0:
         return
     from agents import connect
     from bench.table import Calibration, LatencyPredictor, load_device_table
     from bench.validate import ValidateSettings, measure_subnets
 
-    table = load_device_table(profile.name, space, store)
+    table = load_device_table(profile.name, space, store, batch=batch)
     plain = LatencyPredictor.from_table(table, space, calibration=Calibration())
     usable = [r for r in res if r in plain.resolutions]
     if not usable:
@@ -293,28 +305,46 @@ def measure_calibration_subnets(profile, space: SearchSpace, res: Sequence[int],
             raise KeyboardInterrupt
         if report.run_id is None:
             report.run_id = store.start_run(profile.name, fp_id, space.name, "profile",
-                                            {"resolutions": list(res), **settings.__dict__},
+                                            {"resolutions": list(res), **settings.__dict__, "batch": batch},
                                             {"calibration_subnets": len(todo), "profile": profile.to_dict()})
         vs = ValidateSettings(n=len(todo), reference=settings.reference)
         with connect(agent_profile(profile, vs.measure_settings(profile))) as agent:
             measure_subnets(agent, store, report.run_id, fp_id, space, todo, vs, 0.01, profile.model_format,
                             value_nominal=table.nominal_ms, rng=np.random.default_rng(1),
-                            watch=ReferenceWatch() if settings.reference else None)
+                            watch=ReferenceWatch() if settings.reference else None, precision=profile.precision,
+                            batch=batch)
         report.subnets_measured = len(todo)
-        table = load_device_table(profile.name, space, store)
+        table = load_device_table(profile.name, space, store, batch=batch)
     report.calibration = LatencyPredictor.from_table(table, space).calibration.to_dict()
+
+
+def check_batches(batches: Sequence[int] | None) -> list[int] | None:
+    """Batch sizes to profile: distinct, each at least 1 (None: each device profile's own `batch` list)."""
+    if batches is None:
+        return None
+    bad = [b for b in batches if int(b) < 1]
+    if bad or not batches:
+        raise ProfileError(f"batch sizes must be at least 1, got {bad[0] if bad else 'none'}")
+    return list(dict.fromkeys(int(b) for b in batches))
 
 
 def profile_devices(devices: Sequence[str], space: SearchSpace, store_target: str,
                     resolutions: Sequence[int] | None, settings: MeasureSettings = MeasureSettings(),
-                    show_progress: bool = True, few_shot: int | None = None) -> list[DeviceReport]:
-    """One worker thread per device, a progress bar per device on stderr. Reports in the order given.
-    `few_shot` K: see `profile_device` (checked here first: another device's table must be in the store)."""
+                    show_progress: bool = True, few_shot: int | None = None,
+                    batches: Sequence[int] | None = None) -> list[DeviceReport]:
+    """One worker thread per device, a progress bar per device and table on stderr. Each device makes a table
+    per batch size of `batches` (default: its profile's `batch` list), one after the other. Reports in the order
+    given, a device's batches in their order. `few_shot` K: see `profile_device` (checked here first: another
+    device's table must be in the store; batch 1 only)."""
     from devices import get_device
 
     from bench.store import open_store
 
     profiles = [get_device(d) for d in devices]  # unknown device: one-line error before anything starts
+    batches = check_batches(batches)
+    plans = [batches or list(p.batch) for p in profiles]
+    if few_shot is not None and any(b != 1 for plan in plans for b in plan):
+        raise ProfileError("--few-shot transfers tables of batch size 1 only; profile other batch sizes in full")
     check_resolutions(space, resolutions)
     open_store(store_target).close()  # a bad store, too, before any progress bar is drawn
     if few_shot is not None:
@@ -324,14 +354,14 @@ def profile_devices(devices: Sequence[str], space: SearchSpace, store_target: st
                                   [p.name for p in profiles], few_shot,
                                   lambda line: print(f"ofa-bench: {line}", file=sys.stderr))
     stop = threading.Event()
-    reports: dict[int, DeviceReport] = {}
+    reports: dict[int, list[DeviceReport]] = {}
     errors: dict[int, BaseException] = {}
     bar = StderrProgress(show_progress, unit="entries")
 
     def work(i: int, prof) -> None:
         try:
-            reports[i] = profile_device(prof, space, store_target, resolutions, settings, bar.update, stop,
-                                        few_shot)
+            reports[i] = [profile_device(prof, space, store_target, resolutions, settings, bar.update, stop,
+                                         few_shot, batch=b) for b in plans[i]]
         except BaseException as exc:  # noqa: BLE001 - reported to the caller below
             errors[i] = exc
 
@@ -353,4 +383,4 @@ def profile_devices(devices: Sequence[str], space: SearchSpace, store_target: st
             raise
     for i in sorted(errors):
         raise errors[i]
-    return [reports[i] for i in range(len(profiles))]
+    return [r for i in range(len(profiles)) for r in reports[i]]

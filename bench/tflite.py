@@ -17,6 +17,9 @@ from ofa_core.errors import OFABenchError
 METADATA_NAME = "ofa_bench"
 #: largest |tflite - torch| allowed, times the largest |output| (at least 1): float32 rounding grows with values
 CHECK_ATOL = 1e-4
+#: the same for int8 models, on a calibration sample: int8 steps are about 1/256 of each tensor's range and add
+#: up over the layers of a whole subnet
+CHECK_ATOL_INT8 = 0.25
 
 
 class TfliteError(OFABenchError):
@@ -68,16 +71,28 @@ def tflite_metadata(path: str | Path) -> dict:
 
 
 def run_tflite(path: str | Path, x):
-    """The first output of a .tflite model on one numpy input, with LiteRT on one CPU thread."""
+    """The first output of a .tflite model on one float numpy input, with LiteRT on one CPU thread. An int8
+    model's input is quantised and its output dequantised with the tensors' own scales."""
+    import numpy as np
+
     try:
         from ai_edge_litert import interpreter as litert
     except ImportError:
         raise TfliteError("running .tflite files needs ai-edge-litert (pip install 'ofa-bench[litert]')") from None
     interp = litert.Interpreter(model_path=str(path), num_threads=1)
     interp.allocate_tensors()
-    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    if np.issubdtype(inp["dtype"], np.integer):
+        scale, zero = inp["quantization"]
+        info = np.iinfo(inp["dtype"])
+        x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(inp["dtype"])
+    interp.set_tensor(inp["index"], x)
     interp.invoke()
-    return interp.get_tensor(interp.get_output_details()[0]["index"])
+    y = interp.get_tensor(out["index"])
+    if np.issubdtype(out["dtype"], np.integer):
+        scale, zero = out["quantization"]
+        y = (y.astype(np.float32) - zero) * scale
+    return y
 
 
 # ---- the module as it is deployed -------------------------------------------------------------------------
@@ -145,12 +160,15 @@ def deployed_module(module, layout: str, out_ndim: int):
 
 # ---- converting (in a converter worker) ----------------------------------------------------------------
 def convert(module, input_shape: tuple[int, ...], path: str | Path, layout: str, metadata: dict,
-            atol: float = CHECK_ATOL, seed: int = 0) -> dict:
+            precision: str = "fp32", calibration=None, seed: int = 0) -> dict:
     """Convert `module` (NCHW, eval mode) to `path` in `layout`, check it against torch, add `metadata`.
+    `int8`: static int8 weights and activations with int8 inputs and outputs (ai-edge-quantizer), calibrated on
+    `calibration` (NCHW samples, float32).
 
     Raises `TfliteError` when the file has a TRANSPOSE in `nhwc` (the layout would cost time a deployed
-    model does not spend) or its output differs from torch's by more than `atol` x max(1, max |output|).
-    Returns what was done: seconds (wall and CPU), the largest difference, the operator count.
+    model does not spend) or its output differs from torch's by more than CHECK_ATOL (int8: CHECK_ATOL_INT8)
+    times max(1, max |output|). Returns what was done: seconds (wall and CPU), the largest difference, the
+    operator count.
     """
     import numpy as np
     import torch
@@ -161,7 +179,10 @@ def convert(module, input_shape: tuple[int, ...], path: str | Path, layout: str,
 
     start, cpu_start = time.perf_counter(), time.process_time()
     module = module.eval()
-    x = torch.randn(input_shape, generator=torch.Generator().manual_seed(seed))
+    if precision == "int8":  # checked on a sample of the data it was calibrated on
+        x = torch.from_numpy(np.ascontiguousarray(calibration[:1]))
+    else:
+        x = torch.randn(input_shape, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         expected = module(x)
     sample = _channel_last_tensor(x) if layout == "nhwc" else x
@@ -173,7 +194,10 @@ def convert(module, input_shape: tuple[int, ...], path: str | Path, layout: str,
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TfliteError(f"converting {type(module).__name__} to .tflite failed: {first}") from None
     raw = edge.model_content() if hasattr(edge, "model_content") else _exported_bytes(edge)
-    data = _with_metadata(raw, dict(metadata, layout=layout))
+    if precision == "int8":
+        samples = torch.from_numpy(np.asarray(calibration, dtype=np.float32))
+        raw = quantize_int8(raw, (_channel_last_tensor(samples) if layout == "nhwc" else samples).numpy())
+    data = _with_metadata(raw, dict(metadata, layout=layout, precision=precision))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -187,12 +211,28 @@ def convert(module, input_shape: tuple[int, ...], path: str | Path, layout: str,
         if got.shape != want_np.shape:
             raise TfliteError(f"{path.name}: .tflite output shape {got.shape} differs from torch's {want_np.shape}")
         diff = float(np.abs(got - want_np).max()) if got.size else 0.0
+        atol = CHECK_ATOL_INT8 if precision == "int8" else CHECK_ATOL
         tol = atol * max(1.0, float(np.abs(want_np).max()) if want_np.size else 0.0)
         if not diff <= tol:
-            raise TfliteError(f"{path.name}: .tflite output differs from torch by {diff:.3g} (> {tol:.3g}: atol "
-                              f"{atol:g} x the largest output)")
+            raise TfliteError(f"{path.name}: {precision} .tflite output differs from torch by {diff:.3g} (> "
+                              f"{tol:.3g}: {atol:g} x the largest output)")
     return {"path": str(path), "seconds": time.perf_counter() - start, "cpu_s": time.process_time() - cpu_start,
             "max_abs_diff": diff, "ops": len(ops)}
+
+
+def quantize_int8(model: bytes, samples) -> bytes:
+    """Static int8 quantisation of a float .tflite (weights and activations; int8 inputs and outputs, as an
+    int8 model is deployed), with ranges calibrated on `samples` (N inputs in the model's own layout)."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    q = quantizer.Quantizer(bytearray(model), recipe.static_wi8_ai8())
+    from ai_edge_litert import interpreter as litert
+
+    signatures = litert.Interpreter(model_content=bytes(model)).get_signature_list()
+    (name, spec), = signatures.items()
+    (arg,) = spec["inputs"]
+    ranges = q.calibrate({name: [{arg: s[None]} for s in samples]}, num_threads=1)
+    return bytes(q.quantize(ranges, enable_progress_report=False).quantized_model)
 
 
 def _exported_bytes(edge) -> bytes:

@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ofa_core.space import SearchSpace
+
+from bench.measure import keys
 from bench.measure import STATISTICS, ProfileError
 from bench.table import Entry, candidates
-from ofa_core.space import SearchSpace
 
 TRANSFERRED_KIND = "transferred"
 PROTOCOL_TRANSFER = "transfer/1"
@@ -95,6 +97,10 @@ def stratum(e: Entry) -> tuple[int, str]:
     return e.resolution, (f"stage{e.spec.stage}" if e.kind == "mbconv" and e.spec is not None else e.kind)
 
 
+#: weights of disagreement, distance in position and size in an entry's pick score (beside the coverage bonus)
+PICK_WEIGHTS = (1.0, 1.0, 0.0)
+
+
 def choose_entries(space: SearchSpace, resolutions: Sequence[int], sources: Sequence[SourceTable], k: int,
                    have: Iterable[Key] = ()) -> list[Entry]:
     """Up to `k` entries to measure (those in `have`, already measured, count toward `k` and are not returned).
@@ -116,6 +122,7 @@ def choose_entries(space: SearchSpace, resolutions: Sequence[int], sources: Sequ
     dis = z.std(axis=1) if z.shape[1] > 1 else np.zeros(len(ents))
     dis = np.minimum(dis / dis.mean(), 2.0) / 2.0 if dis.mean() > 0 else dis
     spread = max(float(pos.std()), 1e-9)
+    size = (pos - pos.min()) / max(float(np.ptp(pos)), 1e-9)  # 0 for the fastest entry, 1 for the slowest
     n_bands = int(np.clip(k // 4, 2, 8))
     band = np.searchsorted(np.quantile(pos, np.linspace(0, 1, n_bands + 1)[1:-1]), pos, side="right")
     groups = [(stratum(e), ("res", e.resolution), ("band", int(b))) for e, b in zip(ents, band)]
@@ -141,7 +148,8 @@ def choose_entries(space: SearchSpace, resolutions: Sequence[int], sources: Sequ
         dist = (np.min(np.abs(pos[:, None] - pos[None, taken]), axis=1) / spread if taken
                 else np.zeros(len(ents)))
         bonus = np.array([sum(1.0 / (1 + counts.get(g, 0)) for g in gs) for gs in groups])
-        i = int(np.argmax(np.where(free, dis + np.minimum(dist, 1.0) + bonus, -np.inf)))
+        score = PICK_WEIGHTS[0] * dis + PICK_WEIGHTS[1] * np.minimum(dist, 1.0) + PICK_WEIGHTS[2] * size + bonus
+        i = int(np.argmax(np.where(free, score, -np.inf)))
         out.append(i)
         count(i)
     return [ents[i] for i in sorted(out)]
@@ -397,8 +405,8 @@ def transferred_record(key: Key, value_ms: float, nominal_ms: float | None, prov
     return {"resolution": int(r), "key": k, "kind": TRANSFERRED_KIND, "latency_ms": value_ms, "mean_ms": value_ms,
             "std_ms": None, "n": 0, "samples_ms": [], "noisy": False,
             "normalised_ms": value_ms if nominal_ms else None,
-            "env": {"transfer": provenance, "protocol": PROTOCOL_TRANSFER, "reference_ms": nominal_ms,
-                    "reference_stats": {s: nominal_ms for s in STATISTICS} if nominal_ms else None}}
+            "env": {keys.TRANSFER: provenance, keys.PROTOCOL: PROTOCOL_TRANSFER, keys.REFERENCE_MS: nominal_ms,
+                    keys.REFERENCE_STATS: {s: nominal_ms for s in STATISTICS} if nominal_ms else None}}
 
 
 def fill_by_transfer(store, device: str, space: SearchSpace, resolutions: Sequence[int], run_id: int,

@@ -26,6 +26,7 @@ import numpy as np
 from ofa_core.errors import OFABenchError
 from ofa_core.space import SearchSpace, SubnetConfig
 
+from bench.measure import keys
 from bench.measure import (MeasureSettings, ReferenceWatch, Timed, agent_profile, measure_models, reference_entry,
                            reference_nominal_ms, reference_records, to_record)
 
@@ -43,7 +44,7 @@ class ValidateSettings:
     resolutions: tuple[int, ...] | None = None
     remeasure: bool = False
     rounds: int = 3
-    batch_size: int = 6
+    per_call: int = 6  # subnets timed in one runner invocation
     min_duration_s: float | None = None  # per subnet and pass; default max(0.5, the profile's)
     passes: int = 3       # every subnet is timed in at least this many separate invocations ...
     max_passes: int = 6   # ... and in up to this many while its passes disagree
@@ -53,6 +54,7 @@ class ValidateSettings:
     folds: int = 5
     reference: bool = True
     statistic: str = "median"  # per-measurement statistic of the raw samples (see bench.measure.STATISTICS)
+    batch: int = 1  # the batch size: the table validated, and the samples each subnet takes per inference
 
     def measure_settings(self, profile) -> MeasureSettings:
         """The agent's timing settings for one pass on the device `profile`."""
@@ -158,16 +160,20 @@ class SubnetTiming:
 def measure_subnets(agent, store, run_id: int, fp_id: str, space: SearchSpace, cfgs: Sequence[SubnetConfig],
                     settings: ValidateSettings, threshold: float, fmt: str, progress=None,
                     value_nominal: float | None = None, rng: np.random.Generator | None = None,
-                    watch: ReferenceWatch | None = None, paths: Sequence[Path] | None = None) -> list[SubnetTiming]:
-    """Export and time `cfgs` in passes (see the module doc), committing every batch as it is measured.
+                    watch: ReferenceWatch | None = None, paths: Sequence[Path] | None = None,
+                    precision: str = "fp32", batch: int = 1) -> list[SubnetTiming]:
+    """Export and time `cfgs` in passes (see the module doc), committing every invocation as it is measured.
     Values are expressed at `value_nominal` (the table's reference speed) when given. `paths`: models already
-    exported for `cfgs` (e.g. with trained weights), timed instead of fresh exports."""
+    exported for `cfgs` (e.g. with trained weights), timed instead of fresh exports. `precision`: the device's.
+    `batch`: the batch size the models take (and the reference with them); a value is the whole batch's."""
     from bench.export import export_entry, export_subnet
 
     rng = rng if rng is not None else np.random.default_rng(settings.seed + 7)
-    ref_path = export_entry(space, reference_entry(space), fmt) if settings.reference else None
-    nominal = reference_nominal_ms(store, fp_id, space)
-    paths = list(paths) if paths is not None else [export_subnet(space, c, fmt) for c in cfgs]
+    ref_path = (export_entry(space, reference_entry(space), fmt, precision=precision, batch=batch)
+                if settings.reference else None)
+    nominal = reference_nominal_ms(store, fp_id, space, batch)
+    paths = (list(paths) if paths is not None
+             else [export_subnet(space, c, fmt, precision=precision, batch=batch) for c in cfgs])
     if len(paths) != len(cfgs):
         raise ValidateError(f"{len(paths)} model files for {len(cfgs)} subnets")
     out = [SubnetTiming([], [], []) for _ in cfgs]
@@ -180,20 +186,20 @@ def measure_subnets(agent, store, run_id: int, fp_id: str, space: SearchSpace, c
             break
         total = max(len(cfgs) * min_passes, done + len(todo))  # an extra pass adds its timings to the total
         order = [todo[j] for j in rng.permutation(len(todo))]
-        for b in range(0, len(order), settings.batch_size):
-            chunk = order[b:b + settings.batch_size]
+        for b in range(0, len(order), settings.per_call):
+            chunk = order[b:b + settings.per_call]
             timed, refs = measure_models(agent, [paths[i] for i in chunk], ref_path, settings.rounds, threshold, 0,
                                          watch)
             if refs and nominal is None:
                 nominal = refs[0].latency_ms
-            records = reference_records(space, refs, nominal)
-            records += [to_record(t, cfgs[i].r, SUBNET_PREFIX + cfgs[i].to_string(), "subnet", nominal)
+            records = reference_records(space, refs, nominal, batch)
+            records += [to_record(t, cfgs[i].r, SUBNET_PREFIX + cfgs[i].to_string(), "subnet", nominal, batch)
                         for t, i in zip(timed, chunk)]
             store.add_measurements(run_id, records)
             for t, i in zip(timed, chunk):
                 out[i].values_ms.append(subnet_value(t, settings.statistic, value_nominal))
                 out[i].raw_ms.append(subnet_value(t, settings.statistic, None))
-                load = t.measurement.env.get("loadavg")
+                load = t.measurement.env.get(keys.LOADAVG)
                 if load:
                     out[i].loads.append(float(load[0]))
             done += len(chunk)
@@ -207,30 +213,24 @@ def _mean_load(timed: Sequence[SubnetTiming]) -> float | None:
     return round(float(np.mean(loads)), 2) if loads else None
 
 
-def validate_device(device: str, space: SearchSpace, store_target: str, settings: ValidateSettings,
-                    plot_path: str | None = None, progress=None) -> dict:
-    """Measure `settings.n` random subnets on the device and score the device's table against them."""
-    from agents import connect
-    from bench.table import Calibration, LatencyPredictor, load_device_table
-    from bench.store import open_store
-    from devices import get_device
+@dataclass
+class _Passes:
+    """What a validate run measured on the device: its fingerprint, every subnet's timings (`second`: the
+    independent remeasure, when asked) and the reference watch of the run."""
 
-    if settings.n < 2:
-        raise ValidateError("--subnets must be at least 2")
-    if settings.passes < 1 or settings.max_passes < settings.passes:
-        raise ValidateError("--passes must be at least 1 and --max-passes at least --passes")
-    profile = get_device(device)
-    table = load_device_table(profile.name, space, store_target, statistic=settings.statistic)
-    plain = LatencyPredictor.from_table(table, space, calibration=Calibration())
-    res = list(settings.resolutions) if settings.resolutions else plain.resolutions
-    missing = [r for r in res if r not in plain.resolutions]
-    if missing:
-        raise ValidateError(f"the table of {profile.name} has no complete resolution {missing[0]} "
-                            f"(it holds {', '.join(map(str, plain.resolutions))})")
-    rng = np.random.default_rng(settings.seed)
-    cfgs = space.sample(rng, settings.n, res)
-    ms = settings.measure_settings(profile)
-    start = time.monotonic()
+    fingerprint: dict
+    first: list[SubnetTiming]
+    second: list[SubnetTiming] | None
+    watch: ReferenceWatch | None
+
+
+def _measure_run(profile, space: SearchSpace, store_target: str, table, cfgs: Sequence[SubnetConfig],
+                 res: list[int], settings: ValidateSettings, ms: MeasureSettings, progress) -> _Passes:
+    """Time `cfgs` on the device in one validate run of the store, once its fingerprint is checked against
+    the one its table was measured under."""
+    from agents import connect
+    from bench.store import open_store
+
     store = open_store(store_target)
     try:
         with connect(agent_profile(profile, ms)) as agent:
@@ -246,14 +246,25 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
                 watch = ReferenceWatch() if settings.reference else None
                 first = measure_subnets(agent, store, run_id, fp_id, space, cfgs, settings, 0.01,
                                         profile.model_format, progress, table.nominal_ms,
-                                        np.random.default_rng([settings.seed, 1]), watch)
+                                        np.random.default_rng([settings.seed, 1]), watch, precision=profile.precision,
+                                        batch=settings.batch)
                 second = None
                 if settings.remeasure:  # an independent second set of passes, after the first
                     second = measure_subnets(agent, store, run_id, fp_id, space, cfgs, settings, 0.01,
                                              profile.model_format, progress, table.nominal_ms,
-                                             np.random.default_rng([settings.seed, 2]), watch)
+                                             np.random.default_rng([settings.seed, 2]), watch,
+                                             precision=profile.precision, batch=settings.batch)
     finally:
         store.close()
+    return _Passes(fp, first, second, watch)
+
+
+def _score_run(profile, space: SearchSpace, table, plain, cfgs: Sequence[SubnetConfig], res: list[int],
+               settings: ValidateSettings, run: _Passes, start: float, plot_path: str | None) -> dict:
+    """The report of a validate run: the table's cross-validated scores on the measured subnets, per
+    resolution, against the calibration before the run and between the two sets of passes, each subnet's
+    figures, and the predicted-vs-measured figure at `plot_path`."""
+    fp, first, second, watch = run.fingerprint, run.first, run.second, run.watch
     measured = np.array([t.value_ms for t in first])
     raw = np.array([t.raw_value_ms for t in first])
     sums = plain.table_sum(cfgs)
@@ -261,7 +272,8 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
     # the calibration the device had before this run, on this run's subnets (which it never saw)
     prior = plain.fit_calibration(table, exclude={(c.r, c.to_string()) for c in cfgs})
     before = prior.apply(np.array([c.r for c in cfgs]), sums, plain.n_entries(cfgs), plain.mparams(cfgs))
-    doc = {"device": profile.name, "space": space.name, "table_version": table.version, "fingerprint_id": table.fingerprint_id,
+    doc = {"device": profile.name, "space": space.name, "batch": settings.batch, "table_version": table.version,
+           "fingerprint_id": table.fingerprint_id,
            "transferred_share": table.transferred_share, "provenance": table.provenance(),
            "resolutions": res, "seed": settings.seed, "simulated": bool(profile.simulated or fp.get("simulated")),
            **accuracy_metrics(calibrated, measured),
@@ -301,13 +313,39 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
     return doc
 
 
+def validate_device(device: str, space: SearchSpace, store_target: str, settings: ValidateSettings,
+                    plot_path: str | None = None, progress=None) -> dict:
+    """Measure `settings.n` random subnets on the device and score the device's table against them."""
+    from bench.table import Calibration, LatencyPredictor, load_device_table
+    from devices import get_device
+
+    if settings.n < 2:
+        raise ValidateError("--subnets must be at least 2")
+    if settings.passes < 1 or settings.max_passes < settings.passes:
+        raise ValidateError("--passes must be at least 1 and --max-passes at least --passes")
+    profile = get_device(device)
+    table = load_device_table(profile.name, space, store_target, statistic=settings.statistic, batch=settings.batch)
+    plain = LatencyPredictor.from_table(table, space, calibration=Calibration())
+    res = list(settings.resolutions) if settings.resolutions else plain.resolutions
+    missing = [r for r in res if r not in plain.resolutions]
+    if missing:
+        raise ValidateError(f"the table of {profile.name} has no complete resolution {missing[0]} "
+                            f"(it holds {', '.join(map(str, plain.resolutions))})")
+    rng = np.random.default_rng(settings.seed)
+    cfgs = space.sample(rng, settings.n, res)
+    ms = settings.measure_settings(profile)
+    start = time.monotonic()
+    run = _measure_run(profile, space, store_target, table, cfgs, res, settings, ms, progress)
+    return _score_run(profile, space, table, plain, cfgs, res, settings, run, start, plot_path)
+
+
 def rescore(device: str, space: SearchSpace, store_target: str, statistic: str = "median", seed: int = 0,
-            folds: int = 5, plot_path: str | None = None) -> dict:
+            folds: int = 5, plot_path: str | None = None, batch: int = 1) -> dict:
     """Score the table against the subnets already measured on the device (no new measurement): the same
     cross-validated figures as `validate_device`, e.g. to compare statistics on one set of raw samples."""
     from bench.table import Calibration, LatencyPredictor, load_device_table
 
-    table = load_device_table(device, space, store_target, statistic=statistic)
+    table = load_device_table(device, space, store_target, statistic=statistic, batch=batch)
     plain = LatencyPredictor.from_table(table, space, calibration=Calibration())
     items = sorted((k, v) for k, v in table.subnets.items() if k[0] in plain.resolutions)
     if len(items) < 2:
@@ -317,7 +355,8 @@ def rescore(device: str, space: SearchSpace, store_target: str, statistic: str =
     sums = plain.table_sum(cfgs)
     empty = type(table)(table.device, table.fingerprint_id, table.space, table.version, table.entries, {})
     calibrated = cross_validated(plain, empty, cfgs, measured, folds, np.random.default_rng(seed + 1))
-    doc = {"device": device, "space": space.name, "statistic": statistic, "table_version": table.version,
+    doc = {"device": device, "space": space.name, "batch": batch, "statistic": statistic,
+           "table_version": table.version,
            "transferred_share": table.transferred_share, "provenance": table.provenance(),
            "resolutions": sorted({c.r for c in cfgs}), **accuracy_metrics(calibrated, measured),
            "table_sum": accuracy_metrics(sums, measured), "rescored": True}

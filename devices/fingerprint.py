@@ -1,5 +1,6 @@
-"""What a measurement was taken on: device model, SoC or CPU, OS, runtime build and threads, read on the device.
-Tables measured under different fingerprints are never mixed; `fingerprint_id` is a stable short hash."""
+"""What a measurement was taken on: device model, SoC or CPU, OS, runtime build and threads, read on the device;
+on a GPU, its name and driver and the runtime's execution provider. Tables measured under different fingerprints
+are never mixed; `fingerprint_id` is a stable short hash."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +10,7 @@ from typing import Any
 
 # Keys that identify a device; anything volatile (frequency, temperature, load) stays out.
 FINGERPRINT_KEYS = ("model", "cpu", "soc", "cpu_count", "arch", "os", "runtime", "runtime_version", "runtime_build",
-                    "threads", "cores", "device", "kind", "simulated")
+                    "threads", "cores", "device", "provider", "gpu", "kind", "simulated")
 
 
 def fingerprint_id(fp: dict[str, Any]) -> str:
@@ -27,6 +28,9 @@ def complete_fingerprint(fp: dict[str, Any], profile) -> dict[str, Any]:
     out["threads"] = profile.threads
     if profile.runtime == "torch":
         out["device"] = profile.device
+    provider = getattr(profile, "provider", "cpu")
+    if provider != "cpu":  # tables of different execution providers are never mixed (CPU ones keep their id)
+        out["provider"] = provider
     out.setdefault("simulated", False)
     if getattr(profile, "clock", "wall") != "wall":  # CPU-time tables are never mixed with wall-clock ones
         out["clock"] = profile.clock

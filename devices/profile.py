@@ -15,6 +15,8 @@ KINDS = ("local", "adb", "ssh", "fpga")
 RUNTIMES = ("onnxruntime", "litert", "torch", "null", "fpga-model")
 FORMATS = ("onnx", "tflite", "pt2")
 PRECISIONS = ("fp32", "int8")
+#: onnxruntime execution providers: the CPU, CUDA, TensorRT (with CUDA for what TensorRT does not take)
+PROVIDERS = ("cpu", "cuda", "tensorrt")
 DEFAULT_FORMAT = {"onnxruntime": "onnx", "litert": "tflite", "torch": "pt2", "null": "onnx", "fpga-model": "onnx"}
 SSH_ADDRESS_FORM = "USER@HOST[:PORT]"
 _SSH_ADDRESS = re.compile(r"^(?P<user>[^@\s:/-][^@\s:/]*)@(?P<host>[^@\s:/-][^@\s:/]*)(?::(?P<port>\d{1,5}))?$")
@@ -54,6 +56,8 @@ class DeviceProfile:
     model_format: str = ""                # "" = the runtime's format
     precision: str = "fp32"               # fp32 | int8 (static int8 .tflite, calibrated; LiteRT devices)
     device: str = "cpu"                   # torch only: cpu | cuda
+    provider: str = "cpu"                 # onnxruntime only: cpu | cuda | tensorrt (execution provider)
+    batch: tuple[int, ...] = (1,)         # batch sizes `profile` measures by default (one table each)
     threads: int = 1
     cores: tuple[int, ...] = ()           # CPU affinity on the device; () = leave as is
     warmup_runs: int = 10
@@ -101,6 +105,17 @@ class DeviceProfile:
         if self.precision == "int8" and self.model_format != "tflite":
             raise DeviceProfileError(f"{where}: precision int8 needs .tflite models (runtime litert), not "
                                      f"{self.model_format}")
+        if self.provider not in PROVIDERS:
+            raise DeviceProfileError(f"{where}: unknown provider {self.provider!r} (known: {', '.join(PROVIDERS)})")
+        if self.provider != "cpu" and (self.runtime != "onnxruntime" or self.model_format != "onnx"):
+            raise DeviceProfileError(f"{where}: provider {self.provider!r} is an onnxruntime execution provider "
+                                     f"(runtime onnxruntime, .onnx models), not for runtime {self.runtime}")
+        if self.provider != "cpu" and self.is_binary:
+            raise DeviceProfileError(f"{where}: provider {self.provider!r} is for the Python runner, not a "
+                                     f"measuring binary")
+        if not self.batch or any(isinstance(b, bool) or b < 1 for b in self.batch) \
+                or len(set(self.batch)) != len(self.batch):
+            raise DeviceProfileError(f"{where}: batch must be a list of distinct sizes >= 1, got {list(self.batch)}")
         if self.kind in ("adb", "ssh") and not self.address:
             raise DeviceProfileError(f"{where}: kind {self.kind!r} needs an address")
         if self.kind == "ssh":
@@ -140,6 +155,14 @@ class DeviceProfile:
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
+
+    def summary(self) -> dict[str, Any]:
+        """The few settings that tell devices apart: a row of `ofa-bench devices list`."""
+        return {"name": self.name, "kind": self.kind, "runtime": self.runtime, "model_format": self.model_format,
+                "precision": self.precision,
+                "address": self.address or None, "threads": self.threads, "cores": list(self.cores) or None,
+                "binary": self.binary or None, "example": self.example, "simulated": self.simulated,
+                "aliases": list(self.aliases), "description": self.description, "source": self.source}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "") -> "DeviceProfile":

@@ -154,3 +154,24 @@ def evaluate_parallel(ckpt: str | Path | None, space: SearchSpace, cfgs: Sequenc
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                              initargs=args) as pool:
         return collect(pool.map(_worker_eval, texts, chunksize=1))
+
+
+def evaluate_checkpoint(space_name: str, config: str, checkpoint: str | Path | None = None, split: str = "test",
+                        recal_images: int = 2000, seed: int = 0, limit: int = 0) -> dict:
+    """Top-1 on `split` of one subnet (`config` in any form `parse_config` reads) of the supernet at
+    `checkpoint` (None: the shipped weights), after BN recalibration, with its MACs and parameters; `limit`
+    scores only the split's first images."""
+    import time
+
+    from ofa_core.checkpoint import load_supernet
+
+    sp = SearchSpace.get(space_name)
+    cfg = sp.parse_config(config)
+    net = load_supernet(sp, checkpoint)
+    data = load_fmnist(seed=seed)
+    t0 = time.perf_counter()
+    scored = data.split(split).head(limit) if limit > 0 else data.split(split)
+    acc = evaluate_subnet(net, cfg, scored, data.train, recal_images=recal_images, seed=seed)
+    return {"space": sp.name, "config": cfg.to_string(), "split": split, "images": len(scored),
+            "top1": acc, "macs": int(sp.macs(cfg)), "params": int(sp.params(cfg)),
+            "checkpoint": checkpoint or "shipped", "seconds": round(time.perf_counter() - t0, 2)}

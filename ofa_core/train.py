@@ -27,7 +27,7 @@ from ofa_core.checkpoint import Checkpoint, check_state, read_checkpoint, save_c
 from ofa_core.data import FashionMNIST, iterate, load_fmnist, prepare
 from ofa_core.errors import CheckpointError
 from ofa_core.space import SearchSpace, SubnetConfig
-from ofa_core.train_config import Phase, TrainConfig
+from ofa_core.train_config import Phase, TrainConfig, load_config
 
 Sampler = Callable[[np.random.Generator, int], SubnetConfig]
 
@@ -387,3 +387,20 @@ def export_weights(trainer: Trainer, path: str | Path, command: str = "", extra:
             "phases": [p.name for p in trainer.cfg.phases], "history": trainer.history, **(extra or {})}
     return save_checkpoint(path, Checkpoint(space=trainer.space.name, kind="weights",
                                             net=trainer.net.state_dict(), meta=meta))
+
+
+def train_supernet(config: str, checkpoint: str | Path, fresh: bool = False, export: str | Path | None = None,
+                   command: str = "", log: Callable[[str], None] = print) -> dict | None:
+    """Train (or resume) the supernet of a config (a TOML file or a shipped config's name); with `export`, also
+    write its weights there. The report of the run (phases, epochs done, every epoch's figures) on the main
+    rank; None on the others."""
+    cfg = load_config(config)
+    trainer = train(cfg, checkpoint, fresh=fresh)
+    if not trainer.dist.main:
+        return None
+    if export:
+        export_weights(trainer, export, command=command)
+        log(f"weights written to {export}")
+    last = trainer.history[-1] if trainer.history else {}
+    return {"space": cfg.space, "checkpoint": checkpoint, "phases": [p.name for p in cfg.phases],
+            "epochs_done": len(trainer.history), "last_epoch": last, "history": trainer.history}

@@ -310,7 +310,7 @@ def test_profile_gives_up_on_a_frozen_phone_within_the_stated_limits(tmp_path):
         (folder / "frozen-loopback.toml").write_text(FROZEN_PROFILE.format(port=server.port))
         start = time.monotonic()
         r = subprocess.run([sys.executable, "-m", "bench.cli", "profile", "frozen-loopback", "--space",
-                            "ofa-mbv3-fmnist", "--resolutions", "24", "--batch", "2", "--rounds", "1",
+                            "ofa-mbv3-fmnist", "--resolutions", "24", "--per-call", "2", "--rounds", "1",
                             "--calibration-subnets", "0", "--store", str(tmp_path / "s.sqlite")],
                            cwd=repo, capture_output=True, text=True, timeout=240)
         took = time.monotonic() - start

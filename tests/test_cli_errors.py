@@ -28,7 +28,7 @@ CASES = [
     ("misspelt-command", ["serch", "--device", "x"], "No such command"),
     ("unknown-option", ["search", "--device", "x", "--latency", "3"], "No such option"),
     ("bad-float", ["search", "--device", "x", "--latency-ms", "abc"], "--latency-ms"),
-    ("bad-int", ["profile", "local-cpu", "--batch", "abc"], "--batch"),
+    ("bad-int", ["profile", "local-cpu", "--per-call", "abc"], "--per-call"),
     ("missing-argument", ["validate"], "Missing argument"),
     # -- devices
     ("devices-list-unknown-option", ["devices", "list", "--bogus"], "No such option"),
@@ -50,6 +50,9 @@ CASES = [
     ("profile-min-duration-negative", ["profile", "local-cpu", "--min-duration-s", "-1"], "--min-duration-s"),
     ("profile-warmup-inf", ["profile", "local-cpu", "--warmup-s", "inf"], "--warmup-s"),
     ("profile-rounds-0", ["profile", "local-cpu", "--rounds", "0"], "--rounds"),
+    ("profile-per-call-0", ["profile", "local-cpu", "--per-call", "0"], "--per-call"),
+    ("profile-batch-not-sizes", ["profile", "local-cpu", "--batch", "1,x"], "--batch"),
+    ("profile-batch-0", ["profile", "local-cpu", "--batch", "1,0"], "--batch"),
     ("profile-ssh-without-user", ["profile", "ssh:host"], "ssh:USER@HOST[:PORT]"),
     ("profile-unknown-device", ["profile", "no-such-device"], "unknown device"),
     # -- lut
@@ -71,6 +74,7 @@ CASES = [
                                 "--store", "{missing}"], "not in space"),
     # -- predict
     ("predict-missing-store", ["predict", "--device", "note10", "--store", "{missing}"], "does not exist"),
+    ("predict-batch-0", ["predict", "--device", "note10", "--batch", "0"], "--batch"),
     ("predict-breakdown-suffix", ["predict", "--device", "note10", "--breakdown", "{tmp}/b.gif",
                                   "--store", "{store}"], "'.gif'"),
     ("predict-breakdown-folder", ["predict", "--device", "note10", "--breakdown", "{figdir}",
@@ -80,6 +84,7 @@ CASES = [
     # -- validate
     ("validate-missing-store", ["validate", "local-cpu", "--store", "{missing}"], "does not exist"),
     ("validate-subnets-1", ["validate", "local-cpu", "--subnets", "1"], "--subnets"),
+    ("validate-per-call-0", ["validate", "local-cpu", "--per-call", "0"], "--per-call"),
     ("validate-min-duration-nan", ["validate", "local-cpu", "--min-duration-s", "nan"], "--min-duration-s"),
     ("validate-plot-suffix", ["validate", "local-cpu", "--plot", "{tmp}/p.txt", "--store", "{store}"], "'.txt'"),
     ("validate-max-passes", ["validate", "local-cpu", "--passes", "4", "--max-passes", "2", "--store", "{store}"],
@@ -110,6 +115,9 @@ CASES = [
     ("search-export-under-file", ["search", "--device", "note10", "--latency-ms", "20", "--export",
                                   "{file}/x.onnx", "--store", "{store}"], "is not a folder"),
     ("search-seed-negative", ["search", "--device", "note10", "--latency-ms", "20", "--seed", "-1"], "--seed"),
+    ("search-batch-0", ["search", "--device", "note10", "--latency-ms", "20", "--batch", "0"], "--batch"),
+    ("search-batch-absent", ["search", "--device", "note10", "--latency-ms", "20", "--batch", "16",
+                             "--store", "{store}"], "batch 16"),
     ("search-population-1", ["search", "--device", "note10", "--latency-ms", "20", "--population", "1"],
      "--population"),
     # -- pareto

@@ -6,7 +6,7 @@ from devices import DeviceProfile, DeviceProfileError, UnknownDeviceError, get_d
 from devices.fingerprint import complete_fingerprint, fingerprint_id
 from devices.registry import BUILTIN_DIR
 
-EXPECTED = {"local-cpu", "android-tcp", "android-usb", "jetson-ssh", "cuda-gpu", "fpga-zu9eg-model",
+EXPECTED = {"local-cpu", "android-tcp", "android-usb", "jetson-ssh", "cuda-gpu", "cuda-ort", "fpga-zu9eg-model",
             "fpga-zu3eg-model", "loopback-adb"}
 
 

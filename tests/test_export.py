@@ -77,3 +77,20 @@ def test_unknown_format_and_missing_converter(tmp_path):
     if importlib.util.find_spec("litert_torch") is None:
         with pytest.raises(ExportError, match="litert-torch"):
             export_entry(SPACE, e, "tflite", cache=tmp_path)
+
+
+def test_one_cache_folder_rule(monkeypatch, tmp_path):
+    """Exported models, runner bundles and the local device's work folder all live under one cache folder:
+    `$OFA_BENCH_CACHE`, else `ofa-bench` under `$XDG_CACHE_HOME` (they once disagreed on the latter)."""
+    from pathlib import Path
+
+    from agents.cache import cache_root
+    from agents.transports.local import default_workdir
+    from bench.export import cache_dir
+
+    monkeypatch.delenv("OFA_BENCH_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "ofa-bench"
+    assert cache_dir().parent == cache_root() and Path(default_workdir()).parent == cache_root()
+    monkeypatch.setenv("OFA_BENCH_CACHE", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine" / "models" and Path(default_workdir()) == tmp_path / "mine" / "device-local"

@@ -192,7 +192,7 @@ def test_nightly_measures_transferred_entries_first(few_shot_store, monkeypatch)
     monkeypatch.setattr(nightly, "_measure_entries",
                         lambda agent, store, run_id, fp, sp, entries, *a: seen.extend(entries))
     rows = store.latest_measurements(fp_id, SPACE.name, kind="block")
-    prof = SimpleNamespace(name="newdev", model_format="onnx")
+    prof = SimpleNamespace(name="newdev", model_format="onnx", precision="fp32")
     rep = nightly._check_space(None, store, prof, fp_id, SPACE, RES, rows, nightly.NightlySettings(max_transferred=20))
     moved = [(e.resolution, e.key) for e in transferred_entries(store, fp_id, SPACE)]
     assert [(e.resolution, e.key) for e in seen[:20]] == moved[:20]

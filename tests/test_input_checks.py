@@ -50,7 +50,7 @@ def test_searches_refuse_bad_budgets_before_scoring(value):
 
 # ---- settings dataclasses -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("changes", [{"min_duration_s": math.nan}, {"warmup_s": -0.1}, {"warmup_s": math.inf},
-                                     {"rounds": 0}, {"batch_size": 0}, {"precision": math.nan}])
+                                     {"rounds": 0}, {"per_call": 0}, {"precision": math.nan}])
 def test_measure_settings_refuse_bad_values(changes):
     from bench.profile import MeasureSettings, ProfileError
 

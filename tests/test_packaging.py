@@ -8,6 +8,7 @@ import pkgutil
 import re
 import sys
 import tomllib
+from fnmatch import fnmatchcase
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("ofa_core", "agents", "devices", "bench")
 # Import names whose distribution may be absent from this environment (an extra not installed).
 KNOWN_DISTRIBUTIONS = {"litert_torch": "litert-torch", "ai_edge_litert": "ai-edge-litert", "yaml": "pyyaml",
+                       "ai_edge_quantizer": "ai-edge-quantizer",
                        "flatbuffers": "flatbuffers", "usb1": "libusb1", "adb_shell": "adb-shell"}
 # Imported by benchmarks that run from a checkout only, never by a command: the official implementation
 # (installed with --no-deps by .ci/setup; torchvision is stood in for there) and the test suite's sshd.
@@ -94,6 +96,22 @@ def test_extras_are_imported_only_where_their_command_needs_them():
     assert not offenders, offenders
 
 
+def test_benchmarks_are_left_out_of_the_installation():
+    """bench/perf holds the benchmarks, run from a clone (`python -m bench.perf AREA`): every other package of
+    the four goes into the wheel, none of bench.perf (setuptools matches the patterns with fnmatchcase)."""
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = sorted(".".join(d.relative_to(ROOT).parts) for pkg in PACKAGES
+                      for d in [ROOT / pkg, *(ROOT / pkg).rglob("*")] if (d / "__init__.py").is_file())
+
+    def installed(name: str) -> bool:
+        return (any(fnmatchcase(name, p) for p in find["include"])
+                and not any(fnmatchcase(name, p) for p in find.get("exclude", [])))
+
+    benchmarks = [p for p in packages if p == "bench.perf" or p.startswith("bench.perf.")]
+    assert benchmarks == ["bench.perf"]
+    assert [p for p in packages if not installed(p)] == benchmarks
+
+
 def test_requires_python_matches_what_the_code_uses():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["requires-python"] == ">=3.11"  # tomllib, used unconditionally, is 3.11+
@@ -101,6 +119,8 @@ def test_requires_python_matches_what_the_code_uses():
 
 @pytest.mark.parametrize("pkg", PACKAGES)
 def test_every_module_imports(pkg):
+    """Every module of the package as imported here: from a clone that includes bench.perf (the benchmarks),
+    from an installation it does not (`test_benchmarks_are_left_out_of_the_installation`)."""
     failures = []
     package = importlib.import_module(pkg)
     for info in pkgutil.walk_packages(package.__path__, prefix=f"{pkg}."):

@@ -101,7 +101,7 @@ def test_profile_then_resume_is_free(tmp_path, null_device):
 
 def test_resume_after_sigkill(tmp_path, null_device):
     store = tmp_path / "s.sqlite"
-    proc = subprocess.Popen(profile_cmd(store, "--batch", "6"), cwd=REPO, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(profile_cmd(store, "--per-call", "6"), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -120,7 +120,7 @@ def test_resume_after_sigkill(tmp_path, null_device):
     partial = block_rows(store)
     assert 0 < len(partial) < len(FULL), "kill landed outside the measuring loop"
     assert len(partial) % 6 == 0  # only whole batches were committed
-    r = subprocess.run(profile_cmd(store, "--batch", "6"), cwd=REPO, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(profile_cmd(store, "--per-call", "6"), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["entries_reused"] == len(partial)
@@ -131,7 +131,7 @@ def test_resume_after_sigkill(tmp_path, null_device):
 
 def test_two_concurrent_profilers_one_store(tmp_path, null_device):
     store = tmp_path / "s.sqlite"
-    procs = [subprocess.Popen(profile_cmd(store, "--batch", "8"), cwd=REPO, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen(profile_cmd(store, "--per-call", "8"), cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]

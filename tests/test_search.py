@@ -365,7 +365,8 @@ def test_confirm_searches_again_while_the_measurement_is_over_budget(monkeypatch
                 "predicted_upper_ms": 9.9 - n, "predicted_accuracy": 0.8 - n / 100, "calibration_text": "x"}
 
     monkeypatch.setattr(search_cmd, "run_search", fake_search)
-    monkeypatch.setattr(search_cmd, "export_chosen", lambda space, cfg, out, fmt: {"path": str(out), "note": ""})
+    monkeypatch.setattr(search_cmd, "export_chosen",
+                        lambda space, cfg, out, fmt, precision="fp32", batch=1: {"path": str(out), "note": ""})
     monkeypatch.setattr(search_cmd, "confirm_on_device",
                         lambda device, path, doc, store, min_duration_s=None: {"measured_latency_ms": next(measured),
                                                                                   "simulated": True})

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.store.migrations import LATEST_VERSION, MIGRATIONS, VERSION_TABLE, check_order, render
-from bench.store import Store, StoreError, fingerprint_id, open_store
+from bench.store import MEASUREMENT_COLUMNS, Store, StoreError, fingerprint_id, measurement_row, open_store
 from bench.store.sqlite import SqliteBackend
 
 try:
@@ -108,6 +108,21 @@ def test_runs_and_measurements(store):
     assert runs[0]["settings"] == {"threads": 1} and runs[0]["host"] and runs[0]["user_name"]
 
 
+def test_batches_are_kept_apart(store):
+    """A batch size is part of an entry's identity: each batch is a table of its own, batch 1 by default."""
+    fp = store.register_fingerprint("dev", {"cpu": "x"})
+    run = store.start_run("dev", fp, "s", "profile", {}, {})
+    store.add_measurements(run, [record("k1", 1.0), record("k2", 2.0), record("k1", 9.0, batch=16),
+                                 record("ref", 0.5, kind="reference"), record("ref", 4.0, kind="reference", batch=16)])
+    assert store.batches(fp, "s") == [1, 16]
+    assert store.measured_keys(fp, "s") == {(160, "k1"), (160, "k2")}
+    assert store.measured_keys(fp, "s", batch=16) == {(160, "k1")}
+    assert [r["latency_ms"] for r in store.latest_measurements(fp, "s", batch=16)] == [9.0]
+    assert [r["batch"] for r in store.latest_measurements(fp, "s")] == [1, 1]
+    assert [r["latency_ms"] for r in store.history(fp, "s", key="ref", kind="reference", batch=16)] == [4.0]
+    assert store.latest_measurements(fp, "s", batch=64) == []
+
+
 def test_running_ends_every_run(store):
     fp = store.register_fingerprint("dev", {"cpu": "x"})
     with store.running("dev", fp, "s", "validate", {}, {}) as done:
@@ -129,6 +144,8 @@ def test_bad_records_write_nothing(store):
         [record("ok", 1.0), record("b", 1.0, resolution="big")],                  # resolution not int
         [record("ok", 1.0), record("b", 1.0, kind="weird")],                      # unknown kind
         [record("ok", 1.0), record("b", 1.0, samples_ms=["x"])],                 # samples not numbers
+        [record("ok", 1.0), record("b", 1.0, batch=0)],                           # batch below 1
+        [record("ok", 1.0), record("b", 1.0, batch=2.5)],                         # batch not an integer
     ]
     for batch in bad_batches:
         with pytest.raises(StoreError) as err:
@@ -210,11 +227,18 @@ def test_old_store_is_migrated(store_target):
     old.version = 1
     fp = old.register_fingerprint("dev", {"cpu": "x"})
     run = old.start_run("dev", fp, "s", "profile", {}, {})
-    old.add_measurements(run, [record("k", 1.0)])
+    # a row as version 1 wrote it: no batch column yet
+    cols = [c for c in MEASUREMENT_COLUMNS if c != "batch"]
+    row = measurement_row(run, {"fingerprint_id": fp, "device": "dev", "space": "s"}, record("k", 1.0), 0)
+    with old.transaction():
+        old.execute(f"INSERT INTO measurements ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
+                    row[:len(cols)])
     old.close()
     with open_store(store_target) as s:
         assert s.version == LATEST_VERSION
         assert s.measured_keys(fp, "s") == {(160, "k")}
+        assert s.latest_measurements(fp, "s")[0]["batch"] == 1  # every earlier row was a batch of one
+        assert s.batches(fp, "s") == [1] and s.measured_keys(fp, "s", batch=16) == set()
         assert s.counts()["jobs"] == 0
 
 

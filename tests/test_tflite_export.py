@@ -156,7 +156,7 @@ def test_search_export_writes_what_a_litert_device_runs(litert_device, monkeypat
 
     cfg = SPACE.smallest(RES)
     monkeypatch.setattr(search_cmd, "run_search", lambda *args: {
-        "space": SPACE.name, "config": cfg.to_ofa_dict(), "config_string": cfg.to_string()})
+        "space": SPACE.name, "batch": 1, "config": cfg.to_ofa_dict(), "config_string": cfg.to_string()})
     assert search_cmd.device_format(litert_device) == "tflite" and search_cmd.device_format("local-cpu") == "onnx"
     out = tmp_path / "best.tflite"
     doc = search_cmd.search_confirmed(litert_device, 1.0, None, None, "store", None, None, 0, 10, 5, None, out,
@@ -211,3 +211,76 @@ def test_profile_json_and_confirm_on_a_litert_device_over_loopback_adb(tmp_path)
         assert found["confirm"]["measured_latency_ms"] > 0 and found["export"]["format"] == "tflite"
     finally:
         device.stop()
+
+
+# ---- int8 ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def int8_models(tmp_path_factory):
+    pytest.importorskip("ai_edge_quantizer")
+    cache = tmp_path_factory.mktemp("int8-cache")
+    picked = [_pick("first_conv"), _pick("mbconv", se=True)]
+    with ExportQueue("tflite", cache=cache, precision="int8") as queue:
+        queue.add_entries(SPACE, picked)
+        return cache, [(e, queue.entry(SPACE, e)) for e in picked]
+
+
+def test_int8_models_are_quantised_channel_last_and_calibrated(int8_models):
+    from bench.export import calibration_inputs, entry_module
+
+    _, pairs = int8_models
+    for entry, path in pairs:
+        meta = tflite_metadata(path)
+        assert meta["precision"] == "int8" and meta["layout"] == "nhwc"
+        assert "TRANSPOSE" not in tflite_ops(path) and "QUANTIZE" not in tflite_ops(path)  # int8 in, int8 out
+        data, doc = calibration_inputs(SPACE, entry.input_shape, entry.kind == "first_conv")
+        assert meta["calibration"] == doc and data.shape[1:] == entry.input_shape[1:]
+        import torch
+
+        with torch.no_grad():
+            want = entry_module(SPACE, entry)(torch.from_numpy(data[:1])).numpy().transpose(0, 2, 3, 1)
+        got = run_tflite(path, np.ascontiguousarray(data[:1].transpose(0, 2, 3, 1)))
+        assert np.abs(got - want).max() <= 0.25 * max(1.0, np.abs(want).max())
+    first_conv_calibration = tflite_metadata(pairs[0][1])["calibration"]
+    from ofa_core.data import DatasetError, load_fmnist
+
+    try:
+        load_fmnist()
+        assert first_conv_calibration.startswith("fashion-mnist:")  # the image goes in: the data set's images
+    except DatasetError:
+        assert first_conv_calibration.startswith("noise:")
+    assert tflite_metadata(pairs[1][1])["calibration"].startswith("noise:")  # an inner block: seeded noise
+
+
+def test_int8_has_its_own_cache_entries_and_runs_in_the_runner(int8_models, converted, capsys):
+    from agents import runner
+
+    int8_cache, int8_pairs = int8_models
+    _, fp32_pairs = converted
+    assert int8_pairs[0][1].name != fp32_pairs[0][1].name  # same entry, other precision: another file
+    path = int8_pairs[1][1]
+    assert runner.main([str(path), "--runtime", "litert", "--warmup-runs", "1", "--warmup-s", "0",
+                        "--min-runs", "3", "--min-duration-s", "0"]) == 0
+    rec = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert rec["inputs"][0]["dtype"] == "int8" and rec["inputs"][0]["shape"] == list(_nhwc(int8_pairs[1][0].input_shape))
+
+
+def test_precision_in_profiles_and_fingerprints(tmp_path):
+    from devices.fingerprint import complete_fingerprint, fingerprint_id
+    from devices.profile import DeviceProfile, DeviceProfileError
+
+    fp32 = DeviceProfile(name="phone", runtime="litert")
+    int8 = fp32.replace(precision="int8")
+    reported = {"model": "Pixel", "runtime": "litert", "runtime_version": "2.3.0"}
+    assert fingerprint_id(complete_fingerprint(reported, fp32)) != fingerprint_id(complete_fingerprint(reported, int8))
+    assert "precision" not in complete_fingerprint(reported, fp32)  # fp32 tables keep the ids they had
+    with pytest.raises(DeviceProfileError, match="int8"):
+        DeviceProfile(name="cpu", runtime="onnxruntime", precision="int8")
+    with pytest.raises(DeviceProfileError, match="precision"):
+        DeviceProfile(name="phone", runtime="litert", precision="fp16")
+    r = subprocess.run([sys.executable, "-m", "bench.cli", "devices", "add", "int8-phone", "--kind", "adb",
+                        "--address", "127.0.0.1:5555", "--runtime", "litert", "--precision", "int8", "--json"],
+                       capture_output=True, text=True, timeout=120, cwd=REPO,
+                       env=dict(os.environ, OFA_BENCH_DEVICES=str(tmp_path / "devices")))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["profile"]["precision"] == "int8"
+    assert 'precision = "int8"' in (tmp_path / "devices" / "int8-phone.toml").read_text()

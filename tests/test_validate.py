@@ -171,7 +171,7 @@ def test_passes_repeat_until_the_median_is_precise(tmp_path):
         fp = store.register_fingerprint("fake", {"host": "test"})
         run = store.start_run("fake", fp, SPACE.name, "validate", {}, {})
         calls = []
-        got = measure_subnets(agent, store, run, fp, SPACE, cfgs, ValidateSettings(batch_size=2), 0.01, "onnx",
+        got = measure_subnets(agent, store, run, fp, SPACE, cfgs, ValidateSettings(per_call=2), 0.01, "onnx",
                               progress=lambda done, total: calls.append((done, total)), value_nominal=1.0)
         store.finish_run(run, "done")
         assert [len(t.values_ms) for t in got] == [3, 5, 6]

@@ -2,7 +2,8 @@
 
 A runtime module offers `version() -> str`, `build() -> dict` (what identifies the build) and
 `load(path, threads, device) -> Loaded`; the runner then calls `loaded.run()` (one inference on inputs
-allocated at load time) inside its timing loop.
+allocated at load time) inside its timing loop. A runtime with execution providers (onnxruntime) also offers
+`PROVIDERS`, `check_provider(provider)` and takes `provider=` and `cache_dir=` in `load`.
 """
 import importlib
 

@@ -6,13 +6,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from agents.cache import cache_root
 from agents.transports.base import CommandResult, Transport, TransportError, run_process
 
 
 def default_workdir() -> str:
-    base = os.environ.get("OFA_BENCH_CACHE") or str(Path(os.environ.get("XDG_CACHE_HOME")
-                                                            or Path.home() / ".cache") / "ofa-bench")
-    return str(Path(base) / "device-local")
+    return str(cache_root() / "device-local")
 
 
 class LocalTransport(Transport):

@@ -138,6 +138,24 @@ def parse_resolutions(text: str | None) -> list[int] | None:
     return values
 
 
+def parse_batches(text: str | None) -> list[int] | None:
+    """`1,16,64` -> [1, 16, 64] (batch sizes, each at least 1); None stays None (the device profile's list)."""
+    if text is None or not text.strip():
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise OFABenchError(f"--batch must be batch sizes separated by commas, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise OFABenchError(f"--batch sizes must be integers >= 1, got {text!r}")
+    return list(dict.fromkeys(values))
+
+
+BatchOption = typer.Option(None, "--batch", callback=number_check(ge=1),
+                           help="batch size of the table to use (default: 1, or the only batch size the device's "
+                                "table has); latencies are the whole batch's")
+
+
 def emit_json(doc: Any) -> None:
     """Print one JSON document on stdout."""
     sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, default=_json_default) + "\n")

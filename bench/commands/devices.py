@@ -11,14 +11,6 @@ from bench.commands._common import JsonOption, at_least_one, emit_json, finite, 
 KIND_HELP = "local | adb | ssh | fpga"
 
 
-def _summary(p) -> dict:
-    return {"name": p.name, "kind": p.kind, "runtime": p.runtime, "model_format": p.model_format,
-            "precision": p.precision,
-            "address": p.address or None, "threads": p.threads, "cores": list(p.cores) or None,
-            "binary": p.binary or None, "example": p.example, "simulated": p.simulated, "aliases": list(p.aliases),
-            "description": p.description, "source": p.source}
-
-
 def _parse_cores(text: Optional[str]) -> tuple[int, ...]:
     from devices import DeviceProfileError
 
@@ -30,108 +22,93 @@ def _parse_cores(text: Optional[str]) -> tuple[int, ...]:
         raise DeviceProfileError(f"--cores must be CPU numbers separated by commas, got {text!r}") from None
 
 
+def list_cmd(json_out: bool = JsonOption) -> None:
+    """Every known device profile (built-in and the user's); examples and simulated devices are marked."""
+    from devices import list_devices
+
+    rows = [p.summary() for p in list_devices()]
+    if json_out:
+        emit_json({"devices": rows})
+        return
+    for r in rows:
+        tags = "".join([" [example]" if r["example"] else "", " [simulated]" if r["simulated"] else ""])
+        where = r["address"] or "this host"
+        typer.echo(f"{r['name']:<20} {r['kind']:<6} {r['runtime']:<12} {where:<24} {r['description']}{tags}")
+
+
+def show_cmd(device: str = typer.Argument(..., help="profile name or ad-hoc address"),
+             json_out: bool = JsonOption) -> None:
+    """Every setting of one device profile."""
+    from devices import get_device
+
+    p = get_device(device)
+    if json_out:
+        emit_json(p.to_dict())
+    else:
+        typer.echo(p.to_toml().rstrip())
+
+
+def probe_cmd(
+    device: str = typer.Argument("local-cpu", help="profile name or ad-hoc address (adb:HOST:PORT, ...)"),
+    json_out: bool = JsonOption,
+) -> None:
+    """Connect, push the runner, time a tiny model built here, and print the fingerprint and a latency."""
+    from bench.probe import probe_device
+
+    doc = probe_device(device, log=info)
+    if json_out:
+        emit_json(doc)
+        return
+    fp = doc["fingerprint"]
+    what = fp.get("model") or fp.get("cpu") or fp.get("soc") or "?"
+    typer.echo(f"{doc['device']}: {what}, {fp.get('os') or ''} {fp.get('runtime')} {fp.get('runtime_version')}"
+               f" (fingerprint {doc['fingerprint_id']})")
+    typer.echo(f"{doc['model']}: {doc['latency_ms']:.4f} ms median over {doc['n']} runs"
+               + (" (SIMULATED)" if doc["simulated"] else ""))
+
+
+def add_cmd(
+    name: str = typer.Argument(..., help="profile name: letters, digits, '.', '_' and '-' (the file NAME.toml)"),
+    kind: str = typer.Option(..., "--kind", help=KIND_HELP),
+    address: str = typer.Option("", "--address", help="adb: HOST:PORT or serial; ssh: USER@HOST[:PORT]; fpga: board"),
+    runtime: str = typer.Option("onnxruntime", "--runtime", help="onnxruntime | litert | torch | null | fpga-model"),
+    model_format: str = typer.Option("", "--model-format", help="onnx | tflite | pt2 (default: the runtime's)"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | int8 (static int8 .tflite: LiteRT devices)"),
+    threads: int = typer.Option(1, "--threads", callback=at_least_one),
+    cores: Optional[str] = typer.Option(None, "--cores", help="CPU numbers to pin to, e.g. 4,5,6,7"),
+    python: str = typer.Option("python3", "--python", help="interpreter on the device"),
+    workdir: str = typer.Option("", "--workdir", help="folder on the device for pushed files"),
+    binary: str = typer.Option("", "--binary", help="measuring binary on this host (benchmark_model, ...)"),
+    key_path: str = typer.Option("", "--key-path", help="ssh private key"),
+    adb_server: bool = typer.Option(False, "--adb-server", help="adb: go through the adb command and server"),
+    cooldown_s: float = typer.Option(0.0, "--cooldown-s", callback=non_negative),
+    cooldown_temp_c: Optional[float] = typer.Option(None, "--cooldown-temp-c", callback=finite),
+    cv_threshold: float = typer.Option(0.05, "--cv-threshold", callback=positive),
+    description: str = typer.Option("", "--description"),
+    force: bool = typer.Option(False, "--force", help="replace an existing user profile"),
+    json_out: bool = JsonOption,
+) -> None:
+    """Write a device profile to the user's profile folder ($OFA_BENCH_DEVICES or ~/.config/ofa-bench/devices)."""
+    from devices import DeviceProfile, check_profile_name, write_user_profile
+
+    check_profile_name(name)  # a name, never a path: the profile is written as NAME.toml in the user's folder
+    profile = DeviceProfile(
+        name=name, kind=kind, address=address, runtime=runtime, model_format=model_format, precision=precision,
+        threads=threads,
+        cores=_parse_cores(cores), python=python, workdir=workdir, binary=binary, key_path=key_path,
+        adb_server=adb_server, cooldown_s=cooldown_s, cooldown_temp_c=cooldown_temp_c,
+        cv_threshold=cv_threshold, description=description)
+    path = write_user_profile(profile, force=force)
+    if json_out:
+        emit_json({"written": str(path), "profile": profile.summary()})
+    else:
+        info(f"wrote {path}")
+
+
 def register(app: typer.Typer) -> None:
     dev_app = typer.Typer(help="Device profiles: list, show, probe, add.", no_args_is_help=True)
     app.add_typer(dev_app, name="devices")
-
-    @dev_app.command("list")
-    def list_cmd(json_out: bool = JsonOption) -> None:
-        """Every known device profile (built-in and the user's); examples and simulated devices are marked."""
-        from devices import list_devices
-
-        rows = [_summary(p) for p in list_devices()]
-        if json_out:
-            emit_json({"devices": rows})
-            return
-        for r in rows:
-            tags = "".join([" [example]" if r["example"] else "", " [simulated]" if r["simulated"] else ""])
-            where = r["address"] or "this host"
-            typer.echo(f"{r['name']:<20} {r['kind']:<6} {r['runtime']:<12} {where:<24} {r['description']}{tags}")
-
-    @dev_app.command("show")
-    def show_cmd(device: str = typer.Argument(..., help="profile name or ad-hoc address"),
-                 json_out: bool = JsonOption) -> None:
-        """Every setting of one device profile."""
-        from devices import get_device
-
-        p = get_device(device)
-        if json_out:
-            emit_json(p.to_dict())
-        else:
-            typer.echo(p.to_toml().rstrip())
-
-    @dev_app.command("probe")
-    def probe_cmd(
-        device: str = typer.Argument("local-cpu", help="profile name or ad-hoc address (adb:HOST:PORT, ...)"),
-        json_out: bool = JsonOption,
-    ) -> None:
-        """Connect, push the runner, time a tiny model built here, and print the fingerprint and a latency."""
-        import tempfile
-        from pathlib import Path
-
-        from agents import connect
-        from agents.tiny_models import mbconv_onnx, tiny_model
-        from devices import fingerprint_id, get_device
-
-        profile = get_device(device)
-        quick = profile.replace(min_runs=min(profile.min_runs, 20), min_duration_s=min(profile.min_duration_s, 0.3),
-                                warmup_s=min(profile.warmup_s, 0.1), max_remeasure=0)
-        with tempfile.TemporaryDirectory(prefix="ofa-bench-probe-") as tmp:
-            if profile.kind == "fpga":
-                model = mbconv_onnx(Path(tmp) / "probe-mbconv.onnx")
-            else:
-                model = tiny_model(Path(tmp) / "probe-tiny-dwconv", profile.model_format)
-            info(f"{profile.name}: connecting ({profile.kind} {profile.address or 'this host'})")
-            with connect(quick) as agent:
-                fp = agent.fingerprint()
-                info(f"{profile.name}: measuring {model.name}")
-                m = agent.measure([model])[0]
-        doc = {"device": profile.name, "fingerprint_id": fingerprint_id(fp), "fingerprint": fp,
-               "model": model.name, "latency_ms": m.latency_ms, "n": m.n, "cv": m.cv, "noisy": m.noisy,
-               "simulated": bool(fp.get("simulated")), "env": m.env}
-        if json_out:
-            emit_json(doc)
-            return
-        what = fp.get("model") or fp.get("cpu") or fp.get("soc") or "?"
-        typer.echo(f"{profile.name}: {what}, {fp.get('os') or ''} {fp.get('runtime')} {fp.get('runtime_version')}"
-                   f" (fingerprint {doc['fingerprint_id']})")
-        typer.echo(f"{model.name}: {m.latency_ms:.4f} ms median over {m.n} runs"
-                   + (" (SIMULATED)" if doc["simulated"] else ""))
-
-    @dev_app.command("add")
-    def add_cmd(
-        name: str = typer.Argument(..., help="profile name: letters, digits, '.', '_' and '-' (the file NAME.toml)"),
-        kind: str = typer.Option(..., "--kind", help=KIND_HELP),
-        address: str = typer.Option("", "--address", help="adb: HOST:PORT or serial; ssh: USER@HOST[:PORT]; fpga: board"),
-        runtime: str = typer.Option("onnxruntime", "--runtime", help="onnxruntime | litert | torch | null | fpga-model"),
-        model_format: str = typer.Option("", "--model-format", help="onnx | tflite | pt2 (default: the runtime's)"),
-        precision: str = typer.Option("fp32", "--precision", help="fp32 | int8 (static int8 .tflite: LiteRT devices)"),
-        threads: int = typer.Option(1, "--threads", callback=at_least_one),
-        cores: Optional[str] = typer.Option(None, "--cores", help="CPU numbers to pin to, e.g. 4,5,6,7"),
-        python: str = typer.Option("python3", "--python", help="interpreter on the device"),
-        workdir: str = typer.Option("", "--workdir", help="folder on the device for pushed files"),
-        binary: str = typer.Option("", "--binary", help="measuring binary on this host (benchmark_model, ...)"),
-        key_path: str = typer.Option("", "--key-path", help="ssh private key"),
-        adb_server: bool = typer.Option(False, "--adb-server", help="adb: go through the adb command and server"),
-        cooldown_s: float = typer.Option(0.0, "--cooldown-s", callback=non_negative),
-        cooldown_temp_c: Optional[float] = typer.Option(None, "--cooldown-temp-c", callback=finite),
-        cv_threshold: float = typer.Option(0.05, "--cv-threshold", callback=positive),
-        description: str = typer.Option("", "--description"),
-        force: bool = typer.Option(False, "--force", help="replace an existing user profile"),
-        json_out: bool = JsonOption,
-    ) -> None:
-        """Write a device profile to the user's profile folder ($OFA_BENCH_DEVICES or ~/.config/ofa-bench/devices)."""
-        from devices import DeviceProfile, check_profile_name, write_user_profile
-
-        check_profile_name(name)  # a name, never a path: the profile is written as NAME.toml in the user's folder
-        profile = DeviceProfile(
-            name=name, kind=kind, address=address, runtime=runtime, model_format=model_format, precision=precision,
-            threads=threads,
-            cores=_parse_cores(cores), python=python, workdir=workdir, binary=binary, key_path=key_path,
-            adb_server=adb_server, cooldown_s=cooldown_s, cooldown_temp_c=cooldown_temp_c,
-            cv_threshold=cv_threshold, description=description)
-        path = write_user_profile(profile, force=force)
-        if json_out:
-            emit_json({"written": str(path), "profile": _summary(profile)})
-        else:
-            info(f"wrote {path}")
+    dev_app.command("list")(list_cmd)
+    dev_app.command("show")(show_cmd)
+    dev_app.command("probe")(probe_cmd)
+    dev_app.command("add")(add_cmd)

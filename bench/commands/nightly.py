@@ -11,52 +11,44 @@ from bench.commands._common import (JsonOption, StoreOption, check_output_folder
                                     positive, resolve_store)
 
 
+def _print_devices(doc: dict) -> None:
+    for d in doc.get("devices", []):
+        drift = ", ".join(f"{x['kind']} {x.get('key', '')} {100 * x.get('rel_change', 0):+.1f}%"
+                          for x in d.get("drift", []))
+        info(f"{d['device']}: {d['status']}" + (f" ({drift})" if drift else "")
+             + (f"; error: {d['error']}" if d.get("error") else ""))
+
+
+def nightly_cmd(
+    devices: list[str] = typer.Argument(None, help="devices (default: every device profiled in the store)"),
+    store: str = StoreOption,
+    space: list[str] = typer.Option(None, "--space", help="only these spaces (repeatable)"),
+    stale_days: float = typer.Option(30.0, "--stale-days", callback=non_negative,
+                                     help="re-measure entries older than this"),
+    threshold: float = typer.Option(0.05, "--threshold", callback=positive,
+                                    help="relative change that counts as drift"),
+    no_rebuild: bool = typer.Option(False, "--no-rebuild", help="report drift without re-profiling"),
+    plots: str = typer.Option(None, "--plots", help="folder for drift-history PNGs of drifted entries"),
+    json_out: bool = JsonOption,
+) -> None:
+    """Re-measure sentinel and stale entries, detect drift, rebuild; exit non-zero if unreachable or drifted."""
+    from bench.nightly import NightlySettings, check_alert, run_nightly
+    from devices import get_device
+
+    for d in devices or ():
+        get_device(d)  # unknown names: one line, before any store is opened
+    if plots:
+        check_output_folder(plots, "--plots")
+    target = resolve_store(store, must_exist=True)  # a mistyped --store is an error, not a new empty store
+    settings = NightlySettings(stale_days=stale_days, threshold=threshold, rebuild=not no_rebuild,
+                               spaces=tuple(space or ()))
+    doc = run_nightly(devices, target, settings, plots=plots)
+    if json_out:
+        emit_json(doc)
+    else:
+        _print_devices(doc)
+    check_alert(doc)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("nightly")
-    def nightly_cmd(
-        devices: list[str] = typer.Argument(None, help="devices (default: every device profiled in the store)"),
-        store: str = StoreOption,
-        space: list[str] = typer.Option(None, "--space", help="only these spaces (repeatable)"),
-        stale_days: float = typer.Option(30.0, "--stale-days", callback=non_negative,
-                                         help="re-measure entries older than this"),
-        threshold: float = typer.Option(0.05, "--threshold", callback=positive,
-                                        help="relative change that counts as drift"),
-        no_rebuild: bool = typer.Option(False, "--no-rebuild", help="report drift without re-profiling"),
-        plots: str = typer.Option(None, "--plots", help="folder for drift-history PNGs of drifted entries"),
-        json_out: bool = JsonOption,
-    ) -> None:
-        """Re-measure sentinel and stale entries, detect drift, rebuild; exit non-zero if unreachable or drifted."""
-        from bench.nightly import NightlySettings, enqueue_nightly, nightly
-
-        from devices import get_device
-
-        for d in devices or ():
-            get_device(d)  # unknown names: one line, before any store is opened
-        if plots:
-            check_output_folder(plots, "--plots")
-        target = resolve_store(store, must_exist=True)  # a mistyped --store is an error, not a new empty store
-        settings = NightlySettings(stale_days=stale_days, threshold=threshold, rebuild=not no_rebuild,
-                                   spaces=tuple(space or ()))
-        queued = enqueue_nightly(target, devices, settings)
-        doc = queued if queued is not None else nightly(devices, target, settings)
-        if plots:
-            from bench.nightly import plot_drift
-
-            doc["plots"] = [str(p) for p in plot_drift(doc, target, plots)]
-        if json_out:
-            emit_json(doc)
-        else:
-            for d in doc.get("devices", []):
-                drift = ", ".join(f"{x['kind']} {x.get('key', '')} {100 * x.get('rel_change', 0):+.1f}%"
-                                  for x in d.get("drift", []))
-                info(f"{d['device']}: {d['status']}" + (f" ({drift})" if drift else "")
-                     + (f"; error: {d['error']}" if d.get("error") else ""))
-        if not doc.get("ok", True):
-            from bench.nightly import NightlyAlert
-
-            parts = []
-            if doc.get("unreachable"):
-                parts.append("unreachable: " + ", ".join(doc["unreachable"]))
-            if doc.get("drifted"):
-                parts.append(f"drifted beyond {100 * doc['threshold']:.0f}%: " + ", ".join(doc["drifted"]))
-            raise NightlyAlert("nightly: " + "; ".join(parts))
+    app.command("nightly")(nightly_cmd)

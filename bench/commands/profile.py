@@ -1,4 +1,5 @@
-"""`ofa-bench profile DEVICE... [--space S] --resolutions R,...`: measure every missing table entry, resumably."""
+"""`ofa-bench profile DEVICE... [--space S] --resolutions R,... [--batch B1,B2]`: measure every missing table
+entry, resumably; one table per batch size."""
 from __future__ import annotations
 
 from typing import Optional
@@ -6,8 +7,8 @@ from typing import Optional
 import typer
 
 from bench.commands._common import (DEFAULT_SPACE, JsonOption, NewTableSpaceOption, StoreOption, at_least_one,
-                                    check_space, emit_json, info, non_negative, number_check, parse_resolutions,
-                                    resolve_store)
+                                    check_space, emit_json, info, non_negative, number_check, parse_batches,
+                                    parse_resolutions, resolve_store)
 
 
 def register(app: typer.Typer) -> None:
@@ -18,10 +19,13 @@ def register(app: typer.Typer) -> None:
         resolutions: str = typer.Option(None, "--resolutions", help="R1,R2,... (default: all for small spaces; "
                                         "160,192,224 for ImageNet spaces)"),
         store: str = StoreOption,
+        batch: Optional[str] = typer.Option(None, "--batch", help="batch sizes B1,B2,..., one table each: every "
+                                            "model takes B images and its latency is the whole batch's (default: "
+                                            "the device profile's `batch`, [1] unless it says otherwise)"),
         rounds: int = typer.Option(3, "--rounds", callback=at_least_one,
-                                   help="interleave each batch round-robin this many times"),
-        batch: int = typer.Option(16, "--batch", callback=at_least_one,
-                                  help="entries per runner invocation (committed together)"),
+                                   help="interleave each runner invocation's models round-robin this many times"),
+        per_call: int = typer.Option(16, "--per-call", callback=at_least_one,
+                                     help="entries per runner invocation (committed together)"),
         min_duration_s: float = typer.Option(0.3, "--min-duration-s", callback=non_negative,
                                              help="timing budget per entry (s, all rounds); "
                                              "the profile's min_runs still holds"),
@@ -45,13 +49,14 @@ def register(app: typer.Typer) -> None:
         from bench.profile import MeasureSettings, ProfileError, profile_devices
 
         check_space(space)
-        settings = MeasureSettings(rounds=rounds, batch_size=batch, min_duration_s=min_duration_s,
+        batches = parse_batches(batch)
+        settings = MeasureSettings(rounds=rounds, per_call=per_call, min_duration_s=min_duration_s,
                                    warmup_s=warmup_s, reference=not no_reference,
                                    calibration_subnets=calibration_subnets, remeasure_raw=remeasure_raw)
         target = resolve_store(store)
         sp = device_space(devices, space, target, default=DEFAULT_SPACE)  # resumes the table a device has
         reports = profile_devices(devices, sp, target, parse_resolutions(resolutions), settings,
-                                  few_shot=few_shot)
+                                  few_shot=few_shot, batches=batches)
         failed = [r for r in reports if r.status == "failed"]
         if json_out:
             doc = reports[0].to_dict() if len(reports) == 1 else {}
@@ -62,7 +67,8 @@ def register(app: typer.Typer) -> None:
         else:
             for r in reports:
                 sim = " (simulated)" if r.simulated else ""
-                info(f"{r.device}{sim}: {r.status}; {r.entries_total} entries, {r.entries_measured} measured, "
+                info(f"{r.device}{sim} batch {r.batch}: {r.status}; {r.entries_total} entries, "
+                     f"{r.entries_measured} measured, "
                      f"{r.entries_reused} reused, {r.entries_noisy} noisy, {r.subnets_measured} whole subnets "
                      f"measured, {r.duration_s:.1f} s" + (f"; error: {r.error}" if r.error else ""))
                 if r.transfer:

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from bench.commands._common import (FIGURE_SUFFIXES, JsonOption, SpaceOption, StoreOption, at_least_one,
+from bench.commands._common import (FIGURE_SUFFIXES, BatchOption, JsonOption, SpaceOption, StoreOption, at_least_one,
                                     check_output_path, emit_json, info, non_negative, number_check, parse_resolutions,
                                     positive, resolve_store)
 from ofa_core.errors import OFABenchError
@@ -23,12 +23,12 @@ class SearchSetupError(OFABenchError):
 
 
 # ---- shared set-up ------------------------------------------------------------------------------------
-def device_table(device: str, space_name: str | None, store: str):
-    """(space, table) for a device: the given space, or the one space the device has a table of (the rule every
-    command shares, `bench.table.device_table`)."""
+def device_table(device: str, space_name: str | None, store: str, batch: int | None = None):
+    """(space, table) for a device: the given space, or the one space the device has a table of, at the given
+    batch size, or 1, or the only one it has (the rule every command shares, `bench.table.device_table`)."""
     from bench.table import device_table as shared
 
-    return shared(device, space_name, store)
+    return shared(device, space_name, store, batch=batch)
 
 
 def accuracy_predictor(space, path: str | None):
@@ -69,8 +69,9 @@ def _simulated(device: str) -> bool:
 # ---- search -------------------------------------------------------------------------------------------
 def run_search(device: str, latency_ms: float | None, macs: float | None, space_name: str | None, store: str,
                predictor_path: str | None, resolutions: list[int] | None, seed: int, population: int,
-               generations: int, restarts: int | None) -> dict:
-    """Everything `ofa-bench search` reports, before export and confirmation."""
+               generations: int, restarts: int | None, batch: int | None = None) -> dict:
+    """Everything `ofa-bench search` reports, before export and confirmation. Latencies (and the budget) are
+    for a whole batch of the table's batch size; accuracy does not depend on it."""
     import numpy as np
 
     from bench.table import LatencyPredictor
@@ -79,7 +80,7 @@ def run_search(device: str, latency_ms: float | None, macs: float | None, space_
     if latency_ms is None and macs is None:
         raise SearchSetupError("give a budget: --latency-ms and/or --macs")
     check_budget({k: v for k, v in (("latency_ms", latency_ms), ("macs", macs)) if v is not None})
-    space, table = device_table(device, space_name, store)
+    space, table = device_table(device, space_name, store, batch)
     latency = LatencyPredictor.from_table(table, space)
     acc, acc_path = accuracy_predictor(space, predictor_path)
     res = search_resolutions(latency, resolutions, device)
@@ -99,7 +100,7 @@ def run_search(device: str, latency_ms: float | None, macs: float | None, space_
     cfg = result.config
     upper = float(result.values["latency_ms"])
     doc = {
-        "device": device, "space": space.name, "simulated": _simulated(device),
+        "device": device, "space": space.name, "batch": table.batch, "simulated": _simulated(device),
         "config": cfg.to_ofa_dict(), "config_string": cfg.to_string(),
         "predicted_accuracy": result.accuracy, "predicted_latency_ms": float(latency.predict(cfg)[0]),
         "predicted_upper_ms": upper, "table_sum_ms": float(latency.table_sum(cfg)[0]),
@@ -128,31 +129,40 @@ def unreachable(exc, latency, device: str, budget_ms: float | None) -> OFABenchE
         f"({latency.calibration.describe()}); ask for at least {upper:.4g} ms")
 
 
-def device_format(device: str) -> str:
-    """The model format a device runs (its profile's, e.g. .tflite for LiteRT); ONNX for a table that has no
-    profile (one imported from files)."""
+def device_target(device: str) -> tuple[str, str]:
+    """The model format and precision a device runs (its profile's, e.g. .tflite for LiteRT); ONNX fp32 for a
+    table that has no profile (one imported from files)."""
     from devices import get_device
 
     try:
-        return get_device(device).model_format
+        profile = get_device(device)
     except OFABenchError:
-        return "onnx"
+        return "onnx", "fp32"
+    return profile.model_format, profile.precision
 
 
-def export_chosen(space_name: str, cfg_dict: dict, out: Path, fmt: str) -> dict:
+def device_format(device: str) -> str:
+    return device_target(device)[0]
+
+
+def export_chosen(space_name: str, cfg_dict: dict, out: Path, fmt: str, precision: str = "fp32",
+                  batch: int = 1) -> dict:
     """The chosen subnet extracted from the supernet (shipped weights if the space has them, else random),
-    written to `out` as the device runs it (`fmt`, its layout) and checked against torch."""
+    written to `out` as the device runs it (`fmt` and `precision`, its layout, `batch` images per inference)
+    and checked against torch."""
     from bench.export import write_subnet
     from ofa_core.space import SearchSpace, SubnetConfig
 
-    return write_subnet(SearchSpace.get(space_name), SubnetConfig.from_ofa_dict(cfg_dict), out, fmt)
+    return write_subnet(SearchSpace.get(space_name), SubnetConfig.from_ofa_dict(cfg_dict), out, fmt, precision,
+                        batch=batch)
 
 
 def confirm_on_device(device: str, path: Path, doc: dict, store: str, passes: int = 3,
                       min_duration_s: float | None = None) -> dict:
     """Time the exported subnet on the device the way `validate` times its subnets (several separate
     invocations beside the reference block, re-run when the reference shows a disturbed stretch, the median
-    kept, expressed at the table's reference speed), store the passes as "subnet" measurements, compare."""
+    kept, expressed at the table's reference speed), store the passes as "subnet" measurements, compare. The
+    model takes `doc["batch"]` images, and is timed beside the reference block of that batch size."""
     import numpy as np
 
     from agents import connect
@@ -172,11 +182,13 @@ def confirm_on_device(device: str, path: Path, doc: dict, store: str, passes: in
         with connect(agent_profile(profile, ms)) as agent:
             fp = agent.fingerprint()
             fp_id = st.register_fingerprint(profile.name, fp)
-            nominal = reference_nominal_ms(st, fp_id, space)  # the table's reference speed (None: raw values)
+            batch = int(doc.get("batch", 1))
+            nominal = reference_nominal_ms(st, fp_id, space, batch)  # the table's reference speed (None: raw values)
             with st.running(profile.name, fp_id, doc["space"], "confirm", {"config": doc["config_string"]},
                             {"predicted_latency_ms": doc["predicted_latency_ms"]}) as run:
                 watch = ReferenceWatch()
                 timing = measure_subnets(agent, st, run, fp_id, space, [cfg], settings, 0.01, profile.model_format,
+                                         precision=profile.precision, batch=batch,
                                          value_nominal=nominal, rng=np.random.default_rng(0), watch=watch,
                                          paths=[path])[0]
     finally:
@@ -194,7 +206,8 @@ def confirm_on_device(device: str, path: Path, doc: dict, store: str, passes: in
 def search_confirmed(device: str, latency_ms: float | None, macs: float | None, space_name: str | None, store: str,
                      predictor_path: str | None, resolutions: list[int] | None, seed: int, population: int,
                      generations: int, restarts: int | None, export: Path | None = None, confirm: bool = False,
-                     rounds: int = 3, say=None, confirm_min_duration_s: float | None = None) -> dict:
+                     rounds: int = 3, say=None, confirm_min_duration_s: float | None = None,
+                     batch: int | None = None) -> dict:
     """Search; with `confirm`, export the subnet, time it on the device, and while it measures over the latency
     budget, search again on the calibration refitted with that measurement (the confirm run stores it as a
     measured subnet), up to `rounds` times. The document is the last round's search with `measured_latency_ms`,
@@ -204,17 +217,18 @@ def search_confirmed(device: str, latency_ms: float | None, macs: float | None, 
     say = say or info
     if export is None and not confirm:
         return run_search(device, latency_ms, macs, space_name, store, predictor_path, resolutions, seed,
-                          population, generations, restarts)
+                          population, generations, restarts, batch)
     # Without --export, the model lives in a temporary folder only while it is measured.
     with tempfile.TemporaryDirectory(prefix="ofa-bench-search-") as scratch:
-        fmt = device_format(device)  # what the device runs: the file it is timed on, the file a user gets
+        fmt, precision = device_target(device)  # what the device runs: the file it is timed on, the file a user gets
         out = export if export is not None else Path(scratch) / f"subnet.{fmt}"
         history: list[dict] = []
         for n in range(1, max(1, rounds) + 1):
             doc = run_search(device, latency_ms, macs, space_name, store, predictor_path, resolutions, seed,
-                             population, generations, restarts)
+                             population, generations, restarts, batch)
             say(f"exporting {doc['config_string']} to {out}")
-            doc["export"] = export_chosen(doc["space"], doc["config"], out, fmt)
+            doc["export"] = export_chosen(doc["space"], doc["config"], out, fmt, precision=precision,
+                                          batch=doc.get("batch", 1))
             doc["export"]["kept"] = export is not None
             if doc["export"]["note"]:
                 say(doc["export"]["note"])
@@ -246,9 +260,11 @@ def register(app: typer.Typer) -> None:
     @app.command("search")
     def search_cmd(
         device: str = typer.Option(..., "--device", help="device whose latency table constrains the search"),
-        latency_ms: Optional[float] = typer.Option(None, "--latency-ms", callback=positive, help="latency budget (ms)"),
+        latency_ms: Optional[float] = typer.Option(None, "--latency-ms", callback=positive,
+                                                   help="latency budget (ms, for the whole batch of --batch)"),
         macs: Optional[float] = typer.Option(None, "--macs", callback=positive, help="MACs budget (e.g. 3e8)"),
         space: Optional[str] = SpaceOption,
+        batch: Optional[int] = BatchOption,
         predictor: Optional[str] = PredictorOption,
         resolutions: Optional[str] = ResolutionsOption,
         seed: int = typer.Option(0, "--seed", callback=non_negative),
@@ -273,12 +289,12 @@ def register(app: typer.Typer) -> None:
             check_output_path(export, "--export", (f".{device_format(device)}",))
         target = resolve_store(store, must_exist=True, default_may_be_missing=True)
         doc = search_confirmed(device, latency_ms, macs, space, target, predictor, parse_resolutions(resolutions),
-                               seed, population, generations, restarts, export, confirm, confirm_rounds)
+                               seed, population, generations, restarts, export, confirm, confirm_rounds, batch=batch)
         if json_out:
             emit_json(doc)
             return
         sim = " [simulated device]" if doc["simulated"] else ""
-        typer.echo(f"{doc['device']}{sim} ({doc['space']}), budget "
+        typer.echo(f"{doc['device']}{sim} ({doc['space']}, batch {doc['batch']}), budget "
                    + ", ".join(f"{k} <= {v:g}" for k, v in doc["budget"].items()))
         typer.echo(f"best: {doc['config_string']}")
         typer.echo(f"      {doc['config']}")
@@ -303,6 +319,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="figure to write (.png, .pdf, .svg)"),
         csv_path: Optional[Path] = typer.Option(None, "--csv", help="also write the points as CSV"),
         space: Optional[str] = SpaceOption,
+        batch: Optional[int] = BatchOption,
         predictor: Optional[str] = PredictorOption,
         resolutions: Optional[str] = ResolutionsOption,
         seed: int = typer.Option(0, "--seed", callback=non_negative),
@@ -324,9 +341,10 @@ def register(app: typer.Typer) -> None:
             check_output_path(csv_path, "--csv")
         target = resolve_store(store, must_exist=True, default_may_be_missing=True)
         requested = parse_resolutions(resolutions)
-        fronts = []
+        fronts, batches = [], []
         for dev in device:
-            sp, table = device_table(dev, space, target)
+            sp, table = device_table(dev, space, target, batch)
+            batches.append(table.batch)
             latency = LatencyPredictor.from_table(table, sp)
             acc, _ = accuracy_predictor(sp, predictor)
             res = search_resolutions(latency, requested, dev)
@@ -337,7 +355,7 @@ def register(app: typer.Typer) -> None:
                                              generations, with_macs, measured, simulated=_simulated(dev),
                                              end_params=SearchParams(), provenance=table.provenance()))
         plot_fronts(fronts, out)
-        doc = {"out": str(out), "devices": [f.to_dict() for f in fronts]}
+        doc = {"out": str(out), "devices": [{**f.to_dict(), "batch": b} for f, b in zip(fronts, batches)]}
         if csv_path is not None:
             doc["csv"] = str(write_csv(fronts, csv_path))
         if json_out:

@@ -113,8 +113,10 @@ class AgentSession:
 
         space = SearchSpace.get(job.space)
         fmt = self.profile.model_format
-        path = export_entry(space, self._entry(job.space, job.resolution, job.key), fmt=fmt)
-        ref_path = export_entry(space, reference_entry(space), fmt=fmt) if self.settings.reference else None
+        precision = self.profile.precision
+        path = export_entry(space, self._entry(job.space, job.resolution, job.key), fmt=fmt, precision=precision)
+        ref_path = (export_entry(space, reference_entry(space), fmt=fmt, precision=precision)
+                    if self.settings.reference else None)
         s = self.settings
         max_rem = s.max_remeasure if s.max_remeasure is not None else self.profile.max_remeasure
         (timed,), refs = measure_models(self._agent, [path], ref_path, s.rounds, s.precision, max_rem, self._watch)

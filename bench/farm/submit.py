@@ -58,3 +58,15 @@ def submit(store: Store, devices: Sequence[str], space_name: str, resolutions: S
                                       "queued": res.queued, "already_queued": res.already_active})
     report["queued"] = sum(d["queued"] for d in report["devices"])
     return report
+
+
+def submit_devices(store_target: str, devices: Sequence[str], space: str | None, resolutions: Sequence[int] | None,
+                   *, max_attempts: int = 3, default_space: str | None = None) -> dict:
+    """`submit` into the store at `store_target`, in the space of the devices' tables (`space` when given,
+    else `default_space` for devices without a table)."""
+    from bench.store import open_store
+    from bench.table import device_space
+
+    with open_store(store_target) as s:
+        sp = device_space(devices, space, s, default=default_space)  # a device's table goes on in its space
+        return submit(s, devices, sp.name, resolutions, max_attempts=max_attempts)

@@ -5,6 +5,7 @@ the farm worker): settings, the reference block and normalisation, sample statis
     reference  the reference block, the device's current speed, ReferenceWatch
     stats      sample statistics, the precision of a median, when a measurement is settled
     protocol   measure_models (models beside the reference, re-measured until settled), to_record, commit
+    keys       the metadata keys a record carries from measuring to the tables, declared once (`keys.REGISTRY`)
 """
 from bench.measure.protocol import (PROTOCOL_RAW, PROTOCOL_REFERENCE, Timed, commit, measure_models,
                                     reference_records, to_record)

@@ -3,7 +3,7 @@ their medians settle, and turned into store records that say how they were taken
 
 Every writer of measurements (profile, validate, nightly, confirm, the farm worker) measures through
 `measure_models` and records through `to_record`, so every cell of a table was taken the same way. A record's
-`env["protocol"]` names the protocol: `reference/1` (timed beside the reference block, so normalisable) or
+`protocol` metadata (`keys.PROTOCOL`) names it: `reference/1` (timed beside the reference block, so normalisable) or
 `raw/1` (no reference: `--no-reference`, published tables); a table never mixes the two.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ofa_core.space import SearchSpace
 
+from bench.measure import keys
 from bench.measure.reference import REFERENCE_PREFIX, ReferenceWatch, reference_entry
 from bench.measure.stats import is_settled, median_rel_se, sample_stats
 
@@ -90,32 +91,38 @@ def measure_models(agent, paths: Sequence[Path], ref_path: Path | None, rounds: 
     return out, refs
 
 
-def to_record(t: Timed, resolution: int, key: str, kind: str, nominal_ms: float | None) -> dict:
+def to_record(t: Timed, resolution: int, key: str, kind: str, nominal_ms: float | None, batch: int = 1) -> dict:
+    """The store record of one timed model; `batch` is the batch size it was exported with (its latency is the
+    whole batch's)."""
     rec = t.measurement.to_record()
     rec.pop("model", None)
-    rec.update({"resolution": int(resolution), "key": key, "kind": kind, "noisy": not t.settled})
-    rec["env"] = {**rec.get("env", {}), "attempts": t.attempts, "reference_ms": t.ref_ms,
-                  "reference_stats": t.ref_stats, "protocol": PROTOCOL_REFERENCE if t.ref_ms else PROTOCOL_RAW}
+    rec.update({"resolution": int(resolution), "key": key, "kind": kind, "noisy": not t.settled,
+                "batch": int(batch)})
+    rec["env"] = {**rec.get("env", {}), keys.ATTEMPTS: t.attempts, keys.REFERENCE_MS: t.ref_ms,
+                  keys.REFERENCE_STATS: t.ref_stats, keys.PROTOCOL: PROTOCOL_REFERENCE if t.ref_ms else PROTOCOL_RAW}
+    keys.check_env(rec["env"], key)
     if nominal_ms is not None and t.ref_ms:
         rec["normalised_ms"] = rec["latency_ms"] * nominal_ms / t.ref_ms
     return rec
 
 
-def reference_records(space: SearchSpace, refs: list, nominal_ms: float | None) -> list[dict]:
+def reference_records(space: SearchSpace, refs: list, nominal_ms: float | None, batch: int = 1) -> list[dict]:
     ent = reference_entry(space)
     out = []
     for m in refs:
         t = Timed(m, m.latency_ms, ref_stats=sample_stats(m.samples_ms) if m.samples_ms else None)
-        out.append(to_record(t, ent.resolution, REFERENCE_PREFIX + ent.key, "reference", nominal_ms))
+        out.append(to_record(t, ent.resolution, REFERENCE_PREFIX + ent.key, "reference", nominal_ms, batch))
     return out
 
 
-def commit(store, run_id: int, fp_id: str, space: SearchSpace, records: list[dict], dedupe: bool = True) -> list[dict]:
-    """Write a batch in one transaction; with `dedupe`, entries another profiler committed meanwhile are dropped.
-    Reference records always go in. Returns the block records actually written."""
+def commit(store, run_id: int, fp_id: str, space: SearchSpace, records: list[dict], dedupe: bool = True,
+           batch: int = 1) -> list[dict]:
+    """Write one invocation's records in one transaction; with `dedupe`, entries another profiler committed
+    meanwhile (at the same batch size) are dropped. Reference records always go in. Returns the block records
+    actually written."""
     with store.transaction():
         if dedupe:
-            done = store.measured_keys(fp_id, space.name)
+            done = store.measured_keys(fp_id, space.name, batch=batch)
             records = [r for r in records if r["kind"] != "block" or r["noisy"]
                        or (r["resolution"], r["key"]) not in done]
         store.insert_measurements(run_id, records)

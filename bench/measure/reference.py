@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ofa_core.space import SearchSpace
 
+from bench.measure import keys
 from bench.measure.stats import DEFAULT_STATISTIC, sample_statistic
 
 if TYPE_CHECKING:
@@ -37,15 +38,16 @@ def reference_key(space: SearchSpace) -> str:
     return REFERENCE_PREFIX + reference_entry(space).key
 
 
-def reference_nominal_ms(store, fp_id: str, space: SearchSpace) -> float | None:
-    """The device's current speed: median reference latency of its latest invocations (None before any)."""
-    return current_reference_ms(store, fp_id, space)[0]
+def reference_nominal_ms(store, fp_id: str, space: SearchSpace, batch: int = 1) -> float | None:
+    """The device's current speed: median reference latency of its latest invocations (None before any). The
+    reference is timed at the batch size of what it runs beside, so each batch has a speed of its own."""
+    return current_reference_ms(store, fp_id, space, batch=batch)[0]
 
 
-def current_reference_ms(store, fingerprint_id: str, space: SearchSpace,
-                         statistic: str = DEFAULT_STATISTIC) -> tuple[float | None, list[int]]:
-    """Median of the latest reference latencies (and their ids): the speed the table is expressed at."""
-    rows = store.history(fingerprint_id, space.name, key=reference_key(space), kind="reference")
+def current_reference_ms(store, fingerprint_id: str, space: SearchSpace, statistic: str = DEFAULT_STATISTIC,
+                         batch: int = 1) -> tuple[float | None, list[int]]:
+    """Median of the latest reference latencies at `batch` (and their ids): the speed the table is expressed at."""
+    rows = store.history(fingerprint_id, space.name, key=reference_key(space), kind="reference", batch=batch)
     rows = [r for r in rows if not r.get("noisy")][-REFERENCE_WINDOW:]
     if not rows:
         return None, []
@@ -60,9 +62,9 @@ def row_value(row: Mapping, statistic: str = DEFAULT_STATISTIC) -> tuple[float, 
     value = sample_statistic(row.get("samples_ms"), statistic) if statistic != "median" else None
     value = float(row["latency_ms"]) if value is None else value
     env = row.get("env") or {}
-    ref = (env.get("reference_stats") or {}).get(statistic)
+    ref = (env.get(keys.REFERENCE_STATS) or {}).get(statistic)
     if ref is None and statistic == "median":
-        ref = env.get("reference_ms")
+        ref = env.get(keys.REFERENCE_MS)
     return value, (float(ref) if ref else None)
 
 

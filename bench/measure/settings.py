@@ -14,10 +14,10 @@ class ProfileError(OFABenchError):
 
 @dataclass(frozen=True)
 class MeasureSettings:
-    """How batches are measured. None means: take the device profile's value."""
+    """How entries are measured. None means: take the device profile's value."""
 
     rounds: int = 3
-    batch_size: int = 16
+    per_call: int = 16  # entries timed in one runner invocation (committed together)
     warmup_s: float | None = 0.1        # per entry over all rounds; None = the device profile's
     min_duration_s: float | None = 0.3  # per entry over all rounds (min_runs of the profile still holds)
     max_remeasure: int | None = None
@@ -33,9 +33,9 @@ class MeasureSettings:
 
     def __post_init__(self) -> None:
         """Bad settings fail here, before a store is opened or a model exported."""
-        if self.rounds < 1 or self.batch_size < 1 or self.retries < 0:
-            raise ProfileError(f"need rounds >= 1, batch_size >= 1 and retries >= 0, got {self.rounds}, "
-                               f"{self.batch_size} and {self.retries}")
+        if self.rounds < 1 or self.per_call < 1 or self.retries < 0:
+            raise ProfileError(f"need rounds >= 1, per_call >= 1 and retries >= 0, got {self.rounds}, "
+                               f"{self.per_call} and {self.retries}")
         if self.calibration_subnets < 0:
             raise ProfileError(f"calibration_subnets must be >= 0, got {self.calibration_subnets}")
         if self.max_remeasure is not None and self.max_remeasure < 0:

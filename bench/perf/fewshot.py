@@ -180,6 +180,125 @@ def _table_score(space, res, values: dict, target: DeviceData, n: int, seed: int
             "calibration": "table sum x one scale"}
 
 
+def _log(line: str) -> None:
+    print(f"[fewshot] {line}", file=sys.stderr, flush=True)
+
+
+def _gather(space, res: list[int], names: list[str], skipped: dict, work: Path, subnets: int,
+            seed: int) -> list[DeviceData]:
+    """Every device's data: published tables as they are, earlier runs from `work`'s cache, else profiled now."""
+    cache = work / f"data-{space.name}-{'-'.join(map(str, res))}.json"
+    saved = json.loads(cache.read_text()) if cache.exists() else {}
+    data: list[DeviceData] = []
+    for name in names:
+        if name in skipped:
+            _log(f"{name}: skipped: {skipped[name]}")
+            continue
+        pub = _published(name, space, res)
+        if pub is not None:
+            data.append(pub)
+            continue
+        if name in saved:
+            d = saved[name]
+            data.append(DeviceData(d["name"], d["runtime"], d["simulated"],
+                                   *[{(int(r), k): v for r, k, v in d[f]}
+                                     for f in ("values", "calibration", "validation")],
+                                   d["entries_s"], d["calibration_s"], measured=d.get("measured", "")))
+            continue
+        try:
+            dd = _profile(name, space, str(work / "store.sqlite"), res, subnets, seed, _log)
+        except Exception as exc:  # noqa: BLE001 - a device that cannot run here is reported and skipped
+            skipped[name] = " ".join(str(exc).split())[:200]
+            _log(f"{name}: skipped: {skipped[name]}")
+            continue
+        data.append(dd)
+        saved[name] = {"name": dd.name, "runtime": dd.runtime, "simulated": dd.simulated,
+                       "entries_s": dd.entries_s, "calibration_s": dd.calibration_s, "measured": dd.measured,
+                       **{f: [[r, k, v] for (r, k), v in getattr(dd, a).items()]
+                          for f, a in (("values", "values_ms"), ("calibration", "calibration"),
+                                       ("validation", "validation"))}}
+        cache.write_text(json.dumps(saved))
+    return data
+
+
+def _scored(space, res, target: DeviceData, values, subnets: int, seed: int) -> dict:
+    return (_table_score(space, res, values, target, subnets, seed) if target.published
+            else _score(space, values, target))
+
+
+def _k_row(space, res, target: DeviceData, sources: list[DeviceData], k, subnets: int, seed: int) -> dict | None:
+    """One few-shot table of `target` from `sources` with K entries (chosen, or "24 random": the mean of 5
+    random picks, what choosing entries is worth), scored; None where K covers the table."""
+    full_n = len(target.values_ms)
+    kk = int(str(k).split()[0])
+    if kk >= full_n:
+        return None
+    if str(k).endswith("random"):
+        from bench.table import candidates
+        ents = candidates(space, res)
+        scores = []
+        for s in range(5):
+            pick = [ents[i] for i in np.random.default_rng(s).choice(len(ents), kk, replace=False)]
+            model, vals = _few_shot_table(space, res, target, sources, kk, pick)
+            scores.append(_scored(space, res, target, vals, subnets, seed))
+        sc = {m: float(np.mean([x[m] for x in scores])) for m in ("within_5pct", "within_10pct", "kendall_tau", "mape")}
+        sc["calibration"] = scores[0]["calibration"]
+        picks = "random (mean of 5)"
+    else:
+        model, vals = _few_shot_table(space, res, target, sources, kk)
+        sc = _scored(space, res, target, vals, subnets, seed)
+        picks = "chosen"
+    dev_s = kk * target.entries_s / full_n + target.calibration_s
+    return {"device": target.name, "runtime": target.runtime, "simulated": target.simulated,
+            "sources": [s.name for s in sources], "k": kk, "picks": picks,
+            "model": model.kind, "loo_rel_rmse": model.loo_rel_rmse, **sc,
+            "time_share": dev_s / (target.entries_s + target.calibration_s) if not target.published else None,
+            "device_s": round(dev_s, 1) if not target.published else None}
+
+
+def _rows(space, res, data: list[DeviceData], ks: list[int], subnets: int, seed: int) -> list[dict]:
+    """Leave one device out: each device's fully measured table, then few-shot tables from all the others and
+    from the others of another runtime."""
+    rows = []
+    for target in data:
+        for mode in ("all others", "other runtimes"):
+            sources = [s for s in data if s is not target and (mode == "all others" or s.runtime != target.runtime)]
+            if not sources or (mode == "other runtimes" and len(sources) == len(data) - 1):
+                continue  # no source, or the same set as "all others"
+            rows.append({"device": target.name, "runtime": target.runtime, "simulated": target.simulated,
+                         "sources": [s.name for s in sources], "mode": mode, "k": len(target.values_ms),
+                         "picks": "all", "model": "measured",
+                         **_scored(space, res, target, target.values_ms, subnets, seed), "time_share": 1.0,
+                         "device_s": round(target.entries_s + target.calibration_s, 1)})
+            for k in [k for k in ks if k < len(target.values_ms)] + ["24 random"]:
+                row = _k_row(space, res, target, sources, k, subnets, seed)
+                if row is not None:
+                    rows.append({**row, "mode": mode})
+    return rows
+
+
+def _print(space, res, subnets: int, started: str, load_before, load_after, uptime: str, skipped: dict,
+           data: list[DeviceData], rows: list[dict]) -> None:
+    print(f"few-shot transfer, leave one device out: {space.name} at {','.join(map(str, res))}, "
+          f"{subnets} validation subnets per device; {started}; load before {load_before[0]:.2f}, "
+          f"after {load_after[0]:.2f} ({uptime})")
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    for d in data:
+        if not d.published:
+            print(f"{d.name}: measured {d.measured}; full profile {d.entries_s:.0f} s of entries + "
+                  f"{d.calibration_s:.0f} s of calibration subnets" + (" (simulated device)" if d.simulated else ""))
+    print(f"{'held out':18} {'runtime':12} {'sources':15} {'K':>4} {'picks':9} {'model':10} {'±5%':>5} "
+          f"{'±10%':>5} {'tau':>6} {'MAPE':>6} {'time':>6} {'dev s':>6}")
+    for r in rows:
+        tshare = f"{100 * r['time_share']:5.0f}%" if r.get("time_share") is not None else "   n/a"
+        tshare += f" {r['device_s']:6.0f}" if r.get("device_s") is not None else "    n/a"
+        print(f"{r['device'] + (' (sim)' if r['simulated'] else ''):18} {r['runtime']:12} {r['mode']:15} "
+              f"{r['k']:>4} {r['picks'][:9]:9} {r['model'][:10]:10} {100 * r['within_5pct']:4.0f}% "
+              f"{100 * r['within_10pct']:4.0f}% {r['kendall_tau']:6.3f} {100 * r['mape']:5.1f}% {tshare}")
+    print(f"published, not ours: {PUBLISHED}")
+
+
 def main(argv: list[str]) -> int:
     from ofa_core.space import SearchSpace
 
@@ -203,106 +322,13 @@ def main(argv: list[str]) -> int:
     skipped = _user_profiles(prof_dir)
     os.environ["OFA_BENCH_DEVICES"] = os.pathsep.join([str(prof_dir)] + [p for p in os.environ.get(
         "OFA_BENCH_DEVICES", "").split(os.pathsep) if p])
-
-    def log(line: str) -> None:
-        print(f"[fewshot] {line}", file=sys.stderr, flush=True)
-
     load_before = os.getloadavg()
     started = time.strftime("%Y-%m-%d %H:%M %Z")
-    cache = work / f"data-{space.name}-{'-'.join(map(str, res))}.json"
-    saved = json.loads(cache.read_text()) if cache.exists() else {}
-    data: list[DeviceData] = []
-    for name in [d for d in args.devices.split(",") if d]:
-        if name in skipped:
-            log(f"{name}: skipped: {skipped[name]}")
-            continue
-        pub = _published(name, space, res)
-        if pub is not None:
-            data.append(pub)
-            continue
-        if name in saved:
-            d = saved[name]
-            data.append(DeviceData(d["name"], d["runtime"], d["simulated"],
-                                   *[{(int(r), k): v for r, k, v in d[f]}
-                                     for f in ("values", "calibration", "validation")],
-                                   d["entries_s"], d["calibration_s"], measured=d.get("measured", "")))
-            continue
-        try:
-            dd = _profile(name, space, str(work / "store.sqlite"), res, args.subnets, args.seed, log)
-        except Exception as exc:  # noqa: BLE001 - a device that cannot run here is reported and skipped
-            skipped[name] = " ".join(str(exc).split())[:200]
-            log(f"{name}: skipped: {skipped[name]}")
-            continue
-        data.append(dd)
-        saved[name] = {"name": dd.name, "runtime": dd.runtime, "simulated": dd.simulated,
-                       "entries_s": dd.entries_s, "calibration_s": dd.calibration_s, "measured": dd.measured,
-                       **{f: [[r, k, v] for (r, k), v in getattr(dd, a).items()]
-                          for f, a in (("values", "values_ms"), ("calibration", "calibration"),
-                                       ("validation", "validation"))}}
-        cache.write_text(json.dumps(saved))
-    rows = []
-    for target in data:
-        for mode in ("all others", "other runtimes"):
-            sources = [s for s in data if s is not target and (mode == "all others" or s.runtime != target.runtime)]
-            if not sources or (mode == "other runtimes" and len(sources) == len(data) - 1):
-                continue  # no source, or the same set as "all others"
-            full_n = len(target.values_ms)
-            base = (_table_score(space, res, target.values_ms, target, args.subnets, args.seed) if target.published
-                    else _score(space, target.values_ms, target))
-            rows.append({"device": target.name, "runtime": target.runtime, "simulated": target.simulated,
-                         "sources": [s.name for s in sources], "mode": mode, "k": full_n, "picks": "all",
-                         "model": "measured", **base, "time_share": 1.0,
-                         "device_s": round(target.entries_s + target.calibration_s, 1)})
-            for k in [k for k in ks if k < full_n] + ["24 random"]:
-                kk = int(str(k).split()[0])
-                if kk >= full_n:
-                    continue
-                if str(k).endswith("random"):  # the same K picked at random: what choosing entries is worth
-                    from bench.table import candidates
-                    ents = candidates(space, res)
-                    scores = []
-                    for s in range(5):
-                        pick = [ents[i] for i in np.random.default_rng(s).choice(len(ents), kk, replace=False)]
-                        model, vals = _few_shot_table(space, res, target, sources, kk, pick)
-                        scores.append(_table_score(space, res, vals, target, args.subnets, args.seed)
-                                      if target.published else _score(space, vals, target))
-                    sc = {m: float(np.mean([x[m] for x in scores])) for m in ("within_5pct", "within_10pct",
-                                                                              "kendall_tau", "mape")}
-                    sc["calibration"] = scores[0]["calibration"]
-                    picks = "random (mean of 5)"
-                else:
-                    model, vals = _few_shot_table(space, res, target, sources, kk)
-                    sc = (_table_score(space, res, vals, target, args.subnets, args.seed) if target.published
-                          else _score(space, vals, target))
-                    picks = "chosen"
-                dev_s = kk * target.entries_s / full_n + target.calibration_s
-                rows.append({"device": target.name, "runtime": target.runtime, "simulated": target.simulated,
-                             "sources": [s.name for s in sources], "mode": mode, "k": kk, "picks": picks,
-                             "model": model.kind, "loo_rel_rmse": model.loo_rel_rmse, **sc,
-                             "time_share": (dev_s / (target.entries_s + target.calibration_s)
-                                            if not target.published else None),
-                             "device_s": round(dev_s, 1) if not target.published else None})
+    data = _gather(space, res, [d for d in args.devices.split(",") if d], skipped, work, args.subnets, args.seed)
+    rows = _rows(space, res, data, ks, args.subnets, args.seed)
     load_after = os.getloadavg()
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"few-shot transfer, leave one device out: {space.name} at {','.join(map(str, res))}, "
-          f"{args.subnets} validation subnets per device; {started}; load before {load_before[0]:.2f}, "
-          f"after {load_after[0]:.2f} ({uptime})")
-    for name, why in skipped.items():
-        print(f"skipped {name}: {why}")
-    for d in data:
-        if not d.published:
-            print(f"{d.name}: measured {d.measured}; full profile {d.entries_s:.0f} s of entries + "
-                  f"{d.calibration_s:.0f} s of calibration subnets" + (" (simulated device)" if d.simulated else ""))
-    head = (f"{'held out':18} {'runtime':12} {'sources':15} {'K':>4} {'picks':9} {'model':10} {'±5%':>5} "
-            f"{'±10%':>5} {'tau':>6} {'MAPE':>6} {'time':>6} {'dev s':>6}")
-    print(head)
-    for r in rows:
-        tshare = f"{100 * r['time_share']:5.0f}%" if r.get("time_share") is not None else "   n/a"
-        tshare += f" {r['device_s']:6.0f}" if r.get("device_s") is not None else "    n/a"
-        print(f"{r['device'] + (' (sim)' if r['simulated'] else ''):18} {r['runtime']:12} {r['mode']:15} "
-              f"{r['k']:>4} {r['picks'][:9]:9} {r['model'][:10]:10} {100 * r['within_5pct']:4.0f}% "
-              f"{100 * r['within_10pct']:4.0f}% {r['kendall_tau']:6.3f} {100 * r['mape']:5.1f}% {tshare}")
-    print(f"published, not ours: {PUBLISHED}")
+    _print(space, res, args.subnets, started, load_before, load_after, uptime, skipped, data, rows)
     doc = {"space": space.name, "resolutions": res, "subnets": args.subnets, "date": started,
            "load_before": load_before, "load_after": load_after, "uptime": uptime, "skipped": skipped, "rows": rows,
            "published": PUBLISHED, "work": str(work)}

@@ -147,7 +147,7 @@ def _load() -> float:
         return float("nan")
 
 
-def main(argv: list[str]) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench.perf search", description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5, help="seeds of our search, per budget")
     ap.add_argument("--official-seeds", type=int, default=1,
@@ -159,14 +159,112 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--single-only", action="store_true",
                     help="only the one-budget-per-call comparison (no all-budgets call, no Pareto front)")
     ap.add_argument("--json", action="store_true")
+    return ap
+
+
+def _run_ours(space, acc, metrics, params, budget_ms: float, seed: int) -> dict:
+    """One search of ours for one budget: its best predicted accuracy, wall and CPU seconds."""
+    import numpy as np
+
+    from ofa_core.search import evolution_search
+
+    r, wall, cpu = _timed(partial(evolution_search, space, acc, metrics, {"latency_ms": budget_ms},
+                                  np.random.default_rng(seed), params, RESOLUTIONS))
+    if r.values["latency_ms"] > budget_ms:
+        raise AssertionError(f"budget {budget_ms} ms broken: {r.values['latency_ms']}")
+    return {"seed": seed, "accuracy": r.accuracy, "wall_s": wall, "cpu_s": cpu}
+
+
+def _per_budget(ours_setup, official, budgets, args) -> dict:
+    """One budget per call, ours and the official side by side: the official run sits between our seeds, so
+    both see the same load. `official`: (accuracy predictor, latency table) of the official code, or None."""
+    per_budget = {}
+    for b in budgets:
+        ours = [_run_ours(*ours_setup, b, seed) for seed in range(args.seeds // 2)]
+        runs = []
+        for seed in range(args.official_seeds):
+            (s, cpu), a, _, l_ms = run_official(*official, b, seed, args.population, args.generations)
+            runs.append({"seed": seed, "accuracy": a, "latency_ms": l_ms, "wall_s": s, "cpu_s": cpu})
+        ours += [_run_ours(*ours_setup, b, seed) for seed in range(args.seeds // 2, args.seeds)]
+        row = {"ours": _summary(ours), "load": _load()}
+        if runs:
+            row["official"] = _summary(runs)
+            row["speedup_wall"] = row["official"]["wall_s"] / row["ours"]["wall_s"]
+            row["speedup_cpu"] = row["official"]["cpu_s"] / row["ours"]["cpu_s"]
+        per_budget[f"{b:g}"] = row
+        print(_budget_line(b, row), file=sys.stderr)
+    return per_budget
+
+
+def _overall(report: dict, official_seeds: int) -> None:
+    """Means over the budgets of the one-budget-per-call comparison, into `report`."""
+    per_budget = report["per_budget"]
+    ours_all = [b["ours"] for b in per_budget.values()]
+    report["ours"] = {"seconds_per_search": statistics.mean(o["wall_s"] for o in ours_all),
+                      "cpu_seconds_per_search": statistics.mean(o["cpu_s"] for o in ours_all),
+                      "accuracy_mean": {k: v["ours"]["accuracy_mean"] for k, v in per_budget.items()},
+                      "accuracy_min": {k: v["ours"]["accuracy_min"] for k, v in per_budget.items()}}
+    if official_seeds > 0:
+        off_all = [b["official"] for b in per_budget.values()]
+        report["official"] = {"seconds_per_search": statistics.mean(o["wall_s"] for o in off_all),
+                              "cpu_seconds_per_search": statistics.mean(o["cpu_s"] for o in off_all),
+                              "seeds": official_seeds,
+                              "accuracy_mean": {k: v["official"]["accuracy_mean"] for k, v in per_budget.items()}}
+        report["speedup"] = report["official"]["seconds_per_search"] / report["ours"]["seconds_per_search"]
+        report["speedup_cpu"] = report["official"]["cpu_seconds_per_search"] / report["ours"]["cpu_seconds_per_search"]
+
+
+def _batched(report: dict, ours_setup, budgets, seeds: int) -> None:
+    """Ours, every budget in one call (several searches share the same arrays), into `report`."""
+    import numpy as np
+
+    from ofa_core.search import evolution_search_many
+
+    space, acc, metrics, params = ours_setup
+    batched = {b: [] for b in budgets}
+    batched_s, batched_cpu = [], []
+    for seed in range(seeds):
+        rs, wall, cpu = _timed(partial(evolution_search_many, space, acc, metrics,
+                                       [{"latency_ms": b} for b in budgets], np.random.default_rng(seed), params,
+                                       RESOLUTIONS))
+        batched_s.append(wall / len(budgets))
+        batched_cpu.append(cpu / len(budgets))
+        for b, r in zip(budgets, rs):
+            if r.values["latency_ms"] > b:
+                raise AssertionError(f"budget {b} ms broken: {r.values['latency_ms']}")
+            batched[b].append(r.accuracy)
+    report["ours"].update({
+        "seconds_per_budget_batched": statistics.mean(batched_s),
+        "cpu_seconds_per_budget_batched": statistics.mean(batched_cpu),
+        "accuracy_mean_batched": {f"{b:g}": statistics.mean(batched[b]) for b in budgets},
+        "accuracy_min_batched": {f"{b:g}": min(batched[b]) for b in budgets}})
+    if "official" in report:
+        report["speedup_batched"] = report["official"]["seconds_per_search"] / statistics.mean(batched_s)
+        report["speedup_cpu_batched"] = (report["official"]["cpu_seconds_per_search"]
+                                         / statistics.mean(batched_cpu))
+
+
+def _pareto(space, acc, metrics, lat) -> dict:
+    """A Pareto front of the same device (all resolutions its table holds): its size and time."""
+    import numpy as np
+
+    from ofa_core.search import pareto_front
+
+    front, wall, cpu = _timed(partial(pareto_front, space, acc, metrics, np.random.default_rng(0),
+                                      resolutions=lat.resolutions))
+    return {"points": len(front), "seconds": wall, "cpu_seconds": cpu,
+            "configs_scored": front.n_evaluated, "resolutions": len(lat.resolutions)}
+
+
+def main(argv: list[str]) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
     if args.seeds < 1:
         ap.error("--seeds must be at least 1")
 
-    import numpy as np
     import torch
 
-    from ofa_core.search import SearchParams, evolution_search, evolution_search_many
+    from ofa_core.search import SearchParams
 
     from bench.table import anchors_missing
     from ofa_core.accuracy import anchors_root
@@ -188,77 +286,12 @@ def main(argv: list[str]) -> int:
         off_lat = official_latency_table(anchors / "latency_table_note10")
     report: dict = {"budgets_ms": budgets, "population": args.population, "generations": args.generations,
                     "restarts": params.restarts, "resolutions": list(RESOLUTIONS), "load_before": _load()}
-
-    # One budget per call, ours and the official side by side: the official run sits between our seeds, so
-    # both see the same load.
-    def run_ours(budget_ms: float, seed: int) -> dict:
-        r, wall, cpu = _timed(partial(evolution_search, space, acc, metrics, {"latency_ms": budget_ms},
-                                      np.random.default_rng(seed), params, RESOLUTIONS))
-        if r.values["latency_ms"] > budget_ms:
-            raise AssertionError(f"budget {budget_ms} ms broken: {r.values['latency_ms']}")
-        return {"seed": seed, "accuracy": r.accuracy, "wall_s": wall, "cpu_s": cpu}
-
-    per_budget = {}
-    for b in budgets:
-        ours = [run_ours(b, seed) for seed in range(args.seeds // 2)]
-        official = []
-        for seed in range(args.official_seeds):
-            (s, cpu), a, _, l_ms = run_official(off_acc, off_lat, b, seed, args.population, args.generations)
-            official.append({"seed": seed, "accuracy": a, "latency_ms": l_ms, "wall_s": s, "cpu_s": cpu})
-        ours += [run_ours(b, seed) for seed in range(args.seeds // 2, args.seeds)]
-        row = {"ours": _summary(ours), "load": _load()}
-        if official:
-            row["official"] = _summary(official)
-            row["speedup_wall"] = row["official"]["wall_s"] / row["ours"]["wall_s"]
-            row["speedup_cpu"] = row["official"]["cpu_s"] / row["ours"]["cpu_s"]
-        per_budget[f"{b:g}"] = row
-        print(_budget_line(b, row), file=sys.stderr)
-    report["per_budget"] = per_budget
-    ours_all = [b["ours"] for b in per_budget.values()]
-    report["ours"] = {"seconds_per_search": statistics.mean(o["wall_s"] for o in ours_all),
-                      "cpu_seconds_per_search": statistics.mean(o["cpu_s"] for o in ours_all),
-                      "accuracy_mean": {k: v["ours"]["accuracy_mean"] for k, v in per_budget.items()},
-                      "accuracy_min": {k: v["ours"]["accuracy_min"] for k, v in per_budget.items()}}
-    if args.official_seeds > 0:
-        off_all = [b["official"] for b in per_budget.values()]
-        report["official"] = {"seconds_per_search": statistics.mean(o["wall_s"] for o in off_all),
-                              "cpu_seconds_per_search": statistics.mean(o["cpu_s"] for o in off_all),
-                              "seeds": args.official_seeds,
-                              "accuracy_mean": {k: v["official"]["accuracy_mean"] for k, v in per_budget.items()}}
-        report["speedup"] = report["official"]["seconds_per_search"] / report["ours"]["seconds_per_search"]
-        report["speedup_cpu"] = report["official"]["cpu_seconds_per_search"] / report["ours"]["cpu_seconds_per_search"]
-
+    ours_setup = (space, acc, metrics, params)
+    report["per_budget"] = _per_budget(ours_setup, (off_acc, off_lat), budgets, args)
+    _overall(report, args.official_seeds)
     if not args.single_only:
-        # ours, every budget in one call (several searches share the same arrays)
-        batched = {b: [] for b in budgets}
-        batched_s, batched_cpu = [], []
-        for seed in range(args.seeds):
-            rs, wall, cpu = _timed(partial(evolution_search_many, space, acc, metrics,
-                                           [{"latency_ms": b} for b in budgets], np.random.default_rng(seed), params,
-                                           RESOLUTIONS))
-            batched_s.append(wall / len(budgets))
-            batched_cpu.append(cpu / len(budgets))
-            for b, r in zip(budgets, rs):
-                if r.values["latency_ms"] > b:
-                    raise AssertionError(f"budget {b} ms broken: {r.values['latency_ms']}")
-                batched[b].append(r.accuracy)
-        report["ours"].update({
-            "seconds_per_budget_batched": statistics.mean(batched_s),
-            "cpu_seconds_per_budget_batched": statistics.mean(batched_cpu),
-            "accuracy_mean_batched": {f"{b:g}": statistics.mean(batched[b]) for b in budgets},
-            "accuracy_min_batched": {f"{b:g}": min(batched[b]) for b in budgets}})
-        if "official" in report:
-            report["speedup_batched"] = report["official"]["seconds_per_search"] / statistics.mean(batched_s)
-            report["speedup_cpu_batched"] = (report["official"]["cpu_seconds_per_search"]
-                                             / statistics.mean(batched_cpu))
-
-        # a Pareto front of the same device (all resolutions its table holds)
-        from ofa_core.search import pareto_front
-
-        front, wall, cpu = _timed(partial(pareto_front, space, acc, metrics, np.random.default_rng(0),
-                                          resolutions=lat.resolutions))
-        report["pareto"] = {"points": len(front), "seconds": wall, "cpu_seconds": cpu,
-                            "configs_scored": front.n_evaluated, "resolutions": len(lat.resolutions)}
+        _batched(report, ours_setup, budgets, args.seeds)
+        report["pareto"] = _pareto(space, acc, metrics, lat)
     report["load_after"] = _load()
 
     if args.json:

@@ -377,11 +377,11 @@ class Store:
         return ids
 
     def measured_keys(self, fp_id: str, space: str, resolutions: Sequence[int] | None = None,
-                      kind: str = "block") -> set[tuple[int, str]]:
-        """(resolution, key) of every entry with at least one good (not noisy) measurement."""
+                      kind: str = "block", batch: int = 1) -> set[tuple[int, str]]:
+        """(resolution, key) of every entry with at least one good (not noisy) measurement at `batch`."""
         sql = ("SELECT DISTINCT resolution, key FROM measurements WHERE fingerprint_id = ? AND space = ? "
-               "AND kind = ? AND noisy = 0")
-        params: list = [fp_id, space, kind]
+               "AND kind = ? AND batch = ? AND noisy = 0")
+        params: list = [fp_id, space, kind, int(batch)]
         rows = self.query(sql, params)
         wanted = None if resolutions is None else {int(r) for r in resolutions}
         return {(int(r["resolution"]), r["key"]) for r in rows
@@ -393,8 +393,16 @@ class Store:
                           "AND noisy = 0 ORDER BY space", (fp_id, kind))
         return [r["space"] for r in rows]
 
-    def latest_measurements(self, fp_id: str, space: str, kind: str = "block", whole_run: bool = False) -> list[dict]:
-        """The latest good measurement of each (resolution, key), ordered by resolution then key. With
+    def batches(self, fp_id: str, space: str, kind: str = "block") -> list[int]:
+        """The batch sizes this fingerprint has at least one good measurement of `kind` at in `space` (one table
+        each), smallest first."""
+        rows = self.query("SELECT DISTINCT batch FROM measurements WHERE fingerprint_id = ? AND space = ? "
+                          "AND kind = ? AND noisy = 0 ORDER BY batch", (fp_id, space, kind))
+        return [int(r["batch"]) for r in rows]
+
+    def latest_measurements(self, fp_id: str, space: str, kind: str = "block", whole_run: bool = False,
+                            batch: int = 1) -> list[dict]:
+        """The latest good measurement of each (resolution, key) at `batch`, ordered by resolution then key. With
         `whole_run`, every good measurement of each key in the run that made its latest one (validation times a
         subnet in several passes), ordered by resolution, key, then id."""
         cols = ", ".join(("id", *MEASUREMENT_COLUMNS))
@@ -402,19 +410,19 @@ class Store:
         if whole_run:
             sql = (f"SELECT {cols} FROM (SELECT {cols}, FIRST_VALUE(run_id) OVER (PARTITION BY resolution, key "
                    f"{order}) AS last_run_ FROM measurements WHERE fingerprint_id = ? AND space = ? AND kind = ? "
-                   f"AND noisy = 0) latest WHERE run_id = last_run_ ORDER BY resolution, key, id")
+                   f"AND batch = ? AND noisy = 0) latest WHERE run_id = last_run_ ORDER BY resolution, key, id")
         else:
             sql = (f"SELECT {cols} FROM (SELECT {cols}, ROW_NUMBER() OVER (PARTITION BY resolution, key "
                    f"{order}) AS rank_ FROM measurements WHERE fingerprint_id = ? AND space = ? AND kind = ? "
-                   f"AND noisy = 0) latest WHERE rank_ = 1 ORDER BY resolution, key")
-        return [decode_measurement(r) for r in self.query(sql, (fp_id, space, kind))]
+                   f"AND batch = ? AND noisy = 0) latest WHERE rank_ = 1 ORDER BY resolution, key")
+        return [decode_measurement(r) for r in self.query(sql, (fp_id, space, kind, int(batch)))]
 
     def history(self, fp_id: str, space: str, key: str | None = None, resolution: int | None = None,
-                kind: str = "block") -> list[dict]:
-        """Every measurement (noisy ones too) matching, oldest first."""
+                kind: str = "block", batch: int = 1) -> list[dict]:
+        """Every measurement (noisy ones too) at `batch` matching, oldest first."""
         sql = (f"SELECT id, {', '.join(MEASUREMENT_COLUMNS)} FROM measurements "
-               "WHERE fingerprint_id = ? AND space = ? AND kind = ?")
-        params: list = [fp_id, space, kind]
+               "WHERE fingerprint_id = ? AND space = ? AND kind = ? AND batch = ?")
+        params: list = [fp_id, space, kind, int(batch)]
         if key is not None:
             sql += " AND key = ?"
             params.append(key)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import time
 import uuid
 from typing import Any
@@ -18,7 +19,7 @@ MEASUREMENT_KINDS = ("block", "subnet", "reference", "transferred")
 _STAT_FIELDS = ("mean_ms", "std_ms", "p10_ms", "p90_ms", "cv")
 MEASUREMENT_COLUMNS = ("uuid", "run_id", "fingerprint_id", "device", "space", "kind", "resolution", "key",
                        "latency_ms", "mean_ms", "std_ms", "p10_ms", "p90_ms", "cv", "n", "samples_ms", "noisy",
-                       "env", "normalised_ms", "measured_at")
+                       "env", "normalised_ms", "measured_at", "batch")
 
 
 def to_json(value: Any) -> str:
@@ -66,10 +67,16 @@ def measurement_row(run_id: int, run: dict, rec: dict, index: int) -> tuple:
     if not isinstance(env, dict):
         raise StoreError(f"measurement {index}: env must be a dict")
     measured_at = _number(rec, "measured_at", index, False) or time.time()
+    try:
+        batch = None if isinstance(rec.get("batch"), bool) else operator.index(rec.get("batch", 1))
+    except TypeError:
+        batch = None
+    if batch is None or batch < 1:
+        raise StoreError(f"measurement {index}: batch must be an integer >= 1, got {rec.get('batch')!r}")
     return (str(rec.get("uuid") or uuid.uuid4()), int(run_id), run["fingerprint_id"], run["device"],
             run["space"], kind, resolution, key, latency, *stats, int(n), to_json(samples),
             int(bool(rec.get("noisy", False))), to_json(env), _number(rec, "normalised_ms", index, False),
-            measured_at)
+            measured_at, batch)
 
 
 def decode_measurement(row: dict) -> dict:
@@ -77,6 +84,7 @@ def decode_measurement(row: dict) -> dict:
     row["env"] = json.loads(row["env"])
     row["noisy"] = bool(row["noisy"])
     row["resolution"] = int(row["resolution"])
+    row["batch"] = int(row.get("batch") or 1)
     row["n"] = int(row["n"])
     row["id"] = int(row["id"])
     row["run_id"] = int(row["run_id"])

@@ -1,6 +1,6 @@
 """Store -> table: a device's latency lookup table is the latest good measurement per (resolution, key) for its
-fingerprint, with the published anchors as the fallback; and tables in and out of the store (`lut import`,
-`lut export`).
+fingerprint and one batch size, with the published anchors (batch 1) as the fallback; and tables in and out of
+the store (`lut import`, `lut export`).
 
 The table model is `bench.table.model`, the file formats (official YAML/JSON folders, CSV, Parquet)
 `bench.table.files`, the space found from the keys `bench.table.spaces`. Everything is parsed and checked before
@@ -15,6 +15,7 @@ from pathlib import Path
 from ofa_core.accuracy import anchors_root
 from ofa_core.space import SearchSpace
 
+from bench.measure import keys
 from bench.measure.reference import current_reference_ms, row_value
 from bench.measure.stats import DEFAULT_STATISTIC, sample_statistic
 from bench.table.anchors import KNOWN_ANCHORS, anchor_table, anchors_missing
@@ -46,11 +47,12 @@ def stats_from_row(row: Mapping, nominal_ms: float | None = None, statistic: str
 
 
 def subnet_stats(store, fingerprint_id: str, space: SearchSpace, nominal: float | None,
-                 statistic: str = DEFAULT_STATISTIC) -> tuple[dict[tuple[int, str], EntryStats], list[dict]]:
-    """Measured whole subnets: per (resolution, config), the median over the good passes of the latest run that
-    timed it (validation times each subnet in several invocations). Returns the stats and the rows used."""
+                 statistic: str = DEFAULT_STATISTIC,
+                 batch: int = 1) -> tuple[dict[tuple[int, str], EntryStats], list[dict]]:
+    """Measured whole subnets at `batch`: per (resolution, config), the median over the good passes of the latest
+    run that timed it (validation times each subnet in several invocations). Returns the stats and the rows used."""
     by_key: dict[tuple[int, str], list[dict]] = {}
-    for row in store.latest_measurements(fingerprint_id, space.name, kind="subnet", whole_run=True):
+    for row in store.latest_measurements(fingerprint_id, space.name, kind="subnet", whole_run=True, batch=batch):
         by_key.setdefault((int(row["resolution"]), row["key"].removeprefix("subnet:")), []).append(row)
     out, used = {}, []
     for k, rows in by_key.items():
@@ -66,17 +68,18 @@ def subnet_stats(store, fingerprint_id: str, space: SearchSpace, nominal: float 
 
 
 def table_from_store(store, device: str, space: SearchSpace, fingerprint_id: str | None = None,
-                     statistic: str = DEFAULT_STATISTIC) -> LatencyTable | None:
-    """The latest good measurement per key for the device's latest (or a given) fingerprint; None if empty."""
+                     statistic: str = DEFAULT_STATISTIC, batch: int = 1) -> LatencyTable | None:
+    """The latest good measurement per key at `batch` for the device's latest (or a given) fingerprint; None if
+    empty."""
     if fingerprint_id is None:
         fp = store.latest_fingerprint(device)
         if fp is None:
             return None
         fingerprint_id = fp["id"]
-    rows = store.latest_measurements(fingerprint_id, space.name, kind="block")
+    rows = store.latest_measurements(fingerprint_id, space.name, kind="block", batch=batch)
     if not rows:
         return None
-    nominal, ref_ids = current_reference_ms(store, fingerprint_id, space, statistic)
+    nominal, ref_ids = current_reference_ms(store, fingerprint_id, space, statistic, batch=batch)
     entries = {(int(row["resolution"]), row["key"]): stats_from_row(row, nominal, statistic) for row in rows}
     # With a nominal speed, a cell is normalised exactly when it was timed beside the reference block.
     raw = sum(1 for st in entries.values() if st.normalised_ms is None)
@@ -85,17 +88,17 @@ def table_from_store(store, device: str, space: SearchSpace, fingerprint_id: str
                        f"block with {len(entries) - raw} normalised ones; measure those again with the reference: "
                        f"ofa-bench profile {device} --space {space.name} --remeasure-raw")
     # Entries predicted by `profile --few-shot` (bench.transfer) fill what was not measured; a measurement wins.
-    moved = [row for row in store.latest_measurements(fingerprint_id, space.name, kind="transferred")
+    moved = [row for row in store.latest_measurements(fingerprint_id, space.name, kind="transferred", batch=batch)
              if (int(row["resolution"]), row["key"]) not in entries]
     entries.update({(int(row["resolution"]), row["key"]): stats_from_row(row, nominal, statistic) for row in moved})
-    transferred = {(int(row["resolution"]), row["key"]): tuple(((row.get("env") or {}).get("transfer") or {})
+    transferred = {(int(row["resolution"]), row["key"]): tuple(((row.get("env") or {}).get(keys.TRANSFER) or {})
                                                                .get("sources") or ()) for row in moved}
-    subnets, subnet_rows = subnet_stats(store, fingerprint_id, space, nominal, statistic)
+    subnets, subnet_rows = subnet_stats(store, fingerprint_id, space, nominal, statistic, batch)
     ids = [row["id"] for row in rows + moved] + [row["id"] for row in subnet_rows] + ref_ids
     version = table_version(ids) + ("" if statistic == DEFAULT_STATISTIC else f"-{statistic}")
     return LatencyTable(device=device, fingerprint_id=fingerprint_id, space=space.name, version=version,
                         entries=entries, subnets=subnets, nominal_ms=nominal, statistic=statistic,
-                        transferred=transferred)
+                        transferred=transferred, batch=batch)
 
 
 def _store_exists(store_path: str) -> bool:
@@ -103,11 +106,12 @@ def _store_exists(store_path: str) -> bool:
 
 
 def load_device_table(device: str, space: SearchSpace | str, store=None,
-                      statistic: str = DEFAULT_STATISTIC) -> LatencyTable:
+                      statistic: str = DEFAULT_STATISTIC, batch: int = 1) -> LatencyTable:
     """The table search and predict use: from the store (a path, URL or open Store), else the published anchors.
 
     A store path that does not exist is treated as empty and is not created. `statistic` picks the per-entry
-    statistic computed from the raw samples (median by default; imported tables have only their mean).
+    statistic computed from the raw samples (median by default; imported tables have only their mean). `batch`
+    picks the batch size (the published tables are of batch 1).
     """
     space = SearchSpace.get(space) if isinstance(space, str) else space
     sample_statistic((), statistic)  # reject an unknown statistic early
@@ -121,13 +125,16 @@ def load_device_table(device: str, space: SearchSpace | str, store=None,
 
                 st = open_store(str(store))
                 try:
-                    table = table_from_store(st, device, space, statistic=statistic)
+                    table = table_from_store(st, device, space, statistic=statistic, batch=batch)
                 finally:
                     st.close()
         else:
-            table = table_from_store(store, device, space, statistic=statistic)
-    if table is None:
+            table = table_from_store(store, device, space, statistic=statistic, batch=batch)
+    if table is None and batch == 1:
         table = anchor_table(device, space)
+    if table is None and batch != 1:
+        raise LutError(f"no latency table for device {device!r}, space {space.name}, batch {batch} in {where}; "
+                       f"run `ofa-bench profile {device} --space {space.name} --batch {batch}` first")
     if table is None and KNOWN_ANCHORS.get(device, ("",))[0] == space.name:
         raise LutError(f"no latency table for device {device!r}, space {space.name} in {where}, and its published "
                        f"one is missing: {anchors_missing(anchors_root() / KNOWN_ANCHORS[device][1])}")
@@ -174,7 +181,7 @@ def import_table(store, device: str, space: SearchSpace | str | None, source: Pa
         "resolution": r, "key": k, "kind": "block", "latency_ms": st.latency_ms, "mean_ms": st.mean_ms,
         "std_ms": st.std_ms, "p10_ms": None, "p90_ms": None,
         "cv": None if st.std_ms is None else (st.std_ms / st.mean_ms) if st.mean_ms > 0 else 0.0,
-        "n": st.count, "samples_ms": [], "noisy": False, "env": {"imported_from": str(source)},
+        "n": st.count, "samples_ms": [], "noisy": False, "env": {keys.IMPORTED_FROM: str(source)},
         "normalised_ms": st.normalised_ms,
     } for (r, k), st in sorted(entries.items())]
     with store.transaction():

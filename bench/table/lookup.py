@@ -1,5 +1,6 @@
 """A device's table as a command asks for it: the name it is stored under, the spaces it has tables of, and
-the (space, table) to work on when `--space` is left out (`device_space` is the one place that decides).
+the (space, table) to work on when `--space` is left out (`device_space` is the one place that decides), and
+the batch size when `--batch` is left out (`device_batch`).
 """
 from __future__ import annotations
 
@@ -88,8 +89,37 @@ def device_space(devices: str | Sequence[str], space: str | None, store, default
                    f"--space NAME` or `ofa-bench lut import {names[0]} TABLE` first")
 
 
-def device_table(device: str, space: str | None, store, statistic: str = DEFAULT_STATISTIC):
-    """(space, table) of a device: `device_space`, then its table from the store or the published anchors."""
+def table_batches(device: str, space: SearchSpace, store) -> list[int]:
+    """The batch sizes the device has a table of in `space` (its latest fingerprint's block measurements in the
+    store; [1] for a published table alone)."""
+    with _reading(store) as st:
+        fp = st.latest_fingerprint(device) if st is not None else None
+        found = st.batches(fp["id"], space.name) if fp is not None else []
+    if not found and space.name in table_spaces(device, None):
+        return [1]
+    return found
+
+
+def device_batch(device: str, space: SearchSpace, batch: int | None, store) -> int:
+    """The batch size a command works at: `batch` when given (--batch), else 1, or the only batch size the
+    device's table has. Tables of several batch sizes without one of 1: a one-line error that lists them."""
+    if batch is not None:
+        if batch < 1:
+            raise LutError(f"--batch must be at least 1, got {batch}")
+        return int(batch)
+    found = table_batches(table_device_name(device), space, store)
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1 and 1 not in found:
+        raise LutError(f"device {device!r} has tables of batch sizes {', '.join(map(str, found))} in {space.name} "
+                       f"and none of 1; pass --batch B")
+    return 1
+
+
+def device_table(device: str, space: str | None, store, statistic: str = DEFAULT_STATISTIC,
+                 batch: int | None = None):
+    """(space, table) of a device: `device_space`, `device_batch`, then its table from the store or the
+    published anchors."""
     name = table_device_name(device)
     sp = device_space(name, space, store)
-    return sp, load_device_table(name, sp, store, statistic=statistic)
+    return sp, load_device_table(name, sp, store, statistic=statistic, batch=device_batch(name, sp, batch, store))

@@ -55,6 +55,7 @@ class LatencyTable:
     statistic: str = DEFAULT_STATISTIC
     # entries predicted by transfer (`bench.transfer`), not measured: key -> the source devices
     transferred: Mapping[tuple[int, str], tuple[str, ...]] = field(default_factory=dict)
+    batch: int = 1  # the batch size every entry was timed at: latencies are the whole batch's
 
     @property
     def resolutions(self) -> list[int]:
