@@ -19,7 +19,7 @@ import typer
 from ofa_core.errors import OFABenchError
 
 # Areas whose `register(app)` adds commands; a missing module is skipped so that parts can land separately.
-COMMAND_MODULES = ("devices", "profile", "lut", "predict", "validate", "nightly", "search", "train", "store",
+COMMAND_MODULES = ("devices", "profile", "lut", "predict", "validate", "nightly", "search", "pareto", "train", "store",
                    "farm", "demo")
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130

@@ -3,7 +3,7 @@ table, search at three latency budgets, draw the Pareto front, export and confir
 write `report.md` (with its PNGs) into one folder. Each step reports on stderr: its name when it starts, its
 time when it ends, and a progress bar (or, off a terminal, a line every few seconds) while it runs.
 
-Composes the parts that the commands use (bench.profile, bench.validate, bench.commands.search,
+Composes the parts that the commands use (bench.profile, bench.validate, bench.search,
 bench.pareto); nothing here measures or predicts by itself.
 """
 from __future__ import annotations
@@ -151,7 +151,7 @@ def _search_step(doc: dict, steps: DemoSteps, space, store: str, settings: DemoS
                  predictor: Path, log) -> None:
     """A subnet per budget (spread over the device's range), then the smallest and the largest: each searched,
     exported in the device's format and confirmed on the device."""
-    from bench.commands.search import confirm_on_device, device_table, device_target, export_chosen, search_confirmed
+    from bench.search import confirm_on_device, device_table, device_target, export_chosen, search_confirmed
     from bench.table import LatencyPredictor
 
     res = list(settings.resolutions)
@@ -194,7 +194,7 @@ def _one_measured_number(doc: dict, space, store: str, acc) -> tuple[list, objec
     """Every measured number from here on comes from one place: the final table's value of each measured subnet
     (median of the passes of the latest run that timed it, at the table's reference speed), the value the
     calibration fits on. The confirm step's own reading stays under each subnet's "confirm"."""
-    from bench.commands.search import device_table
+    from bench.search import device_table
     from bench.pareto import measured_subnets
     from bench.table import LatencyPredictor
 

@@ -431,3 +431,27 @@ def plot_fronts(fronts: Sequence[DeviceFront], path: str | Path, title: str = ""
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def device_fronts(devices: Sequence[str], space_name: str | None, store: str, batch: int | None,
+                  predictor_path: str | None, resolutions: list[int] | None, seed: int, population: int,
+                  generations: int, with_macs: bool = False, say=None) -> tuple[list[DeviceFront], list[int]]:
+    """One front per device (its table, the space's accuracy predictor, both ends searched as `ofa-bench search`
+    does by default, so the front's top is checked against it), and each table's batch size."""
+    from bench.search import simulated_device, accuracy_predictor, device_table, search_resolutions
+    from bench.table import LatencyPredictor
+
+    fronts, batches = [], []
+    for dev in devices:
+        sp, table = device_table(dev, space_name, store, batch)
+        batches.append(table.batch)
+        latency = LatencyPredictor.from_table(table, sp)
+        acc, _ = accuracy_predictor(sp, predictor_path)
+        res = search_resolutions(latency, resolutions, dev)
+        if say:
+            say(f"{dev}: NSGA-II over {sp.name} at {len(res)} resolution(s), from both ends ...")
+        measured = measured_subnets(store, table.device, sp, acc, latency, table=table)
+        fronts.append(build_device_front(dev, sp, acc, latency, np.random.default_rng(seed), res, population,
+                                         generations, with_macs, measured, simulated=simulated_device(dev),
+                                         end_params=SearchParams(), provenance=table.provenance()))
+    return fronts, batches

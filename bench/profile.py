@@ -111,11 +111,8 @@ def profile_device(device, space: SearchSpace, store_target: str, resolutions: S
                    settings: MeasureSettings = MeasureSettings(), progress=None,
                    stop: threading.Event | None = None, few_shot: int | None = None, batch: int = 1) -> DeviceReport:
     """Measure every missing entry of `space` at `resolutions` on one device, at batch size `batch`; returns
-    what was done.
-
-    `progress(device, advanced, total)` is called after each committed invocation. With `few_shot` K, only K
-    informative entries are measured and the rest transferred from other devices' tables (`bench.transfer`).
-    """
+    what was done. `progress(device, advanced, total)` is called after each committed invocation. With
+    `few_shot` K, only K informative entries are measured and the rest transferred (`bench.transfer`)."""
     from agents import connect
     from bench.export import ExportQueue
     from bench.store import open_store
@@ -134,33 +131,16 @@ def profile_device(device, space: SearchSpace, store_target: str, resolutions: S
     try:
         # Models convert in workers while this thread measures (.tflite: about a second each); the reference
         # first, so the workers start while the device is reached.
-        fmt = profile.model_format
         ref = reference_entry(space)
-        exports = ExportQueue(fmt, precision=profile.precision, batch=batch,
+        exports = ExportQueue(profile.model_format, precision=profile.precision, batch=batch,
                               progress=(lambda done, total: progress(f"{label} .tflite", 1, total))
                               if progress else None)
         if settings.reference:
             exports.add_entries(space, [ref])
         agent = _with_retries(lambda: connect(agent_profile(profile, settings)), settings.retries,
                               f"device {profile.name}")
-        fp = _with_retries(agent.fingerprint, settings.retries, f"device {profile.name}")
-        report.simulated = report.simulated or bool(fp.get("simulated"))
-        fp_id = store.register_fingerprint(profile.name, fp)
-        report.fingerprint_id = fp_id
-        done = store.measured_keys(fp_id, space.name, res, batch=batch)
-        if settings.remeasure_raw and settings.reference:
-            done -= {(int(row["resolution"]), row["key"]) for row in store.latest_measurements(fp_id, space.name,
-                                                                                              kind="block", batch=batch)
-                     if not (row.get("env") or {}).get(keys.REFERENCE_MS)}
-        todo = [e for e in entries if (e.resolution, e.key) not in done]
-        report.entries_reused = len(entries) - len(todo)
-        plan = None
-        if few_shot is not None:  # measure the K entries the plan picks; the rest are transferred below
-            from bench.transfer import plan_few_shot
-
-            plan = plan_few_shot(store, space, res, profile.name, done, few_shot)
-            todo = [e for e in todo if e in plan.measure]
-            report.entries_reused = len(done & {(e.resolution, e.key) for e in entries})
+        fp_id = _register(agent, profile, store, settings, report)
+        todo, plan = _entries_to_measure(store, fp_id, space, res, entries, settings, report, few_shot, batch)
         exports.add_entries(space, todo)
         if todo and settings.calibration_subnets > 0:  # the subnets every calibration starts with, next
             exports.add_subnets(space, calibration_ends(space, res, settings.calibration_subnets))
@@ -169,42 +149,16 @@ def profile_device(device, space: SearchSpace, store_target: str, resolutions: S
         if not todo:
             _transfer_rest(plan, profile.name, space, res, store, fp_id, settings, report)
             measure_calibration_subnets(profile, space, res, store, fp_id, settings, report, stop, exports, batch)
-            if report.run_id is not None:
-                store.finish_run(report.run_id, "done")
-            report.status = "done"
+            _end_run(store, report, "done")
             return report
         report.run_id = store.start_run(profile.name, fp_id, space.name, "profile",
                                         {"resolutions": res, **settings.__dict__, "few_shot": few_shot,
                                          "batch": batch},
                                         {"entries_total": len(entries), "entries_todo": len(todo),
                                          "profile": profile.to_dict()})
-        threshold = settings.precision
-        max_rem = settings.max_remeasure if settings.max_remeasure is not None else profile.max_remeasure
         ref_path = exports.entry(space, ref) if settings.reference else None
-        nominal = reference_nominal_ms(store, fp_id, space, batch)
-        watch = ReferenceWatch() if settings.reference else None
-        for i in range(0, len(todo), settings.per_call):
-            if stop is not None and stop.is_set():
-                raise KeyboardInterrupt
-            chunk = todo[i:i + settings.per_call]
-            paths = [exports.entry(space, e) for e in chunk]
-            report.export_s = round(exports.waited_s, 2)
-            timed, refs = _with_retries(
-                lambda: measure_models(agent, paths, ref_path, settings.rounds, threshold, max_rem, watch),
-                settings.retries, f"device {profile.name}")
-            if refs and nominal is None:
-                nominal = refs[0].latency_ms
-            records = reference_records(space, refs, nominal, batch)
-            records += [to_record(t, e.resolution, e.key, "block", nominal, batch) for t, e in zip(timed, chunk)]
-            written = commit(store, report.run_id, fp_id, space, records, dedupe=not settings.remeasure_raw,
-                             batch=batch)
-            report.entries_measured += sum(1 for r in written if not r["noisy"])
-            report.entries_noisy += sum(1 for r in written if r["noisy"])
-            report.entries_reused += len(chunk) - len(written)
-            report.entries_remeasured += sum(1 for t in timed if t.attempts > 1)
-            report.batches_redone = watch.redone if watch is not None else 0
-            if progress:
-                progress(label, len(chunk), len(todo))
+        _measure_entries(agent, profile, store, fp_id, space, todo, ref_path, exports, settings, report, batch,
+                         lambda n: progress(label, n, len(todo)) if progress else None, stop)
         _transfer_rest(plan, profile.name, space, res, store, fp_id, settings, report)
         if report.entries_noisy == 0:
             measure_calibration_subnets(profile, space, res, store, fp_id, settings, report, stop, exports, batch)
@@ -214,20 +168,14 @@ def profile_device(device, space: SearchSpace, store_target: str, resolutions: S
     except KeyboardInterrupt:
         if exports is not None:
             exports.close(kill=True)  # conversions still queued must not delay the exit
-        if report.run_id is not None:
-            store.finish_run(report.run_id, "interrupted")
-        report.status = "interrupted"
+        _end_run(store, report, "interrupted")
         raise
     except OFABenchError as exc:
-        if report.run_id is not None:
-            store.finish_run(report.run_id, "failed")
-        report.status = "failed"
+        _end_run(store, report, "failed")
         report.error = " ".join(str(exc).split())
         return report
     except BaseException:  # a bug or a broken install: the run is failed, not left running
-        if report.run_id is not None:
-            store.finish_run(report.run_id, "failed")
-        report.status = "failed"
+        _end_run(store, report, "failed")
         raise
     finally:
         report.duration_s = round(time.monotonic() - start, 2)
@@ -239,6 +187,73 @@ def profile_device(device, space: SearchSpace, store_target: str, resolutions: S
         if agent is not None:
             agent.close()
         store.close()
+
+
+def _register(agent, profile, store, settings: MeasureSettings, report: DeviceReport) -> str:
+    """The device's fingerprint, registered in the store; returns its id."""
+    fp = _with_retries(agent.fingerprint, settings.retries, f"device {profile.name}")
+    report.simulated = report.simulated or bool(fp.get("simulated"))
+    report.fingerprint_id = store.register_fingerprint(profile.name, fp)
+    return report.fingerprint_id
+
+
+def _end_run(store, report: DeviceReport, status: str) -> None:
+    """The run (if one was opened) and the report end with `status`."""
+    if report.run_id is not None:
+        store.finish_run(report.run_id, status)
+    report.status = status
+
+
+def _entries_to_measure(store, fp_id: str, space: SearchSpace, res: list[int], entries: list, settings: MeasureSettings,
+                        report: DeviceReport, few_shot: int | None, batch: int) -> tuple[list, object]:
+    """The entries this run measures (those without a cell; with `remeasure_raw`, also raw cells; with
+    `few_shot`, only the plan's picks) and the few-shot plan (None without)."""
+    done = store.measured_keys(fp_id, space.name, res, batch=batch)
+    if settings.remeasure_raw and settings.reference:
+        done -= {(int(row["resolution"]), row["key"]) for row in store.latest_measurements(fp_id, space.name,
+                                                                                          kind="block", batch=batch)
+                 if not (row.get("env") or {}).get(keys.REFERENCE_MS)}
+    todo = [e for e in entries if (e.resolution, e.key) not in done]
+    report.entries_reused = len(entries) - len(todo)
+    plan = None
+    if few_shot is not None:  # measure the K entries the plan picks; the rest are transferred afterwards
+        from bench.transfer import plan_few_shot
+
+        plan = plan_few_shot(store, space, res, report.device, done, few_shot)
+        todo = [e for e in todo if e in plan.measure]
+        report.entries_reused = len(done & {(e.resolution, e.key) for e in entries})
+    return todo, plan
+
+
+def _measure_entries(agent, profile, store, fp_id: str, space: SearchSpace, todo: list, ref_path, exports,
+                     settings: MeasureSettings, report: DeviceReport, batch: int, advanced,
+                     stop: threading.Event | None) -> None:
+    """Time `todo` in invocations of `settings.per_call` entries beside the reference block and commit each."""
+    threshold = settings.precision
+    max_rem = settings.max_remeasure if settings.max_remeasure is not None else profile.max_remeasure
+    nominal = reference_nominal_ms(store, fp_id, space, batch)
+    watch = ReferenceWatch() if settings.reference else None
+    for i in range(0, len(todo), settings.per_call):
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
+        chunk = todo[i:i + settings.per_call]
+        paths = [exports.entry(space, e) for e in chunk]
+        report.export_s = round(exports.waited_s, 2)
+        timed, refs = _with_retries(
+            lambda: measure_models(agent, paths, ref_path, settings.rounds, threshold, max_rem, watch),
+            settings.retries, f"device {profile.name}")
+        if refs and nominal is None:
+            nominal = refs[0].latency_ms
+        records = reference_records(space, refs, nominal, batch)
+        records += [to_record(t, e.resolution, e.key, "block", nominal, batch) for t, e in zip(timed, chunk)]
+        written = commit(store, report.run_id, fp_id, space, records, dedupe=not settings.remeasure_raw,
+                         batch=batch)
+        report.entries_measured += sum(1 for r in written if not r["noisy"])
+        report.entries_noisy += sum(1 for r in written if r["noisy"])
+        report.entries_reused += len(chunk) - len(written)
+        report.entries_remeasured += sum(1 for t in timed if t.attempts > 1)
+        report.batches_redone = watch.redone if watch is not None else 0
+        advanced(len(chunk))
 
 
 def _transfer_rest(plan, device: str, space: SearchSpace, res: Sequence[int], store, fp_id: str,

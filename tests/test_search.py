@@ -234,7 +234,7 @@ def test_cli_errors_are_one_line(note10, capsys, tmp_path):
 
 
 def test_no_predictor_for_w10_is_an_error():
-    from bench.commands.search import SearchSetupError, accuracy_predictor
+    from bench.search import SearchSetupError, accuracy_predictor
 
     with pytest.raises(SearchSetupError, match="--predictor"):
         accuracy_predictor(W10, None)
@@ -333,7 +333,7 @@ def test_index_fast_path_equals_the_predictor(note10):
 def test_search_holds_the_upper_bound_of_a_calibrated_table(note10, tmp_path, monkeypatch):
     """The Note10 table with measured subnets 5-15% slower than their sums: the calibration's interval is
     wide, and the answer's upper bound, not its point prediction, stays within the budget."""
-    import bench.commands.search as search_cmd
+    import bench.search as search_cmd
     from bench.table import EntryStats, LatencyPredictor, LatencyTable, load_device_table
 
     space = SearchSpace.get("ofa-mbv3-w1.2")
@@ -354,7 +354,7 @@ def test_search_holds_the_upper_bound_of_a_calibrated_table(note10, tmp_path, mo
 
 
 def test_confirm_searches_again_while_the_measurement_is_over_budget(monkeypatch, tmp_path):
-    import bench.commands.search as search_cmd
+    import bench.search as search_cmd
 
     searches, measured = [], iter([12.0, 10.5, 9.0])
 

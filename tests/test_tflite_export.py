@@ -152,7 +152,7 @@ def litert_device():
 
 
 def test_search_export_writes_what_a_litert_device_runs(litert_device, monkeypatch, tmp_path):
-    import bench.commands.search as search_cmd
+    import bench.search as search_cmd
 
     cfg = SPACE.smallest(RES)
     monkeypatch.setattr(search_cmd, "run_search", lambda *args: {

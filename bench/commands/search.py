@@ -1,16 +1,15 @@
-"""`ofa-bench search` (best subnet under a budget, optional export and on-device confirmation) and
-`ofa-bench pareto` (accuracy-latency fronts of one or more devices on one figure)."""
+"""`ofa-bench search`: the best subnet under a budget on a device, optionally exported as the device runs it
+and confirmed there. Parses the options, calls `bench.search.search_confirmed`, prints."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
-from bench.commands._common import (FIGURE_SUFFIXES, BatchOption, JsonOption, SpaceOption, StoreOption, at_least_one,
-                                    check_output_path, emit_json, info, non_negative, number_check, parse_resolutions,
-                                    positive, resolve_store)
-from ofa_core.errors import OFABenchError
+from bench.commands._common import (BatchOption, JsonOption, SpaceOption, StoreOption, at_least_one, check_output_path,
+                                    emit_json, non_negative, number_check, parse_resolutions, positive, resolve_store)
+from bench.search import SearchSetupError, device_format, search_confirmed
 
 PredictorOption = typer.Option(None, "--predictor", help="accuracy predictor (.safetensors of ours or the official .pth); "
                                                          "default: the one of the space, if it has one")
@@ -18,363 +17,61 @@ ResolutionsOption = typer.Option(None, "--resolutions", help="resolutions to sea
                                                              "(default: those the device's table holds)")
 
 
-class SearchSetupError(OFABenchError):
-    """What a search needs is missing: a table, an accuracy predictor, a usable resolution."""
-
-
-# ---- shared set-up ------------------------------------------------------------------------------------
-def device_table(device: str, space_name: str | None, store: str, batch: int | None = None):
-    """(space, table) for a device: the given space, or the one space the device has a table of, at the given
-    batch size, or 1, or the only one it has (the rule every command shares, `bench.table.device_table`)."""
-    from bench.table import device_table as shared
-
-    return shared(device, space_name, store, batch=batch)
-
-
-def accuracy_predictor(space, path: str | None):
-    """The accuracy predictor for `space`: `path`, else the space's default; a one-line error if none."""
-    from ofa_core.accuracy import AccuracyPredictor, default_predictor_path
-
-    p = Path(path) if path else default_predictor_path(space.name)
-    if p is None:
-        raise SearchSetupError(f"no accuracy predictor for space {space.name}; pass --predictor PATH "
-                               f"(a predictor trained with `ofa-bench train` or the official acc_predictor.pth)")
-    pred = AccuracyPredictor.load(p)
-    pred.check_space(space)
-    if pred.space and pred.space != space.name:
-        info(f"note: accuracy predictor {p} was made for {pred.space}; using it as a proxy for {space.name}")
-    return pred, p
-
-
-def search_resolutions(latency, requested: list[int] | None, device: str) -> list[int]:
-    held = list(latency.resolutions)
-    if requested is None:
-        return held
-    missing = [r for r in requested if r not in held]
-    if missing:
-        raise SearchSetupError(f"resolution {missing[0]} is not in the latency table of {device} "
-                               f"(it holds {', '.join(map(str, held))})")
-    return sorted(set(requested))
-
-
-def _simulated(device: str) -> bool:
-    try:
-        from devices import get_device
-
-        return bool(get_device(device).simulated)
-    except OFABenchError:
-        return False
-
-
-# ---- search -------------------------------------------------------------------------------------------
-def run_search(device: str, latency_ms: float | None, macs: float | None, space_name: str | None, store: str,
-               predictor_path: str | None, resolutions: list[int] | None, seed: int, population: int,
-               generations: int, restarts: int | None, batch: int | None = None) -> dict:
-    """Everything `ofa-bench search` reports, before export and confirmation. Latencies (and the budget) are
-    for a whole batch of the table's batch size; accuracy does not depend on it."""
-    import numpy as np
-
-    from bench.table import LatencyPredictor
-    from ofa_core.search import InfeasibleBudgetError, SearchParams, check_budget, evolution_search
-
+def search_cmd(
+    device: str = typer.Option(..., "--device", help="device whose latency table constrains the search"),
+    latency_ms: Optional[float] = typer.Option(None, "--latency-ms", callback=positive,
+                                               help="latency budget (ms, for the whole batch of --batch)"),
+    macs: Optional[float] = typer.Option(None, "--macs", callback=positive, help="MACs budget (e.g. 3e8)"),
+    space: Optional[str] = SpaceOption,
+    batch: Optional[int] = BatchOption,
+    predictor: Optional[str] = PredictorOption,
+    resolutions: Optional[str] = ResolutionsOption,
+    seed: int = typer.Option(0, "--seed", callback=non_negative),
+    population: int = typer.Option(100, "--population", callback=number_check(ge=2)),
+    generations: int = typer.Option(500, "--generations", callback=non_negative),
+    restarts: Optional[int] = typer.Option(None, "--restarts", callback=at_least_one,
+                                           help="independent searches side by side, best kept (default 1)"),
+    export: Optional[Path] = typer.Option(None, "--export", help="write the subnet here, as the device runs it "
+                                                             "(.tflite for a LiteRT device, else .onnx)"),
+    confirm: bool = typer.Option(False, "--confirm", help="measure the subnet on the device and compare; "
+                                 "over the budget, refit with that measurement and search again"),
+    confirm_rounds: int = typer.Option(3, "--confirm-rounds", callback=at_least_one,
+                                       help="most search-measure rounds of --confirm"),
+    store: str = StoreOption,
+    json_out: bool = JsonOption,
+) -> None:
+    """Find the most accurate subnet (predicted) within a latency and/or MACs budget on a device. The budget
+    holds the prediction interval's upper bound; --confirm measures the answer on the device."""
     if latency_ms is None and macs is None:
         raise SearchSetupError("give a budget: --latency-ms and/or --macs")
-    check_budget({k: v for k, v in (("latency_ms", latency_ms), ("macs", macs)) if v is not None})
-    space, table = device_table(device, space_name, store, batch)
-    latency = LatencyPredictor.from_table(table, space)
-    acc, acc_path = accuracy_predictor(space, predictor_path)
-    res = search_resolutions(latency, resolutions, device)
-    limits = {}
-    if latency_ms is not None:
-        limits["latency_ms"] = float(latency_ms)
-    if macs is not None:
-        limits["macs"] = float(macs)
-    # The budget holds the prediction interval's upper bound, not the point prediction.
-    metrics = {"latency_ms": latency.upper, "macs": space.macs}
-    params = SearchParams(population=population, generations=generations,
-                          **({"restarts": restarts} if restarts else {}))
-    try:
-        result = evolution_search(space, acc, metrics, limits, np.random.default_rng(seed), params, res)
-    except InfeasibleBudgetError as exc:
-        raise unreachable(exc, latency, device, latency_ms) from None
-    cfg = result.config
-    upper = float(result.values["latency_ms"])
-    doc = {
-        "device": device, "space": space.name, "batch": table.batch, "simulated": _simulated(device),
-        "config": cfg.to_ofa_dict(), "config_string": cfg.to_string(),
-        "predicted_accuracy": result.accuracy, "predicted_latency_ms": float(latency.predict(cfg)[0]),
-        "predicted_upper_ms": upper, "table_sum_ms": float(latency.table_sum(cfg)[0]),
-        "macs": int(result.values["macs"]), "budget": limits, "search_seconds": round(result.seconds, 4),
-        "restart_accuracies": list(result.restart_accuracies), "seed": seed, "population": population,
-        "generations": generations, "restarts": params.restarts, "resolutions": res,
-        "accuracy_predictor": str(acc_path), "table_version": latency.version, "table_source": table.source,
-        "table_device": table.device, "calibrated": not latency.calibration.is_identity,
-        "calibration": latency.calibration.to_dict(), "calibration_text": latency.calibration.describe(),
-    }
-    if latency_ms is not None:
-        doc["budget_margin_ms"] = float(latency_ms) - upper
-    return doc
+    if export is not None:
+        check_output_path(export, "--export", (f".{device_format(device)}",))
+    target = resolve_store(store, must_exist=True, default_may_be_missing=True)
+    doc = search_confirmed(device, latency_ms, macs, space, target, predictor, parse_resolutions(resolutions),
+                           seed, population, generations, restarts, export, confirm, confirm_rounds, batch=batch)
+    if json_out:
+        emit_json(doc)
+        return
+    sim = " [simulated device]" if doc["simulated"] else ""
+    typer.echo(f"{doc['device']}{sim} ({doc['space']}, batch {doc['batch']}), budget "
+               + ", ".join(f"{k} <= {v:g}" for k, v in doc["budget"].items()))
+    typer.echo(f"best: {doc['config_string']}")
+    typer.echo(f"      {doc['config']}")
+    typer.echo(f"predicted accuracy {100 * doc['predicted_accuracy']:.2f}%, predicted latency "
+               f"{doc['predicted_latency_ms']:.3f} ms (upper bound {doc['predicted_upper_ms']:.3f} ms), "
+               f"{doc['macs'] / 1e6:.1f}M MACs (search {doc['search_seconds']:.2f} s)")
+    typer.echo(f"latency model: {doc['calibration_text']}")
+    if doc.get("export", {}).get("kept"):
+        typer.echo(f"exported to {doc['export']['path']} ({doc['export']['weights']} weights)")
+    for r in doc.get("rounds", []):
+        sim = " (simulated)" if doc["confirm"]["simulated"] else ""
+        typer.echo(f"round {r['round']}: {r['config_string']} measured{sim} {r['measured_latency_ms']:.3f} ms vs "
+                   f"predicted {r['predicted_latency_ms']:.3f} ms "
+                   f"({100 * (r['predicted_latency_ms'] / r['measured_latency_ms'] - 1):+.1f}%)")
+    if "budget_met" in doc and latency_ms is not None:
+        typer.echo(f"budget {latency_ms:g} ms " + ("met" if doc["budget_met"] else "NOT met") +
+                   f": measured {doc['measured_latency_ms']:.3f} ms")
 
 
-def unreachable(exc, latency, device: str, budget_ms: float | None) -> OFABenchError:
-    """The search's own "no subnet meets the budget", said in the terms of the latency budget: the fastest
-    subnet's prediction and the upper bound the budget holds, the latency model, what to ask for instead."""
-    upper = exc.values.get("latency_ms")
-    if exc.config is None or upper is None or budget_ms is None:
-        return SearchSetupError(str(exc))
-    return SearchSetupError(
-        f"no subnet of {latency.space.name} fits {budget_ms:g} ms on {device}: the fastest, "
-        f"{exc.config.to_string()}, predicts "
-        f"{float(latency.predict(exc.config)[0]):.4g} ms with an upper bound of {upper:.4g} ms "
-        f"({latency.calibration.describe()}); ask for at least {upper:.4g} ms")
-
-
-def device_target(device: str) -> tuple[str, str]:
-    """The model format and precision a device runs (its profile's, e.g. .tflite for LiteRT); ONNX fp32 for a
-    table that has no profile (one imported from files)."""
-    from devices import get_device
-
-    try:
-        profile = get_device(device)
-    except OFABenchError:
-        return "onnx", "fp32"
-    return profile.model_format, profile.precision
-
-
-def device_format(device: str) -> str:
-    return device_target(device)[0]
-
-
-def export_chosen(space_name: str, cfg_dict: dict, out: Path, fmt: str, precision: str = "fp32",
-                  batch: int = 1) -> dict:
-    """The chosen subnet extracted from the supernet (shipped weights if the space has them, else random),
-    written to `out` as the device runs it (`fmt` and `precision`, its layout, `batch` images per inference)
-    and checked against torch."""
-    from bench.export import write_subnet
-    from ofa_core.space import SearchSpace, SubnetConfig
-
-    return write_subnet(SearchSpace.get(space_name), SubnetConfig.from_ofa_dict(cfg_dict), out, fmt, precision,
-                        batch=batch)
-
-
-def confirm_on_device(device: str, path: Path, doc: dict, store: str, passes: int = 3,
-                      min_duration_s: float | None = None) -> dict:
-    """Time the exported subnet on the device the way `validate` times its subnets (several separate
-    invocations beside the reference block, re-run when the reference shows a disturbed stretch, the median
-    kept, expressed at the table's reference speed), store the passes as "subnet" measurements, compare. The
-    model takes `doc["batch"]` images, and is timed beside the reference block of that batch size."""
-    import numpy as np
-
-    from agents import connect
-    from bench.measure import ReferenceWatch, agent_profile, reference_nominal_ms
-    from bench.store import open_store
-    from bench.validate import ValidateSettings, measure_subnets
-    from devices import get_device
-    from ofa_core.space import SearchSpace
-
-    profile = get_device(device)
-    space = SearchSpace.get(doc["space"])
-    cfg = space.parse_config(doc["config_string"])
-    settings = ValidateSettings(n=1, passes=passes, max_passes=2 * passes, min_duration_s=min_duration_s)
-    ms = settings.measure_settings(profile)
-    st = open_store(store, create=False)
-    try:
-        with connect(agent_profile(profile, ms)) as agent:
-            fp = agent.fingerprint()
-            fp_id = st.register_fingerprint(profile.name, fp)
-            batch = int(doc.get("batch", 1))
-            nominal = reference_nominal_ms(st, fp_id, space, batch)  # the table's reference speed (None: raw values)
-            with st.running(profile.name, fp_id, doc["space"], "confirm", {"config": doc["config_string"]},
-                            {"predicted_latency_ms": doc["predicted_latency_ms"]}) as run:
-                watch = ReferenceWatch()
-                timing = measure_subnets(agent, st, run, fp_id, space, [cfg], settings, 0.01, profile.model_format,
-                                         precision=profile.precision, batch=batch,
-                                         value_nominal=nominal, rng=np.random.default_rng(0), watch=watch,
-                                         paths=[path])[0]
-    finally:
-        st.close()
-    pred = doc["predicted_latency_ms"]
-    measured = timing.value_ms
-    return {"device": profile.name, "measured_latency_ms": measured, "predicted_latency_ms": pred,
-            "error_pct": 100.0 * (pred - measured) / measured, "raw_latency_ms": timing.raw_value_ms,
-            "pass_ms": [round(v, 6) for v in timing.values_ms], "n": len(timing.values_ms),
-            "noisy": bool(timing.precision > settings.precision), "invocations_redone": watch.redone,
-            "drift_normalised": nominal is not None,
-            "simulated": bool(fp.get("simulated", profile.simulated)), "fingerprint_id": fp_id}
-
-
-def search_confirmed(device: str, latency_ms: float | None, macs: float | None, space_name: str | None, store: str,
-                     predictor_path: str | None, resolutions: list[int] | None, seed: int, population: int,
-                     generations: int, restarts: int | None, export: Path | None = None, confirm: bool = False,
-                     rounds: int = 3, say=None, confirm_min_duration_s: float | None = None,
-                     batch: int | None = None) -> dict:
-    """Search; with `confirm`, export the subnet, time it on the device, and while it measures over the latency
-    budget, search again on the calibration refitted with that measurement (the confirm run stores it as a
-    measured subnet), up to `rounds` times. The document is the last round's search with `measured_latency_ms`,
-    `budget_met` and every round under `rounds`."""
-    import tempfile
-
-    say = say or info
-    if export is None and not confirm:
-        return run_search(device, latency_ms, macs, space_name, store, predictor_path, resolutions, seed,
-                          population, generations, restarts, batch)
-    # Without --export, the model lives in a temporary folder only while it is measured.
-    with tempfile.TemporaryDirectory(prefix="ofa-bench-search-") as scratch:
-        fmt, precision = device_target(device)  # what the device runs: the file it is timed on, the file a user gets
-        out = export if export is not None else Path(scratch) / f"subnet.{fmt}"
-        history: list[dict] = []
-        for n in range(1, max(1, rounds) + 1):
-            doc = run_search(device, latency_ms, macs, space_name, store, predictor_path, resolutions, seed,
-                             population, generations, restarts, batch)
-            say(f"exporting {doc['config_string']} to {out}")
-            doc["export"] = export_chosen(doc["space"], doc["config"], out, fmt, precision=precision,
-                                          batch=doc.get("batch", 1))
-            doc["export"]["kept"] = export is not None
-            if doc["export"]["note"]:
-                say(doc["export"]["note"])
-            if not confirm:
-                return doc
-            say(f"round {n}: measuring {doc['config_string']} on {device} (predicted "
-                f"{doc['predicted_latency_ms']:.4g} ms, upper bound {doc['predicted_upper_ms']:.4g} ms) ...")
-            doc["confirm"] = confirm_on_device(device, out, doc, store, min_duration_s=confirm_min_duration_s)
-            measured = doc["confirm"]["measured_latency_ms"]
-            history.append({"round": n, "config_string": doc["config_string"],
-                            "predicted_latency_ms": doc["predicted_latency_ms"],
-                            "predicted_upper_ms": doc["predicted_upper_ms"], "measured_latency_ms": measured,
-                            "predicted_accuracy": doc["predicted_accuracy"], "calibration": doc["calibration_text"]})
-            doc["measured_latency_ms"] = measured
-            doc["budget_met"] = latency_ms is None or measured <= latency_ms
-            doc["rounds"] = history
-            if doc["budget_met"]:
-                return doc
-            if n < rounds:
-                say(f"round {n}: measured {measured:.4g} ms is over the {latency_ms:g} ms budget; refitting the "
-                    f"calibration with this measurement and searching again")
-    say(f"after {len(history)} round(s) the measured latency {doc['measured_latency_ms']:.4g} ms is still over "
-        f"the {latency_ms:g} ms budget")
-    return doc
-
-
-# ---- commands -----------------------------------------------------------------------------------------
 def register(app: typer.Typer) -> None:
-    @app.command("search")
-    def search_cmd(
-        device: str = typer.Option(..., "--device", help="device whose latency table constrains the search"),
-        latency_ms: Optional[float] = typer.Option(None, "--latency-ms", callback=positive,
-                                                   help="latency budget (ms, for the whole batch of --batch)"),
-        macs: Optional[float] = typer.Option(None, "--macs", callback=positive, help="MACs budget (e.g. 3e8)"),
-        space: Optional[str] = SpaceOption,
-        batch: Optional[int] = BatchOption,
-        predictor: Optional[str] = PredictorOption,
-        resolutions: Optional[str] = ResolutionsOption,
-        seed: int = typer.Option(0, "--seed", callback=non_negative),
-        population: int = typer.Option(100, "--population", callback=number_check(ge=2)),
-        generations: int = typer.Option(500, "--generations", callback=non_negative),
-        restarts: Optional[int] = typer.Option(None, "--restarts", callback=at_least_one,
-                                               help="independent searches side by side, best kept (default 1)"),
-        export: Optional[Path] = typer.Option(None, "--export", help="write the subnet here, as the device runs it "
-                                                                 "(.tflite for a LiteRT device, else .onnx)"),
-        confirm: bool = typer.Option(False, "--confirm", help="measure the subnet on the device and compare; "
-                                     "over the budget, refit with that measurement and search again"),
-        confirm_rounds: int = typer.Option(3, "--confirm-rounds", callback=at_least_one,
-                                           help="most search-measure rounds of --confirm"),
-        store: str = StoreOption,
-        json_out: bool = JsonOption,
-    ) -> None:
-        """Find the most accurate subnet (predicted) within a latency and/or MACs budget on a device. The budget
-        holds the prediction interval's upper bound; --confirm measures the answer on the device."""
-        if latency_ms is None and macs is None:
-            raise SearchSetupError("give a budget: --latency-ms and/or --macs")
-        if export is not None:
-            check_output_path(export, "--export", (f".{device_format(device)}",))
-        target = resolve_store(store, must_exist=True, default_may_be_missing=True)
-        doc = search_confirmed(device, latency_ms, macs, space, target, predictor, parse_resolutions(resolutions),
-                               seed, population, generations, restarts, export, confirm, confirm_rounds, batch=batch)
-        if json_out:
-            emit_json(doc)
-            return
-        sim = " [simulated device]" if doc["simulated"] else ""
-        typer.echo(f"{doc['device']}{sim} ({doc['space']}, batch {doc['batch']}), budget "
-                   + ", ".join(f"{k} <= {v:g}" for k, v in doc["budget"].items()))
-        typer.echo(f"best: {doc['config_string']}")
-        typer.echo(f"      {doc['config']}")
-        typer.echo(f"predicted accuracy {100 * doc['predicted_accuracy']:.2f}%, predicted latency "
-                   f"{doc['predicted_latency_ms']:.3f} ms (upper bound {doc['predicted_upper_ms']:.3f} ms), "
-                   f"{doc['macs'] / 1e6:.1f}M MACs (search {doc['search_seconds']:.2f} s)")
-        typer.echo(f"latency model: {doc['calibration_text']}")
-        if doc.get("export", {}).get("kept"):
-            typer.echo(f"exported to {doc['export']['path']} ({doc['export']['weights']} weights)")
-        for r in doc.get("rounds", []):
-            sim = " (simulated)" if doc["confirm"]["simulated"] else ""
-            typer.echo(f"round {r['round']}: {r['config_string']} measured{sim} {r['measured_latency_ms']:.3f} ms vs "
-                       f"predicted {r['predicted_latency_ms']:.3f} ms "
-                       f"({100 * (r['predicted_latency_ms'] / r['measured_latency_ms'] - 1):+.1f}%)")
-        if "budget_met" in doc and latency_ms is not None:
-            typer.echo(f"budget {latency_ms:g} ms " + ("met" if doc["budget_met"] else "NOT met") +
-                       f": measured {doc['measured_latency_ms']:.3f} ms")
-
-    @app.command("pareto")
-    def pareto_cmd(
-        device: List[str] = typer.Option(..., "--device", help="device (repeat for several fronts on one figure)"),
-        out: Path = typer.Option(..., "--out", help="figure to write (.png, .pdf, .svg)"),
-        csv_path: Optional[Path] = typer.Option(None, "--csv", help="also write the points as CSV"),
-        space: Optional[str] = SpaceOption,
-        batch: Optional[int] = BatchOption,
-        predictor: Optional[str] = PredictorOption,
-        resolutions: Optional[str] = ResolutionsOption,
-        seed: int = typer.Option(0, "--seed", callback=non_negative),
-        population: int = typer.Option(100, "--population", callback=number_check(ge=2)),
-        generations: int = typer.Option(150, "--generations", callback=at_least_one),
-        with_macs: bool = typer.Option(False, "--macs", help="MACs as a third objective"),
-        store: str = StoreOption,
-        json_out: bool = JsonOption,
-    ) -> None:
-        """Accuracy-latency Pareto fronts (NSGA-II), one per device, measured subnets marked."""
-        import numpy as np
-
-        from bench.pareto import build_device_front, measured_subnets, plot_fronts, write_csv
-        from bench.table import LatencyPredictor
-        from ofa_core.search import SearchParams
-
-        check_output_path(out, "--out", FIGURE_SUFFIXES)
-        if csv_path is not None:
-            check_output_path(csv_path, "--csv")
-        target = resolve_store(store, must_exist=True, default_may_be_missing=True)
-        requested = parse_resolutions(resolutions)
-        fronts, batches = [], []
-        for dev in device:
-            sp, table = device_table(dev, space, target, batch)
-            batches.append(table.batch)
-            latency = LatencyPredictor.from_table(table, sp)
-            acc, _ = accuracy_predictor(sp, predictor)
-            res = search_resolutions(latency, requested, dev)
-            info(f"{dev}: NSGA-II over {sp.name} at {len(res)} resolution(s), from both ends ...")
-            measured = measured_subnets(target, table.device, sp, acc, latency, table=table)
-            # the ends are searched as `ofa-bench search` does by default, so the front's top is checked against it
-            fronts.append(build_device_front(dev, sp, acc, latency, np.random.default_rng(seed), res, population,
-                                             generations, with_macs, measured, simulated=_simulated(dev),
-                                             end_params=SearchParams(), provenance=table.provenance()))
-        plot_fronts(fronts, out)
-        doc = {"out": str(out), "devices": [{**f.to_dict(), "batch": b} for f, b in zip(fronts, batches)]}
-        if csv_path is not None:
-            doc["csv"] = str(write_csv(fronts, csv_path))
-        if json_out:
-            emit_json(doc)
-        else:
-            for f in fronts:
-                lat = f.front.values["latency_ms"]
-                top = f.ends["top"]
-                typer.echo(f"{f.device} ({f.space}): {len(f.front)} points, {lat.min():.2f}-{lat.max():.2f} ms, "
-                           f"accuracy {100 * f.front.accuracy.min():.2f}-{100 * f.front.accuracy.max():.2f}%, "
-                           f"{len(f.measured)} measured subnet(s), {f.front.seconds:.1f} s")
-                if f.transferred_share:
-                    typer.echo(f"  {100 * f.transferred_share:.0f}% of its table transferred from "
-                               f"{', '.join(f.provenance.get('transferred_from', []))}, not measured")
-                typer.echo(f"  top: {100 * top['front_accuracy']:.2f}% on the front within the largest subnet's "
-                           f"{top['budget_latency_ms']:.3g} ms; single-budget search there "
-                           f"{100 * top['search_accuracy']:.2f}%")
-                if f.floor.get("n_points_floored"):
-                    typer.echo(f"  {f.floor['n_points_floored']} point(s) predicted faster than a measured subnet they "
-                               f"contain, drawn at its measured latency (fastest measured "
-                               f"{f.floor['fastest_measured_ms']:.3g} ms)")
-            typer.echo(f"figure: {out}" + (f", points: {doc['csv']}" if csv_path is not None else ""))
+    app.command("search")(search_cmd)

@@ -153,7 +153,7 @@ def validate_table(profile, space, store: str, batch: int, n: int) -> dict:
 def search_and_confirm(profile, space, store: str, batch: int) -> dict:
     """A budget halfway between the fastest subnet's upper bound and the largest subnet's prediction, searched
     and confirmed on the device."""
-    from bench.commands.search import search_confirmed
+    from bench.search import search_confirmed
     from bench.table import LatencyPredictor, load_device_table
 
     table = load_device_table(profile.name, space, store, batch=batch)

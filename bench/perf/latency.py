@@ -87,7 +87,7 @@ def budgets_kept(device: str, space, store: str, n_budgets: int, seed: int) -> d
     """Search and confirm `n_budgets` budgets spread over the device's range."""
     import numpy as np
 
-    from bench.commands.search import device_table, search_confirmed
+    from bench.search import device_table, search_confirmed
     from bench.table import LatencyPredictor
     from ofa_core.accuracy import default_predictor_path
     from ofa_core.search import smallest_achievable
