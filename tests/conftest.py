@@ -50,3 +50,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def null_profile_toml(name: str, min_duration_s: float = 0.02, threads: int = 1, extra: str = "") -> str:
+    """A device profile of the null runtime (runs nothing: timings are the harness's own), labelled simulated,
+    quick to profile: the small tables of the profile, batch and CLI tests."""
+    return (f'name = "{name}"\nkind = "local"\ndescription = "simulated: null runtime (runs nothing), for tests"\n'
+            f'runtime = "null"\nmodel_format = "onnx"\nthreads = {threads}\nwarmup_runs = 1\nwarmup_s = 0.0\n'
+            f"min_runs = 5\nmin_duration_s = {min_duration_s}\nmax_runs = 200\nmax_duration_s = 1.0\n"
+            f"max_remeasure = 1\nsimulated = true\n{extra}")
+
+
+@pytest.fixture(scope="session")
+def write_null_device():
+    """Writes a null-runtime device profile into the test session's device folder; returns its name."""
+    def write(name: str, **kwargs) -> str:
+        folder = Path(os.environ["OFA_BENCH_DEVICES"])
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.toml").write_text(null_profile_toml(name, **kwargs))
+        return name
+    return write

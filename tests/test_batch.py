@@ -3,7 +3,6 @@ commands picking a batch's table (`--batch`, else 1 or the only batch a device h
 16 taking longer than a batch of 1. The small space at one resolution on a `null`-runtime device keeps the
 profiling fast; the models are really exported and the runner really runs."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,23 +16,6 @@ from ofa_core.space import SearchSpace
 REPO = Path(__file__).resolve().parents[1]
 SPACE = SearchSpace.get("ofa-mbv3-fmnist")
 RES = 24
-NULL_PROFILE = """
-name = "null-batch"
-kind = "local"
-description = "simulated: null runtime (runs nothing), for tests"
-runtime = "null"
-model_format = "onnx"
-threads = 1
-warmup_runs = 1
-warmup_s = 0.0
-min_runs = 5
-min_duration_s = 0.01
-max_runs = 200
-max_duration_s = 1.0
-max_remeasure = 1
-simulated = true
-batch = [1, 4]
-"""
 
 
 def _input_shape(path: Path) -> list[int]:
@@ -53,11 +35,9 @@ def test_exports_take_the_batch_and_key_the_cache_by_it():
 
 
 @pytest.fixture(scope="module")
-def two_tables(tmp_path_factory):
+def two_tables(tmp_path_factory, write_null_device):
     """`ofa-bench profile` of a device whose profile lists batch sizes 1 and 4: one store, two tables."""
-    folder = Path(os.environ["OFA_BENCH_DEVICES"])
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "null-batch.toml").write_text(NULL_PROFILE)
+    write_null_device("null-batch", min_duration_s=0.01, extra="batch = [1, 4]\n")
     store = tmp_path_factory.mktemp("batch") / "s.sqlite"
     r = subprocess.run([sys.executable, "-m", "bench.cli", "profile", "null-batch", "--space", SPACE.name,
                         "--resolutions", str(RES), "--calibration-subnets", "0", "--store", str(store), "--json"],

@@ -21,32 +21,13 @@ SPACE = SearchSpace.get("ofa-mbv3-fmnist")
 RES = 24
 FULL = {(e.resolution, e.key) for e in candidates(SPACE, [RES])}
 
-NULL_PROFILE = """
-name = "null-test"
-kind = "local"
-description = "simulated: null runtime (runs nothing), for tests"
-runtime = "null"
-model_format = "onnx"
-threads = 1
-warmup_runs = 1
-warmup_s = 0.0
-min_runs = 5
-min_duration_s = {dur}
-max_runs = 200
-max_duration_s = 1.0
-max_remeasure = 1
-simulated = true
-"""
 
 
 @pytest.fixture(scope="module")
-def null_device():
-    folder = Path(os.environ["OFA_BENCH_DEVICES"])
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "null-test.toml").write_text(NULL_PROFILE.format(dur=0.02))
+def null_device(write_null_device):
+    write_null_device("null-test", min_duration_s=0.02)
     # a second device with another fingerprint (two threads): devices with one fingerprint share one table
-    (folder / "null-test-2.toml").write_text(NULL_PROFILE.format(dur=0.01).replace('"null-test"', '"null-test-2"')
-                                             .replace("threads = 1", "threads = 2"))
+    write_null_device("null-test-2", min_duration_s=0.01, threads=2)
     # export every entry once for the module (the cache is shared through $OFA_BENCH_CACHE)
     from bench.export import export_entry
     from bench.profile import reference_entry

@@ -26,9 +26,9 @@ def search_cmd(
     batch: Optional[int] = BatchOption,
     predictor: Optional[str] = PredictorOption,
     resolutions: Optional[str] = ResolutionsOption,
-    seed: int = typer.Option(0, "--seed", callback=non_negative),
-    population: int = typer.Option(100, "--population", callback=number_check(ge=2)),
-    generations: int = typer.Option(500, "--generations", callback=non_negative),
+    seed: int = typer.Option(0, "--seed", callback=non_negative, help="seed of the evolution"),
+    population: int = typer.Option(100, "--population", callback=number_check(ge=2), help="evolution population"),
+    generations: int = typer.Option(500, "--generations", callback=non_negative, help="evolution generations"),
     restarts: Optional[int] = typer.Option(None, "--restarts", callback=at_least_one,
                                            help="independent searches side by side, best kept (default 1)"),
     export: Optional[Path] = typer.Option(None, "--export", help="write the subnet here, as the device runs it "
