@@ -293,6 +293,19 @@ def calibration_configs(space: SearchSpace, resolutions: Sequence[int], table_su
     return out
 
 
+def calibration_todo(space: SearchSpace, resolutions: Sequence[int], cfgs: Sequence[SubnetConfig],
+                     measured, n: int) -> list[SubnetConfig]:
+    """Which of `cfgs` to measure when the table already holds the subnets `measured` ((resolution, string)
+    keys): the ends it lacks, then as many of the others as it takes to have `n` at these resolutions. The
+    picks between the ends follow the table sum, which moves a little with every re-normalisation; counting
+    instead of matching keeps a complete calibration from growing by one subnet on every run."""
+    missing = [c for c in cfgs if (c.r, c.to_string()) not in measured]
+    ends = [c for c in calibration_ends(space, resolutions, n) if c in missing]
+    have = sum(1 for r, _ in measured if r in set(resolutions))
+    others = [c for c in missing if c not in ends]
+    return ends + others[:max(0, n - have - len(ends))]
+
+
 def measure_calibration_subnets(profile, space: SearchSpace, res: Sequence[int], store, fp_id: str,
                                 settings: MeasureSettings, report: DeviceReport,
                                 stop: threading.Event | None = None, exports=None, batch: int = 1) -> None:
@@ -312,7 +325,7 @@ def measure_calibration_subnets(profile, space: SearchSpace, res: Sequence[int],
         return
     cfgs = calibration_configs(space, usable, plain.table_sum, settings.calibration_subnets,
                                np.random.default_rng(len(usable)))
-    todo = [c for c in cfgs if (c.r, c.to_string()) not in table.subnets]
+    todo = calibration_todo(space, usable, cfgs, table.subnets, settings.calibration_subnets)
     if todo:
         if exports is not None:  # all at once: converting them takes longer than timing them
             exports.add_subnets(space, todo)

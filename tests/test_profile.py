@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench.table import candidates
@@ -266,3 +267,20 @@ def test_a_crash_marks_the_run_failed(tmp_path, null_device, monkeypatch):
         prof.profile_device("null-test", SPACE, store, [RES], prof.MeasureSettings(min_duration_s=0.0, warmup_s=0.0))
     with open_store(store) as s:
         assert [r["status"] for r in s.runs("null-test")] == ["failed"]
+
+
+def test_a_complete_calibration_is_not_measured_again():
+    from bench.profile import calibration_ends, calibration_todo
+
+    ends = calibration_ends(SPACE, [24, 36], 8)
+    rng = np.random.default_rng(0)
+    others = [c for c in SPACE.sample(rng, 16, [24, 36]) if c not in ends][:4]
+    measured = {(c.r, c.to_string()) for c in ends + others}
+    moved = others[:3] + [c for c in SPACE.sample(rng, 8, [24, 36]) if c not in ends + others][:1]
+    # the picks between the ends moved (a re-normalised table sum): eight are measured, nothing more to do
+    assert calibration_todo(SPACE, [24, 36], ends + moved, measured, 8) == []
+    # one left out (every pass noisy): one more, and a missing end always comes back
+    measured.discard((others[0].r, others[0].to_string()))
+    assert len(calibration_todo(SPACE, [24, 36], ends + moved, measured, 8)) == 1
+    measured.discard((ends[1].r, ends[1].to_string()))
+    assert calibration_todo(SPACE, [24, 36], ends + moved, measured, 8)[0] == ends[1]
