@@ -260,7 +260,7 @@ class Trainer:
         return self.history
 
     def _run_phase(self, phase: Phase, sampler: Sampler, sandwich: bool, res: tuple[int, ...]) -> None:
-        cfg, rank, world = self.cfg, self.dist.rank, self.dist.world
+        cfg, world = self.cfg, self.dist.world
         per_rank = math.ceil(len(self.train_split) / world)
         steps_per_epoch = max(1, math.ceil(per_rank / self.rank_batch))
         whole = int(math.floor(phase.epochs))

@@ -284,3 +284,25 @@ def test_precision_in_profiles_and_fingerprints(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["profile"]["precision"] == "int8"
     assert 'precision = "int8"' in (tmp_path / "devices" / "int8-phone.toml").read_text()
+
+
+def test_eval_scores_the_int8_tflite_through_litert(capsys):
+    """`eval --precision int8` scores the int8 .tflite as a phone runs it, close to the float subnet's top-1;
+    the same file at fp32 through LiteRT agrees with onnxruntime image for image (one image may flip)."""
+    from bench.cli import main
+
+    args = ["eval", "--config", "smallest", "--split", "test", "--limit", "300", "--recal-images", "300", "--json"]
+    docs = {}
+    for extra in ([], ["--runtime", "litert"], ["--precision", "int8"]):
+        assert main(args + extra) == 0
+        doc = json.loads(capsys.readouterr().out)
+        docs[(doc["precision"], doc["runtime"])] = doc
+    ort, fp32, int8 = docs["fp32", "onnxruntime"], docs["fp32", "litert"], docs["int8", "litert"]
+    assert fp32["model"].endswith(".tflite") and int8["model"].endswith(".tflite") and ort["model"] is None
+    assert abs(fp32["top1"] - ort["top1"]) <= 1 / 300
+    assert ort["top1"] > 0.6 and abs(int8["top1"] - ort["top1"]) <= 0.05  # the shipped weights are trained
+    assert tflite_metadata(int8["model"])["precision"] == "int8"
+    assert main(args + ["--precision", "int8", "--runtime", "onnxruntime"]) == 2
+    assert main(args + ["--precision", "int4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--runtime litert" in err[0] and "--precision" in err[1]

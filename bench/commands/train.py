@@ -47,20 +47,32 @@ def eval_cmd(
                              help="seed of the validation split and recalibration sample"),
     limit: int = typer.Option(0, "--limit", callback=non_negative,
                               help="score only the first N images of the split (quick checks)"),
+    precision: str = typer.Option("fp32", "--precision",
+                                  help="fp32 | int8: int8 scores the int8 .tflite a phone runs, through LiteRT"),
+    runtime: Optional[str] = typer.Option(None, "--runtime",
+                                          help="onnxruntime | litert (default: onnxruntime at fp32, litert at "
+                                               "int8); litert scores the channel-last .tflite as deployed"),
     json_out: bool = JsonOption,
 ) -> None:
-    """Top-1 of one subnet of a trained supernet, after recalibrating its BN statistics."""
+    """Top-1 of one subnet of a trained supernet, after recalibrating its BN statistics; with --precision int8
+    (or --runtime litert), of the .tflite file a phone would run."""
+    from bench.deployed import check_runtime, evaluate_deployed
     from ofa_core.errors import OFABenchError
     from ofa_core.evaluate import evaluate_checkpoint
 
     if split not in ("val", "test"):
         raise OFABenchError(f"--split must be val or test, got {split!r}")
-    doc = evaluate_checkpoint(space, config, checkpoint, split=split, recal_images=recal_images, seed=seed,
-                              limit=limit)
+    runtime = check_runtime(precision, runtime)
+    if runtime == "onnxruntime":
+        doc = dict(evaluate_checkpoint(space, config, checkpoint, split=split, recal_images=recal_images,
+                                       seed=seed, limit=limit), precision=precision, runtime=runtime, model=None)
+    else:
+        doc = evaluate_deployed(space, config, checkpoint, split, precision, runtime, recal_images, seed, limit)
     if json_out:
         emit_json(doc)
     else:
-        typer.echo(f"{doc['config']}  {split} top-1 {100 * doc['top1']:.2f}%  ({doc['macs'] / 1e6:.2f}M MACs)")
+        typer.echo(f"{doc['config']}  {split} top-1 {100 * doc['top1']:.2f}%  ({doc['macs'] / 1e6:.2f}M MACs, "
+                   f"{doc['precision']} through {doc['runtime']})")
 
 
 def register(app: typer.Typer) -> None:

@@ -123,18 +123,23 @@ class Calibration:
     @classmethod
     def fit(cls, r: Sequence[int], table_sum_ms: Sequence[float], measured_ms: Sequence[float],
             n_entries: Sequence[int] | None = None, max_overhead_ms: float = 0.0,
-            min_points: int = 6, mparams: Sequence[float] | None = None) -> "Calibration":
+            min_points: int = 6, mparams: Sequence[float] | None = None,
+            ends: Sequence[bool] | None = None) -> "Calibration":
         """Fit every model the number of subnets allows, score each by leave-one-out (10-fold past 40
         subnets) relative error, keep the simplest within 3% of the best. `max_overhead_ms`: the smallest
         block entry of the table (the per-entry overhead cannot exceed it); `min_points`: fewer subnets fit
-        a ratio only."""
+        a ratio only. `ends` marks the space's extreme subnets (smallest and largest at the lowest and highest
+        resolution): fitted, and in the interval, but not scored when choosing the model, which is for the
+        subnets a search asks about (with 8 subnets, half of them ends, the ends' ratios chose a model that
+        predicted random subnets worse than the plain table sum)."""
         r = np.asarray(r, dtype=np.int64)
         x = np.asarray(table_sum_ms, dtype=np.float64)
         y = np.asarray(measured_ms, dtype=np.float64)
         ne = np.zeros(len(x)) if n_entries is None else np.asarray(n_entries, dtype=np.float64)
         mp = np.zeros(len(x)) if mparams is None else np.asarray(mparams, dtype=np.float64)
+        end = np.zeros(len(x), dtype=bool) if ends is None else np.asarray(ends, dtype=bool)
         ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-        r, x, y, ne, mp = r[ok], x[ok], y[ok], ne[ok], mp[ok]
+        r, x, y, ne, mp, end = r[ok], x[ok], y[ok], ne[ok], mp[ok], end[ok]
         n = len(x)
         if n == 0:
             return cls()
@@ -157,7 +162,8 @@ class Calibration:
                 coef = _fit_model(m, x[~test], ne[~test], mp[~test], y[~test], max_overhead_ms)
                 held[test] = _predict(coef, x[test], ne[test], mp[test])
             scored[m] = (y - held) / held  # relative error of each held-out prediction (+: slower than predicted)
-        rms = {m: float(np.sqrt(np.mean(e ** 2))) for m, e in scored.items()}
+        judged = ~end if (~end).sum() >= 3 else np.ones(n, dtype=bool)
+        rms = {m: float(np.sqrt(np.mean(e[judged] ** 2))) for m, e in scored.items()}
         model = next(m for m in models if rms[m] <= min(rms.values()) * 1.03)
         errs = scored[model]
         upper = float(np.quantile(errs, 0.9)) if n >= 10 else float(errs.max())
@@ -253,9 +259,11 @@ class LatencyPredictor:
 
     def fit(self, cfgs: Sequence[SubnetConfig], measured_ms: Sequence[float], min_points: int = 6) -> Calibration:
         """A calibration of this table from whole subnets measured at `measured_ms`."""
+        lo, hi = min(c.r for c in cfgs), max(c.r for c in cfgs)
+        ends = {self.space.smallest(lo), self.space.largest(hi), self.space.smallest(hi), self.space.largest(lo)}
         return Calibration.fit([c.r for c in cfgs], self.table_sum(cfgs), measured_ms, self.n_entries(cfgs),
                                max_overhead_ms=self.min_block_ms, min_points=min_points,
-                               mparams=self.mparams(cfgs))
+                               mparams=self.mparams(cfgs), ends=[c in ends for c in cfgs])
 
     @property
     def min_block_ms(self) -> float:
