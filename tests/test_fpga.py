@@ -14,8 +14,8 @@ def folder(tmp_path_factory):
 
 
 def _per_mac(path, acc, op=None):
-    layers = [l for l in estimate(path, acc) if op is None or l.op == op]
-    return sum(l.time_us - acc.layer_overhead_us for l in layers) / sum(l.macs for l in layers)
+    layers = [layer for layer in estimate(path, acc) if op is None or layer.op == op]
+    return sum(layer.time_us - acc.layer_overhead_us for layer in layers) / sum(layer.macs for layer in layers)
 
 
 @pytest.mark.parametrize("board", sorted(BOARDS))

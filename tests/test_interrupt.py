@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -105,8 +104,13 @@ def test_ctrl_c_marks_the_run_interrupted_and_stops_the_runner(tmp_path, command
     assert err.strip().splitlines()[-1].startswith(f"ofa-bench: {word}")
     time.sleep(0.2)
     assert not [p for p in runners if _alive(p)], "runner processes left behind"
-    with sqlite3.connect(store) as db:
-        statuses = [s for (s,) in db.execute("SELECT status FROM runs")]
+    from bench.store import open_store
+
+    st = open_store(str(store))
+    try:
+        statuses = [run["status"] for run in st.runs()]
+    finally:
+        st.close()
     assert statuses and set(statuses) == {"interrupted"}, statuses
 
 

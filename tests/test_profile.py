@@ -5,7 +5,6 @@ its smallest resolution keep these fast; the models are still really exported an
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 from bench.table import candidates
+from ofa_core.errors import OFABenchError
 from ofa_core.space import SearchSpace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,12 +43,19 @@ def profile_cmd(store, *extra):
             str(RES), "--store", str(store), "--json", *extra]
 
 
-def block_rows(store):
-    con = sqlite3.connect(store)
+def block_measurements(store) -> list[dict]:
+    """Every block measurement in the store, through the Store API (run by run)."""
+    from bench.store import open_store
+
+    st = open_store(str(store))
     try:
-        return con.execute("SELECT resolution, key, noisy FROM measurements WHERE kind = 'block'").fetchall()
+        return [m for run in st.runs() for m in st.measurements_of_run(run["id"]) if m["kind"] == "block"]
     finally:
-        con.close()
+        st.close()
+
+
+def block_rows(store):
+    return [(m["resolution"], m["key"], m["noisy"]) for m in block_measurements(store)]
 
 
 def test_profile_then_resume_is_free(tmp_path, null_device):
@@ -93,7 +100,7 @@ def test_resume_after_sigkill(tmp_path, null_device):
                 try:
                     if len(block_rows(store)) >= 6:
                         break
-                except sqlite3.OperationalError:
+                except OFABenchError:  # the store is still being created
                     pass
             assert proc.poll() is None, "profiler finished before it could be killed"
         os.killpg(proc.pid, signal.SIGKILL)
@@ -133,8 +140,9 @@ def test_several_devices_in_parallel(tmp_path, null_device):
     assert [d["device"] for d in doc["devices"]] == ["null-test", "null-test-2"]
     assert all(d["entries_measured"] == len(FULL) and d["status"] == "done" for d in doc["devices"])
     assert doc["entries_total"] == 2 * len(FULL)
-    con = sqlite3.connect(store)
-    per_device = dict(con.execute("SELECT device, COUNT(*) FROM measurements WHERE kind = 'block' GROUP BY device"))
+    per_device: dict[str, int] = {}
+    for m in block_measurements(store):
+        per_device[m["device"]] = per_device.get(m["device"], 0) + 1
     assert per_device == {"null-test": len(FULL), "null-test-2": len(FULL)}
 
 
