@@ -177,9 +177,11 @@ def test_search_refuses_an_export_name_in_another_format(litert_device, tmp_path
 
 @pytest.mark.slow
 @pytest.mark.adb
-def test_profile_json_and_confirm_on_a_litert_device_over_loopback_adb(tmp_path):
-    """The whole table over the loopback ADB device with LiteRT: `--json` prints one document, stderr carries
-    progress only, every model is channel-last; then `search --confirm` times the .tflite subnet there."""
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_profile_json_and_confirm_on_a_litert_device_over_loopback_adb(tmp_path, precision):
+    """The whole table over the loopback ADB device with LiteRT at each precision: `--json` prints one
+    document, stderr carries progress only, every model is channel-last and of the device's precision; then
+    `pareto` draws the table's front and `search --confirm` times the .tflite subnet there."""
     sys.path.insert(0, str(Path(__file__).parent))
     from _fixtures_adb import start_loopback_process
 
@@ -189,7 +191,8 @@ def test_profile_json_and_confirm_on_a_litert_device_over_loopback_adb(tmp_path)
         devices.mkdir()
         (devices / "litert-adb.toml").write_text(
             LITERT_PROFILE.format(name="litert-adb").replace('kind = "local"', 'kind = "adb"')
-            + f'address = "{device.serial}"\npython = "{sys.executable}"\ntimeout_s = 60.0\n')
+            + f'address = "{device.serial}"\npython = "{sys.executable}"\ntimeout_s = 60.0\n'
+            + f'precision = "{precision}"\n')
         env = dict(os.environ, OFA_BENCH_DEVICES=str(devices), OFA_BENCH_CACHE=str(tmp_path / "cache"),
                    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
         store = str(tmp_path / "s.sqlite")
@@ -202,13 +205,20 @@ def test_profile_json_and_confirm_on_a_litert_device_over_loopback_adb(tmp_path)
         assert "Warning" not in r.stderr, r.stderr[-3000:]
         models = list((tmp_path / "cache").rglob("*.tflite"))
         assert models and all(tflite_metadata(m)["layout"] == "nhwc" for m in models)
+        assert {tflite_metadata(m)["precision"] for m in models} == {precision}
         assert not any("TRANSPOSE" in tflite_ops(m) for m in models)
+        r = subprocess.run([sys.executable, "-m", "bench.cli", "pareto", "--device", "litert-adb", "--out",
+                            str(tmp_path / "front.png"), "--generations", "20", "--store", store, "--json"],
+                           capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert json.loads(r.stdout)["devices"][0]["n_points"] >= 2 and (tmp_path / "front.png").stat().st_size
         r = subprocess.run([sys.executable, "-m", "bench.cli", "search", "--device", "litert-adb", "--latency-ms",
                             "100", "--generations", "20", "--confirm", "--confirm-rounds", "1", "--store", store,
                             "--json"], capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
         assert r.returncode == 0, r.stderr[-3000:]
         found = json.loads(r.stdout)
         assert found["confirm"]["measured_latency_ms"] > 0 and found["export"]["format"] == "tflite"
+        assert found["export"]["precision"] == precision
     finally:
         device.stop()
 
