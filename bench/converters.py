@@ -15,6 +15,7 @@ import atexit
 import os
 import pickle
 import queue
+import re
 import struct
 import subprocess
 import sys
@@ -231,7 +232,12 @@ def _tail(captured: int) -> str:
     size = os.fstat(captured).st_size
     start = max(0, size - 4 * OUTPUT_TAIL_CHARS)
     text = os.pread(captured, size - start, start).decode(errors="replace")
-    return " | ".join(line.strip() for line in text.splitlines() if line.strip())[-OUTPUT_TAIL_CHARS:]
+    lines = [line.strip() for line in re.split(r"[\r\n]+", text)]
+    # progress bars (the quantizer's calibration passes) say nothing about why a conversion failed
+    return " | ".join(line for line in lines if line and not _PROGRESS_BAR.search(line))[-OUTPUT_TAIL_CHARS:]
+
+
+_PROGRESS_BAR = re.compile(r"\d+%\|.*\|\s*\d+/\d+|it/s\]|s/it\]")
 
 
 def _serve() -> int:

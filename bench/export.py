@@ -314,29 +314,49 @@ def write_subnet(space: SearchSpace, cfg: SubnetConfig, out: str | Path, fmt: st
                  precision: str = "fp32", batch: int = 1) -> dict:
     """The subnet extracted from the supernet (the shipped weights if the space has them, else seeded random
     ones), in the format and layout a device running `fmt` takes, checked against torch, copied to `out`.
-    Every command that hands a subnet to a user or a device (`search --export`, `--confirm`, the demo) uses it."""
+    Every command that hands a subnet to a user or a device (`search --export`, `--confirm`, the demo) uses it.
+    With shipped weights the subnet's BatchNorm statistics are recalibrated on training images first, as
+    `ofa-bench eval` scores it: the supernet's running statistics are not any one subnet's, and an int8 model
+    calibrated on such a subnet's skewed activations misses its float output by far more than int8 steps."""
     from ofa_core.checkpoint import load_supernet, shipped_weights_path
     from ofa_core.supernet import OFAMobileNetV3
 
     layout = check_target(fmt, None, precision)
     cfg = space.validate(cfg)
+    bn = "not recalibrated"
     if shipped_weights_path(space.name).is_file():
         net, weights = load_supernet(space), "shipped"
+        module, bn = _recalibrated(net, cfg)
     else:
         import torch
 
         torch.manual_seed(0)
         net, weights = OFAMobileNetV3(space).eval(), "random"
-    cached = export_subnet(space, cfg, fmt, weights=net.extract(cfg).eval(), layout=layout, precision=precision,
-                           batch=batch)
+        module = net.extract(cfg).eval()
+    cached = export_subnet(space, cfg, fmt, weights=module, layout=layout, precision=precision, batch=batch)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         shutil.copyfile(cached, tmp)
     return {"path": str(out), "format": fmt, "layout": layout, "precision": precision, "batch": int(batch),
-            "weights": weights,
+            "weights": weights, "batchnorm": bn,
             "note": "" if weights == "shipped" else f"no shipped weights for {space.name}: random weights "
                                                     "(fine for latency, meaningless for accuracy)"}
+
+
+def _recalibrated(net, cfg: SubnetConfig, images: int = 2000):
+    """(the static subnet with its BatchNorm statistics recomputed on `images` training images, what was done);
+    without the data set, the supernet's statistics as they are, and said."""
+    from ofa_core.data import DatasetError, load_fmnist
+    from ofa_core.evaluate import calibrated_subnet, recal_sample
+
+    if CALIBRATION_DATA.get(net.space.name) != "fashion-mnist":
+        return net.extract(cfg).eval(), "not recalibrated (no data set for this space)"
+    try:
+        train = load_fmnist().train
+    except DatasetError:
+        return net.extract(cfg).eval(), "not recalibrated (no Fashion-MNIST here)"
+    return calibrated_subnet(net, cfg, recal_sample(train, images)), f"recalibrated on {images} training images"
 
 
 # ---- exporting ahead -------------------------------------------------------------------------------------

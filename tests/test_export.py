@@ -94,3 +94,25 @@ def test_one_cache_folder_rule(monkeypatch, tmp_path):
     assert cache_dir().parent == cache_root() and Path(default_workdir()).parent == cache_root()
     monkeypatch.setenv("OFA_BENCH_CACHE", str(tmp_path / "mine"))
     assert cache_dir() == tmp_path / "mine" / "models" and Path(default_workdir()) == tmp_path / "mine" / "device-local"
+
+
+def test_the_subnet_handed_out_is_the_one_eval_scores(tmp_path):
+    """`search --export` / `--confirm` hand out the subnet with its BatchNorm statistics recalibrated as `eval`
+    does: the exported file scores what `evaluate_subnet` scores, image for image."""
+    from bench.export import write_subnet
+    from ofa_core.checkpoint import load_supernet
+    from ofa_core.data import load_fmnist, prepare
+    from ofa_core.evaluate import evaluate_subnet
+
+    space = SearchSpace.get("ofa-mbv3-fmnist")
+    cfg = space.sample(np.random.default_rng(3))
+    doc = write_subnet(space, cfg, tmp_path / "subnet.onnx")
+    assert doc["weights"] == "shipped" and doc["batchnorm"].startswith("recalibrated")
+    data = load_fmnist()
+    test = data.test.head(500)
+    sess = ort.InferenceSession(doc["path"], providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    hits = sum(int(sess.run(None, {name: prepare(test.images[i:i + 1], cfg.r).contiguous().numpy()})[0].argmax()
+                   == int(test.labels[i])) for i in range(len(test)))
+    expected = evaluate_subnet(load_supernet(space), cfg, test, data.train, recal_images=2000, seed=0)
+    assert abs(hits / len(test) - expected) <= 1 / len(test)
