@@ -339,3 +339,25 @@ def test_a_profile_key_path_is_the_adb_key_adb_shell_signs_with(adb_keys, tmp_pa
         with make_transport(profile.replace(key_path=str(stranger))) as t:
             with pytest.raises(AdbUnauthorizedError):
                 t.run(["true"])
+
+
+def test_the_binary_path_over_adb_with_the_stand_in_benchmark_model(loopback, tmp_path):
+    """A user's `benchmark_model` over adb: pushed once to the phone's /data/local/tmp, run with the model as
+    one quoted argument, its summary parsed; the stand-in script plays the binary on the loopback device."""
+    from agents import connect
+    from devices.profile import DeviceProfile
+
+    data = Path(__file__).parent / "data"
+    profile = DeviceProfile(name="standin-adb-phone", kind="adb", address=loopback.serial, runtime="litert",
+                            model_format="tflite", binary=str(data / "standin_benchmark_model.sh"), threads=2,
+                            workdir="/data/local/tmp/ofa-bench", max_remeasure=0, timeout_s=20.0)
+    model = tmp_path / "block one; echo x.tflite"
+    model.write_bytes(b"TFL3 placeholder model for the stand-in")
+    with connect(profile) as agent:
+        assert agent.binary_remote.startswith("/data/local/tmp/ofa-bench/")
+        ms = agent.measure([model, model])
+    assert len(ms) == 2 and ms[0].median_ms == pytest.approx(0.340) and ms[0].env["threads"] == 2
+    assert ms[0].env["graph"].endswith("block one; echo x.tflite")
+    landed = [p for p in loopback.host_path("/data/local/tmp/ofa-bench").rglob("*")
+              if p.name.endswith("standin_benchmark_model.sh")]
+    assert len(landed) == 1  # pushed once, into the phone's folder
