@@ -86,16 +86,22 @@ class _Worker:
 
     def _loop(self) -> None:
         while True:
+            # nothing of the last job stays referenced while waiting: a daemon thread that frees a torch tensor
+            # while the interpreter shuts down aborts the process ("terminate called without an active
+            # exception"), after the command's output was complete
+            fut = name = args = answer = None
             item = self.pool._queue.get()
             if item is None or self.pool._closed:
                 return
             fut, name, args = item
+            item = None
             if not fut.set_running_or_notify_cancel():
                 continue
             try:
                 if self.proc is None or self.proc.poll() is not None:
                     self.proc = self._start()
                 _send(self.proc.stdin, (name, args))
+                args = None  # the module is sent; see above
                 answer = _receive(self.proc.stdout)
             except pickle.PicklingError as exc:
                 fut.set_exception(ConverterError(f"cannot send a job to a converter: {exc}"))
@@ -181,6 +187,10 @@ class ConverterPool:
         for w in self._workers:
             self._queue.put(None)
             w.kill() if kill else w.stop()
+        if kill:  # the workers are gone: let the threads end now, not halfway through the interpreter's shutdown
+            for w in self._workers:
+                if w.thread is not threading.current_thread():
+                    w.thread.join(5)
 
 
 _shared: ConverterPool | None = None
