@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -55,7 +56,8 @@ def start_loopback(root: Path, env: dict) -> tuple[subprocess.Popen, str]:
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         match = re.search(r"listening on (127\.0\.0\.1:\d+)", line)
-        if match:
+        if match:  # keep reading what it says, or a full pipe would stall the device
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
             return proc, match.group(1)
         if not line and proc.poll() is not None:
             break
@@ -68,7 +70,7 @@ def profile(name: str, space: str, res: int, store: str, env: dict) -> dict:
     r = subprocess.run([sys.executable, "-m", "bench.cli", "profile", name, "--space", space, "--resolutions",
                         str(res), "--store", store, "--json"], capture_output=True, text=True, env=env, cwd=REPO)
     if r.returncode != 0:
-        raise SystemExit(f"profile {name} failed: {r.stderr.strip().splitlines()[-1:]}")
+        raise SystemExit(f"profile {name} failed: {(r.stderr.strip().splitlines() or ['no output'])[-1]}")
     doc = json.loads(r.stdout)
     return {"seconds": round(time.monotonic() - t0, 1), "entries": doc["entries_measured"],
             "noisy": doc.get("entries_noisy", 0), "subnets": doc.get("subnets_measured", 0),
@@ -107,7 +109,7 @@ def front_subnets(device: str, space: str, store: str, n: int, env: dict) -> lis
                             "--store", store, "--out", str(out / "front.png"), "--json"], capture_output=True, text=True,
                            env=env, cwd=REPO)
         if r.returncode != 0:
-            raise SystemExit(f"pareto failed: {r.stderr.strip().splitlines()[-1:]}")
+            raise SystemExit(f"pareto failed: {(r.stderr.strip().splitlines() or ['no output'])[-1]}")
         doc = json.loads(r.stdout)
     finally:
         shutil.rmtree(out, ignore_errors=True)
