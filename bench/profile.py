@@ -26,6 +26,7 @@ from ofa_core.errors import OFABenchError
 from ofa_core.space import SearchSpace, SubnetConfig
 
 from bench.table import candidates
+from bench.table.predictor import space_ends
 from bench.measure import keys
 from bench.measure import (MeasureSettings, ProfileError, ReferenceWatch, agent_profile, commit,  # noqa: F401
                            measure_models, reference_entry, reference_nominal_ms, reference_records, to_record)
@@ -273,8 +274,7 @@ def _transfer_rest(plan, device: str, space: SearchSpace, res: Sequence[int], st
 def calibration_ends(space: SearchSpace, resolutions: Sequence[int], n: int) -> list[SubnetConfig]:
     """The first calibration subnets, known before the table: the smallest and the largest subnet at the
     lowest and the highest resolution (distinct, at most `n`)."""
-    lo, hi = min(resolutions), max(resolutions)
-    return list(dict.fromkeys([space.smallest(lo), space.largest(hi), space.smallest(hi), space.largest(lo)]))[:n]
+    return space_ends(space, resolutions)[:n]
 
 
 def calibration_configs(space: SearchSpace, resolutions: Sequence[int], table_sum, n: int,

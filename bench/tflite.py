@@ -82,17 +82,25 @@ def run_tflite(path: str | Path, x):
     interp = litert.Interpreter(model_path=str(path), num_threads=1)
     interp.allocate_tensors()
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    if np.issubdtype(inp["dtype"], np.integer):
-        scale, zero = inp["quantization"]
-        info = np.iinfo(inp["dtype"])
-        x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(inp["dtype"])
-    interp.set_tensor(inp["index"], x)
+    interp.set_tensor(inp["index"], quantise_input(x, inp))
     interp.invoke()
     y = interp.get_tensor(out["index"])
     if np.issubdtype(out["dtype"], np.integer):
         scale, zero = out["quantization"]
         y = (y.astype(np.float32) - zero) * scale
     return y
+
+
+def quantise_input(x, detail: dict):
+    """Float input `x` as the model's input tensor `detail` (a LiteRT input detail) takes it: unchanged for a
+    float input, quantised with the tensor's own scale and zero point for an integer one."""
+    import numpy as np
+
+    if not np.issubdtype(detail["dtype"], np.integer):
+        return x
+    scale, zero = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(detail["dtype"])
 
 
 # ---- the module as it is deployed -------------------------------------------------------------------------

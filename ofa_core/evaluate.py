@@ -157,10 +157,11 @@ def evaluate_parallel(ckpt: str | Path | None, space: SearchSpace, cfgs: Sequenc
 
 
 def evaluate_checkpoint(space_name: str, config: str, checkpoint: str | Path | None = None, split: str = "test",
-                        recal_images: int = 2000, seed: int = 0, limit: int = 0) -> dict:
+                        recal_images: int = 2000, seed: int = 0, limit: int = 0, score=None) -> dict:
     """Top-1 on `split` of one subnet (`config` in any form `parse_config` reads) of the supernet at
     `checkpoint` (None: the shipped weights), after BN recalibration, with its MACs and parameters; `limit`
-    scores only the split's first images."""
+    scores only the split's first images. `score(static_subnet, split, resolution) -> top-1` replaces the
+    onnxruntime scoring (a device format: `bench.deployed`)."""
     import time
 
     from ofa_core.checkpoint import load_supernet
@@ -171,7 +172,10 @@ def evaluate_checkpoint(space_name: str, config: str, checkpoint: str | Path | N
     data = load_fmnist(seed=seed)
     t0 = time.perf_counter()
     scored = data.split(split).head(limit) if limit > 0 else data.split(split)
-    acc = evaluate_subnet(net, cfg, scored, data.train, recal_images=recal_images, seed=seed)
+    if score is None:
+        acc = evaluate_subnet(net, cfg, scored, data.train, recal_images=recal_images, seed=seed)
+    else:
+        acc = score(calibrated_subnet(net, cfg, recal_sample(data.train, recal_images, seed)), scored, cfg.r)
     return {"space": sp.name, "config": cfg.to_string(), "split": split, "images": len(scored),
             "top1": acc, "macs": int(sp.macs(cfg)), "params": int(sp.params(cfg)),
             "checkpoint": checkpoint or "shipped", "seconds": round(time.perf_counter() - t0, 2)}

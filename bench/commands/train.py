@@ -56,18 +56,12 @@ def eval_cmd(
 ) -> None:
     """Top-1 of one subnet of a trained supernet, after recalibrating its BN statistics; with --precision int8
     (or --runtime litert), of the .tflite file a phone would run."""
-    from bench.deployed import check_runtime, evaluate_deployed
+    from bench.deployed import evaluate_deployed
     from ofa_core.errors import OFABenchError
-    from ofa_core.evaluate import evaluate_checkpoint
 
     if split not in ("val", "test"):
         raise OFABenchError(f"--split must be val or test, got {split!r}")
-    runtime = check_runtime(precision, runtime)
-    if runtime == "onnxruntime":
-        doc = dict(evaluate_checkpoint(space, config, checkpoint, split=split, recal_images=recal_images,
-                                       seed=seed, limit=limit), precision=precision, runtime=runtime, model=None)
-    else:
-        doc = evaluate_deployed(space, config, checkpoint, split, precision, runtime, recal_images, seed, limit)
+    doc = evaluate_deployed(space, config, checkpoint, split, precision, runtime, recal_images, seed, limit)
     if json_out:
         emit_json(doc)
     else:

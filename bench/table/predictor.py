@@ -198,6 +198,13 @@ def _predict(coef: tuple[float, float, float, float], x: np.ndarray, ne: np.ndar
     return coef[0] * (x - coef[1] * ne) + coef[2] + coef[3] * mp
 
 
+def space_ends(space: SearchSpace, resolutions: Sequence[int]) -> list[SubnetConfig]:
+    """The space's extreme subnets: the smallest and the largest at the lowest and the highest resolution
+    (distinct), in the order a profile measures them."""
+    lo, hi = min(resolutions), max(resolutions)
+    return list(dict.fromkeys([space.smallest(lo), space.largest(hi), space.smallest(hi), space.largest(lo)]))
+
+
 class LatencyPredictor:
     """Scores ConfigBatches (or lists of SubnetConfig) against one device's table."""
 
@@ -259,8 +266,7 @@ class LatencyPredictor:
 
     def fit(self, cfgs: Sequence[SubnetConfig], measured_ms: Sequence[float], min_points: int = 6) -> Calibration:
         """A calibration of this table from whole subnets measured at `measured_ms`."""
-        lo, hi = min(c.r for c in cfgs), max(c.r for c in cfgs)
-        ends = {self.space.smallest(lo), self.space.largest(hi), self.space.smallest(hi), self.space.largest(lo)}
+        ends = set(space_ends(self.space, [c.r for c in cfgs]))
         return Calibration.fit([c.r for c in cfgs], self.table_sum(cfgs), measured_ms, self.n_entries(cfgs),
                                max_overhead_ms=self.min_block_ms, min_points=min_points,
                                mparams=self.mparams(cfgs), ends=[c in ends for c in cfgs])
