@@ -20,6 +20,7 @@ import numpy as np
 from ofa_core.errors import OFABenchError
 
 from bench.progress import StderrProgress
+from bench.store import Store, open_store
 
 SPACE = "ofa-mbv3-fmnist"
 DEVICE = "local-cpu"
@@ -99,10 +100,11 @@ def run_demo(out_dir: str | Path, store: str | None = None, settings: DemoSettin
     doc: dict = {"space": SPACE, "device": DEVICE, "store": store, "out": str(out), "settings": settings.__dict__,
                  "weights": str(weights), "predictor": str(predictor), "steps_s": steps.times}
     t_all = time.perf_counter()
-    _profile_step(doc, steps, space, store, settings)
-    _validate_step(doc, steps, space, store, settings, out)
-    _search_step(doc, steps, space, store, settings, out, predictor, log)
-    measured, latency = _one_measured_number(doc, space, store, acc)
+    with open_store(store) as st:  # one handle for every step that measures or reads the table
+        _profile_step(doc, steps, space, st, settings)
+        _validate_step(doc, steps, space, st, settings, out)
+        _search_step(doc, steps, space, st, settings, out, predictor, log)
+        measured, latency = _one_measured_number(doc, space, st, acc)
     if settings.score_accuracy:
         _accuracy_step(doc, steps, space, log)
     _front_step(doc, steps, space, settings, acc, latency, measured, out)
@@ -115,7 +117,7 @@ def run_demo(out_dir: str | Path, store: str | None = None, settings: DemoSettin
     return doc
 
 
-def _profile_step(doc: dict, steps: DemoSteps, space, store: str, settings: DemoSettings) -> None:
+def _profile_step(doc: dict, steps: DemoSteps, space, store: Store, settings: DemoSettings) -> None:
     """The table of the default device, and the calibration its 8 whole subnets give it."""
     from bench.profile import MeasureSettings, profile_devices
     from bench.table import Calibration
@@ -134,7 +136,7 @@ def _profile_step(doc: dict, steps: DemoSteps, space, store: str, settings: Demo
                                         else Calibration()).describe()  # what profile fitted, not a refit
 
 
-def _validate_step(doc: dict, steps: DemoSteps, space, store: str, settings: DemoSettings, out: Path) -> None:
+def _validate_step(doc: dict, steps: DemoSteps, space, store: Store, settings: DemoSettings, out: Path) -> None:
     from bench.validate import ValidateSettings, validate_device
 
     with steps("validate", f"validating the table on {settings.validate_subnets} random subnets"), \
@@ -147,7 +149,7 @@ def _validate_step(doc: dict, steps: DemoSteps, space, store: str, settings: Dem
                                                "duration_s", "simulated")}
 
 
-def _search_step(doc: dict, steps: DemoSteps, space, store: str, settings: DemoSettings, out: Path,
+def _search_step(doc: dict, steps: DemoSteps, space, store: Store, settings: DemoSettings, out: Path,
                  predictor: Path, log) -> None:
     """A subnet per budget (spread over the device's range), then the smallest and the largest: each searched,
     exported in the device's format and confirmed on the device."""
@@ -172,7 +174,7 @@ def _search_step(doc: dict, steps: DemoSteps, space, store: str, settings: DemoS
             s = search_confirmed(DEVICE, b, None, SPACE, store, str(predictor), res, settings.seed,
                                  settings.population, settings.generations, None, out / f"subnet-{b:g}ms.{fmt}",
                                  confirm=True, rounds=settings.confirm_rounds, say=lambda m: log(f"   {m}"),
-                                 confirm_min_duration_s=settings.validate_min_duration_s)
+                                 confirm_min_duration_s=settings.validate_min_duration_s).to_dict()
             doc["searches"].append(s)
             log(f"   budget {b:g} ms: {s['config_string']}  predicted {100 * s['predicted_accuracy']:.2f}% "
                 f"{s['predicted_latency_ms']:.3f} ms (upper {s['predicted_upper_ms']:.3f}); measured "
@@ -183,14 +185,14 @@ def _search_step(doc: dict, steps: DemoSteps, space, store: str, settings: DemoS
         for name, cfg in (("smallest", space.smallest(min(res))), ("largest", space.largest(max(res)))):
             e = {"name": name, "space": SPACE, "config": cfg.to_ofa_dict(), "config_string": cfg.to_string(),
                  "predicted_latency_ms": float(latency([cfg])[0]), "macs": int(space.macs(cfg))}
-            e["export"] = export_chosen(SPACE, e["config"], out / f"{name}.{fmt}", fmt, precision=precision)
-            e["confirm"] = confirm_on_device(DEVICE, Path(e["export"]["path"]), e, store,
-                                            min_duration_s=settings.validate_min_duration_s)
+            e["export"] = export_chosen(SPACE, cfg, out / f"{name}.{fmt}", fmt, precision=precision)
+            e["confirm"] = confirm_on_device(DEVICE, Path(e["export"]["path"]), SPACE, cfg, e["predicted_latency_ms"],
+                                             store, min_duration_s=settings.validate_min_duration_s).to_dict()
             doc["extremes"].append(e)
             bar.set("search", len(doc["searches"]) + len(doc["extremes"]), n_chosen)
 
 
-def _one_measured_number(doc: dict, space, store: str, acc) -> tuple[list, object]:
+def _one_measured_number(doc: dict, space, store: Store, acc) -> tuple[list, object]:
     """Every measured number from here on comes from one place: the final table's value of each measured subnet
     (median of the passes of the latest run that timed it, at the table's reference speed), the value the
     calibration fits on. The confirm step's own reading stays under each subnet's "confirm"."""

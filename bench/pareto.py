@@ -275,24 +275,17 @@ def measured_subnets(store, device: str, space: SearchSpace, accuracy, latency=N
 
 
 def _subnet_stats(store, device: str, space: SearchSpace) -> dict:
-    if isinstance(store, (str, Path)):
-        if "://" not in str(store) and not Path(store).exists():
-            return {}
-        from bench.store import open_store
-
-        st = open_store(str(store))
-        try:
-            return _subnet_stats(st, device, space)
-        finally:
-            st.close()
+    """The measured subnets of the device's latest fingerprint (a store path that does not exist: none)."""
     from bench.measure import current_reference_ms  # the table's own reading of the store
+    from bench.store import using_store
     from bench.table import subnet_stats
 
-    fp = store.latest_fingerprint(device)
-    if fp is None:
-        return {}
-    nominal, _ = current_reference_ms(store, fp["id"], space)
-    return subnet_stats(store, fp["id"], space, nominal)[0]
+    with using_store(store, if_exists=True) as st:
+        fp = st.latest_fingerprint(device) if st is not None else None
+        if fp is None:
+            return {}
+        nominal, _ = current_reference_ms(st, fp["id"], space)
+        return subnet_stats(st, fp["id"], space, nominal)[0]
 
 
 def chosen_subnets(docs: Sequence[Mapping], measured: Sequence[Mapping] = ()) -> list[dict]:
@@ -433,7 +426,7 @@ def plot_fronts(fronts: Sequence[DeviceFront], path: str | Path, title: str = ""
     return path
 
 
-def device_fronts(devices: Sequence[str], space_name: str | None, store: str, batch: int | None,
+def device_fronts(devices: Sequence[str], space_name: str | None, store, batch: int | None,
                   predictor_path: str | None, resolutions: list[int] | None, seed: int, population: int,
                   generations: int, with_macs: bool = False, say=None) -> tuple[list[DeviceFront], list[int]]:
     """One front per device (its table, the space's accuracy predictor, both ends searched as `ofa-bench search`

@@ -224,15 +224,14 @@ class _Passes:
     watch: ReferenceWatch | None
 
 
-def _measure_run(profile, space: SearchSpace, store_target: str, table, cfgs: Sequence[SubnetConfig],
+def _measure_run(profile, space: SearchSpace, store_target, table, cfgs: Sequence[SubnetConfig],
                  res: list[int], settings: ValidateSettings, ms: MeasureSettings, progress) -> _Passes:
     """Time `cfgs` on the device in one validate run of the store, once its fingerprint is checked against
     the one its table was measured under."""
     from agents import connect
-    from bench.store import open_store
+    from bench.store import using_store
 
-    store = open_store(store_target)
-    try:
+    with using_store(store_target) as store:
         with connect(agent_profile(profile, ms)) as agent:
             fp = agent.fingerprint()
             fp_id = store.register_fingerprint(profile.name, fp)
@@ -254,8 +253,6 @@ def _measure_run(profile, space: SearchSpace, store_target: str, table, cfgs: Se
                                              profile.model_format, progress, table.nominal_ms,
                                              np.random.default_rng([settings.seed, 2]), watch,
                                              precision=profile.precision, batch=settings.batch)
-    finally:
-        store.close()
     return _Passes(fp, first, second, watch)
 
 
@@ -313,9 +310,10 @@ def _score_run(profile, space: SearchSpace, table, plain, cfgs: Sequence[SubnetC
     return doc
 
 
-def validate_device(device: str, space: SearchSpace, store_target: str, settings: ValidateSettings,
+def validate_device(device: str, space: SearchSpace, store_target, settings: ValidateSettings,
                     plot_path: str | None = None, progress=None) -> dict:
-    """Measure `settings.n` random subnets on the device and score the device's table against them."""
+    """Measure `settings.n` random subnets on the device and score the device's table against them.
+    `store_target`: an open Store or a store address (`bench.store.using_store`)."""
     from bench.table import Calibration, LatencyPredictor, load_device_table
     from devices import get_device
 
@@ -339,7 +337,7 @@ def validate_device(device: str, space: SearchSpace, store_target: str, settings
     return _score_run(profile, space, table, plain, cfgs, res, settings, run, start, plot_path)
 
 
-def rescore(device: str, space: SearchSpace, store_target: str, statistic: str = "median", seed: int = 0,
+def rescore(device: str, space: SearchSpace, store_target, statistic: str = "median", seed: int = 0,
             folds: int = 5, plot_path: str | None = None, batch: int = 1) -> dict:
     """Score the table against the subnets already measured on the device (no new measurement): the same
     cross-validated figures as `validate_device`, e.g. to compare statistics on one set of raw samples."""

@@ -65,16 +65,16 @@ def test_profile_then_resume_is_free(tmp_path, null_device):
     doc = json.loads(r.stdout)
     assert doc["entries_total"] == len(FULL) == doc["entries_measured"] and doc["entries_reused"] == 0
     assert doc["simulated"] is True
-    assert doc["subnets_measured"] == 8  # calibrated from the start
+    assert doc["subnets_measured"] == 12  # calibrated from the start
     # a subnet whose every pass stayed noisy (a busy moment) is not in the table: the next run measures it again
     settled = doc["calibration"]["n_subnets"]
-    assert 6 <= settled <= 8
+    assert 9 <= settled <= 12
     rows = block_rows(store)
     assert {(r_, k) for r_, k, _ in rows} == FULL and len(rows) == len(FULL)
     r = subprocess.run(profile_cmd(store), cwd=REPO, capture_output=True, text=True, timeout=300)
     doc = json.loads(r.stdout)
     assert doc["entries_measured"] == 0 and doc["entries_reused"] == len(FULL)
-    assert doc["subnets_measured"] == 8 - settled
+    assert doc["subnets_measured"] == 12 - settled
     assert len(block_rows(store)) == len(FULL)
     # the profiled table feeds the predictor
     from bench.table import LatencyPredictor, load_device_table
@@ -201,11 +201,18 @@ def test_calibration_configs_span_the_table():
     from bench.profile import calibration_configs
 
     sums = lambda cfgs: np.array([sum(c.d) + sum(c.ks) + sum(c.e) + c.r for c in cfgs], dtype=float)  # noqa: E731
-    cfgs = calibration_configs(SPACE, [24, 36], sums, 8, np.random.default_rng(0))
-    assert len(cfgs) == len(set(cfgs)) == 8
+    cfgs = calibration_configs(SPACE, [24, 36], sums, 12, np.random.default_rng(0))
+    assert len(cfgs) == len(set(cfgs)) == 12
     assert cfgs[:4] == [SPACE.smallest(24), SPACE.largest(36), SPACE.smallest(36), SPACE.largest(24)]
     middle = sums(cfgs[4:])
     assert (np.diff(middle) >= 0).all() and sums([SPACE.smallest(24)])[0] < middle[0] < middle[-1] < sums([SPACE.largest(36)])[0]
+    # between the ends, alternately many and few weights for the table sum: the per-weight cost is identifiable
+    pool = SPACE.sample(np.random.default_rng(0), 512, [24, 36])
+    band_of = np.searchsorted(np.sort(sums(pool)), middle, side="right")
+    per_ms = np.asarray(SPACE.params(cfgs[4:]), dtype=float) / middle
+    pool_per_ms = np.asarray(SPACE.params(pool), dtype=float) / sums(pool)
+    typical = [np.median(pool_per_ms[np.argsort(sums(pool), kind="stable")[max(0, b - 64):b]]) for b in band_of]
+    assert all((p > t) == (i % 2 == 0) for i, (p, t) in enumerate(zip(per_ms, typical)))
     assert calibration_configs(SPACE, [24], sums, 2, np.random.default_rng(0)) == [SPACE.smallest(24), SPACE.largest(24)]
 
 

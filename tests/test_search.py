@@ -345,7 +345,8 @@ def test_search_holds_the_upper_bound_of_a_calibrated_table(note10, tmp_path, mo
     subnets = {(c.r, c.to_string()): EntryStats(float(v), float(v), 0.0, 3) for c, v in zip(cfgs, slow)}
     calibrated = LatencyTable(table.device, table.fingerprint_id, table.space, table.version, table.entries, subnets)
     monkeypatch.setattr(search_cmd, "device_table", lambda *a, **k: (space, calibrated))
-    doc = search_cmd.run_search("note10", 20.0, None, None, str(tmp_path / "s"), None, [160, 176, 192], 0, 50, 30, 1)
+    doc = search_cmd.run_search("note10", 20.0, None, None, str(tmp_path / "s"), None, [160, 176, 192], 0, 50,
+                                30, 1).to_dict()
     assert doc["calibration"]["n_subnets"] == 30 and doc["calibration"]["upper_rel"] > 0.01
     assert doc["predicted_latency_ms"] < doc["predicted_upper_ms"] <= 20.0
     assert doc["budget_margin_ms"] == pytest.approx(20.0 - doc["predicted_upper_ms"])
@@ -355,32 +356,40 @@ def test_search_holds_the_upper_bound_of_a_calibrated_table(note10, tmp_path, mo
 
 def test_confirm_searches_again_while_the_measurement_is_over_budget(monkeypatch, tmp_path):
     import bench.search as search_cmd
+    from _answers import confirmation, search_answer
 
     searches, measured = [], iter([12.0, 10.5, 9.0])
+    cfgs = W12.sample(np.random.default_rng(0), 5, [160])
 
     def fake_search(*args):
         searches.append(args)
         n = len(searches)
-        return {"space": "ofa-mbv3-w1.2", "config": {}, "config_string": f"cfg{n}", "predicted_latency_ms": 9.5 - n,
-                "predicted_upper_ms": 9.9 - n, "predicted_accuracy": 0.8 - n / 100, "calibration_text": "x"}
+        return search_answer(W12, cfgs[n - 1], predicted_latency_ms=9.5 - n, predicted_upper_ms=9.9 - n,
+                             predicted_accuracy=0.8 - n / 100, budget={"latency_ms": 10.0})
 
     monkeypatch.setattr(search_cmd, "run_search", fake_search)
     monkeypatch.setattr(search_cmd, "export_chosen",
                         lambda space, cfg, out, fmt, precision="fp32", batch=1: {"path": str(out), "note": ""})
-    monkeypatch.setattr(search_cmd, "confirm_on_device",
-                        lambda device, path, doc, store, min_duration_s=None: {"measured_latency_ms": next(measured),
-                                                                                  "simulated": True})
+    seen = []
+
+    def fake_confirm(device, path, space, cfg, predicted_ms, store, batch=1, min_duration_s=None):
+        seen.append(cfg)
+        return confirmation(next(measured), predicted_ms)
+
+    monkeypatch.setattr(search_cmd, "confirm_on_device", fake_confirm)
     said = []
-    doc = search_cmd.search_confirmed("d", 10.0, None, None, "s", None, None, 0, 10, 5, None, confirm=True,
-                                      rounds=3, say=said.append)
+    answer = search_cmd.search_confirmed("d", 10.0, None, None, "s", None, None, 0, 10, 5, None, confirm=True,
+                                         rounds=3, say=said.append)
+    doc = answer.to_dict()
     assert len(searches) == 3 and doc["budget_met"] is True and doc["measured_latency_ms"] == 9.0
     assert [r["measured_latency_ms"] for r in doc["rounds"]] == [12.0, 10.5, 9.0]
-    assert [r["config_string"] for r in doc["rounds"]] == ["cfg1", "cfg2", "cfg3"]
+    assert [r["config_string"] for r in doc["rounds"]] == [c.to_string() for c in cfgs[:3]]
+    assert seen == cfgs[:3] and doc["confirm"]["measured_latency_ms"] == 9.0
     assert sum("over the 10 ms budget" in s for s in said) == 2
     measured = iter([12.0, 11.0])
     searches.clear()
     doc = search_cmd.search_confirmed("d", 10.0, None, None, "s", None, None, 0, 10, 5, None, confirm=True,
-                                      rounds=2, say=said.append)
+                                      rounds=2, say=said.append).to_dict()
     assert len(searches) == 2 and doc["budget_met"] is False and len(doc["rounds"]) == 2
     assert "still over" in said[-1]
 

@@ -153,14 +153,14 @@ def litert_device():
 
 def test_search_export_writes_what_a_litert_device_runs(litert_device, monkeypatch, tmp_path):
     import bench.search as search_cmd
+    from _answers import search_answer
 
     cfg = SPACE.smallest(RES)
-    monkeypatch.setattr(search_cmd, "run_search", lambda *args: {
-        "space": SPACE.name, "batch": 1, "config": cfg.to_ofa_dict(), "config_string": cfg.to_string()})
+    monkeypatch.setattr(search_cmd, "run_search", lambda *args: search_answer(SPACE, cfg))
     assert search_cmd.device_format(litert_device) == "tflite" and search_cmd.device_format("local-cpu") == "onnx"
     out = tmp_path / "best.tflite"
     doc = search_cmd.search_confirmed(litert_device, 1.0, None, None, "store", None, None, 0, 10, 5, None, out,
-                                      say=lambda m: None)
+                                      say=lambda m: None).to_dict()
     assert out.is_file() and doc["export"]["format"] == "tflite" and doc["export"]["layout"] == "nhwc"
     assert "TRANSPOSE" not in tflite_ops(out)
     interp_shape = _nhwc((1, SPACE.in_channels, RES, RES))

@@ -32,7 +32,7 @@ def profile_cmd(
     no_reference: bool = typer.Option(False, "--no-reference", help="do not time the drift reference model"),
     remeasure_raw: bool = typer.Option(False, "--remeasure-raw", help="measure again, beside the reference "
                                        "block, entries whose cell was timed without it"),
-    calibration_subnets: int = typer.Option(8, "--calibration-subnets", callback=number_check(ge=0),
+    calibration_subnets: int = typer.Option(12, "--calibration-subnets", callback=number_check(ge=0),
                                             help="whole subnets measured once the table is complete (smallest, "
                                                  "largest, a spread between), so that predictions are "
                                                  "calibrated from the start; 0: leave it to validate"),

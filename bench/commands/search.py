@@ -48,7 +48,8 @@ def search_cmd(
         check_output_path(export, "--export", (f".{device_format(device)}",))
     target = resolve_store(store, must_exist=True, default_may_be_missing=True)
     doc = search_confirmed(device, latency_ms, macs, space, target, predictor, parse_resolutions(resolutions),
-                           seed, population, generations, restarts, export, confirm, confirm_rounds, batch=batch)
+                           seed, population, generations, restarts, export, confirm, confirm_rounds,
+                           batch=batch).to_dict()
     if json_out:
         emit_json(doc)
         return

@@ -25,8 +25,9 @@ class MeasureSettings:
     retries: int = 2
     reference: bool = True
     # Whole subnets measured once the table is complete (smallest, largest, a spread between), so that a
-    # freshly profiled device already has a calibration; 0 leaves it to `validate`.
-    calibration_subnets: int = 8
+    # freshly profiled device already has a calibration; 0 leaves it to `validate`. 12 is the fewest that let
+    # the calibration fit its per-weight term (`MIN_POINTS` of "overhead+weights" is 10).
+    calibration_subnets: int = 12
     # Entries whose latest cell was timed without the reference block (an older farm worker, --no-reference)
     # are measured again, so that the table holds one kind of cell.
     remeasure_raw: bool = False

@@ -164,10 +164,9 @@ def search_and_confirm(profile, space, store: str, batch: int) -> dict:
     budget = low + 0.5 * max(high - low, 0.0)
     doc = search_confirmed(profile.name, budget, None, space.name, store, None, None, 0, 100, 500, None,
                            confirm=True, say=lambda line: None, batch=batch)
-    return {"batch": batch, "budget_ms": budget, "config": doc["config_string"],
-            "predicted_ms": doc["predicted_latency_ms"], "upper_ms": doc["predicted_upper_ms"],
-            "measured_ms": doc["measured_latency_ms"], "budget_met": doc["budget_met"],
-            "rounds": len(doc.get("rounds", []))}
+    return {"batch": batch, "budget_ms": budget, "config": doc.config_string,
+            "predicted_ms": doc.predicted_latency_ms, "upper_ms": doc.predicted_upper_ms,
+            "measured_ms": doc.measured_latency_ms, "budget_met": doc.budget_met, "rounds": len(doc.rounds)}
 
 
 def _timed_loop(run, seconds: float) -> float:

@@ -108,11 +108,11 @@ def budgets_kept(device: str, space, store: str, n_budgets: int, seed: int) -> d
         t0 = time.monotonic()
         doc = search_confirmed(device, b, None, space.name, store, str(acc_path) if acc_path else None, res, seed,
                                100, 200, None, confirm=True, rounds=3, say=lambda m: print(f"   {m}", file=sys.stderr))
-        measured, predicted = doc["measured_latency_ms"], doc["predicted_latency_ms"]
-        rows.append({"budget_ms": b, "config": doc["config_string"], "predicted_ms": predicted,
-                     "upper_ms": doc["predicted_upper_ms"], "measured_ms": measured,
+        measured, predicted = doc.measured_latency_ms, doc.predicted_latency_ms
+        rows.append({"budget_ms": b, "config": doc.config_string, "predicted_ms": predicted,
+                     "upper_ms": doc.predicted_upper_ms, "measured_ms": measured,
                      "over_budget_pct": 100 * (measured / b - 1), "error_pct": 100 * (predicted / measured - 1),
-                     "rounds": len(doc["rounds"]), "seconds": round(time.monotonic() - t0, 1)})
+                     "rounds": len(doc.rounds), "seconds": round(time.monotonic() - t0, 1)})
     worst = max(r["over_budget_pct"] for r in rows)
     within = sum(abs(r["error_pct"]) <= 10 for r in rows)
     return {"budgets": rows, "worst_over_budget_pct": worst, "predicted_within_10pct": within,

@@ -12,10 +12,12 @@ database (a farm of hosts), with the schema as explicit migrations.
     migrations  the schema, in order       copy       one store into another (SQLite <-> PostgreSQL)
     errors      StoreError, StoreConflict  pgserver   a throwaway local PostgreSQL server (tests, demos)
     maintenance a store as a whole: migrate, copy, info (the `store` commands)
+    handle      using_store: a use case's store, handed over open (one handle for many steps) or by address
 """
 from bench.store.api import RUN_STATUSES, Store, check_store_exists, fingerprint_id, open_store
 from bench.store.copy import copy_store
 from bench.store.errors import StoreConflict, StoreError
+from bench.store.handle import StoreLike, store_address, store_exists, using_store
 from bench.store.maintenance import copy_stores, migrate_store, store_info
 from bench.store.migrations import LATEST_VERSION
 from bench.store.postgres import is_postgres_url
@@ -23,4 +25,4 @@ from bench.store.rows import MEASUREMENT_COLUMNS, measurement_row
 
 __all__ = ["RUN_STATUSES", "Store", "check_store_exists", "fingerprint_id", "open_store", "copy_store", "StoreConflict",
            "StoreError", "LATEST_VERSION", "is_postgres_url", "MEASUREMENT_COLUMNS", "measurement_row", "copy_stores",
-           "migrate_store", "store_info"]
+           "migrate_store", "store_info", "StoreLike", "store_address", "store_exists", "using_store"]

@@ -18,6 +18,7 @@ from ofa_core.space import SearchSpace
 from bench.measure import keys
 from bench.measure.reference import current_reference_ms, row_value
 from bench.measure.stats import DEFAULT_STATISTIC, sample_statistic
+from bench.store.handle import store_address, using_store
 from bench.table.anchors import KNOWN_ANCHORS, anchor_table, anchors_missing
 from bench.table.files import read_table_source, write_frame, write_yaml_dir
 from bench.table.model import EntryStats, LatencyTable, LutError, table_version
@@ -101,10 +102,6 @@ def table_from_store(store, device: str, space: SearchSpace, fingerprint_id: str
                         transferred=transferred, batch=batch)
 
 
-def _store_exists(store_path: str) -> bool:
-    return "://" in store_path or Path(store_path).exists()
-
-
 def load_device_table(device: str, space: SearchSpace | str, store=None,
                       statistic: str = DEFAULT_STATISTIC, batch: int = 1) -> LatencyTable:
     """The table search and predict use: from the store (a path, URL or open Store), else the published anchors.
@@ -116,20 +113,10 @@ def load_device_table(device: str, space: SearchSpace | str, store=None,
     space = SearchSpace.get(space) if isinstance(space, str) else space
     sample_statistic((), statistic)  # reject an unknown statistic early
     table = None
-    where = "no store"
-    if store is not None:
-        if isinstance(store, (str, Path)):
-            where = f"store {store}"
-            if _store_exists(str(store)):
-                from bench.store import open_store
-
-                st = open_store(str(store))
-                try:
-                    table = table_from_store(st, device, space, statistic=statistic, batch=batch)
-                finally:
-                    st.close()
-        else:
-            table = table_from_store(store, device, space, statistic=statistic, batch=batch)
+    where = "no store" if store is None else f"store {store_address(store)}"
+    with using_store(store, if_exists=True) as st:
+        if st is not None:
+            table = table_from_store(st, device, space, statistic=statistic, batch=batch)
     if table is None and batch == 1:
         table = anchor_table(device, space)
     if table is None and batch != 1:

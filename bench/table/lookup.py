@@ -5,14 +5,13 @@ the batch size when `--batch` is left out (`device_batch`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
-from pathlib import Path
 
 from ofa_core.accuracy import anchors_root
 from ofa_core.errors import OFABenchError
 from ofa_core.space import SearchSpace
 
 from bench.measure.stats import DEFAULT_STATISTIC
+from bench.store.handle import using_store
 from bench.table.anchors import KNOWN_ANCHORS
 from bench.table.build import load_device_table
 from bench.table.model import LutError
@@ -30,29 +29,11 @@ def table_device_name(device: str) -> str:
         return device
 
 
-@contextmanager
-def _reading(store):
-    """An open Store for a path, URL or Store; None for a path that does not exist (never created here)."""
-    if store is None or not isinstance(store, (str, Path)):
-        yield store
-        return
-    if "://" not in str(store) and not Path(store).exists():
-        yield None
-        return
-    from bench.store import open_store
-
-    st = open_store(str(store))
-    try:
-        yield st
-    finally:
-        st.close()
-
-
 def table_spaces(device: str, store) -> list[str]:
     """The registered spaces the device has a table of: in the store (its latest fingerprint's block
     measurements) or published beside the repository (`KNOWN_ANCHORS`)."""
     found = set()
-    with _reading(store) as st:
+    with using_store(store, if_exists=True) as st:
         fp = st.latest_fingerprint(device) if st is not None else None
         if fp is not None:
             found.update(st.spaces(fp["id"]))
@@ -75,7 +56,7 @@ def device_space(devices: str | Sequence[str], space: str | None, store, default
     if space:
         return SearchSpace.get(space)
     names = [devices] if isinstance(devices, str) else list(devices)
-    with _reading(store) as st:  # opened once for all the devices
+    with using_store(store, if_exists=True) as st:  # opened once for all the devices
         found = sorted({s for d in names for s in table_spaces(table_device_name(d), st)})
     who = f"device {names[0]!r}" if len(names) == 1 else f"devices {', '.join(map(repr, names))}"
     if len(found) > 1:
@@ -92,7 +73,7 @@ def device_space(devices: str | Sequence[str], space: str | None, store, default
 def table_batches(device: str, space: SearchSpace, store) -> list[int]:
     """The batch sizes the device has a table of in `space` (its latest fingerprint's block measurements in the
     store; [1] for a published table alone)."""
-    with _reading(store) as st:
+    with using_store(store, if_exists=True) as st:
         fp = st.latest_fingerprint(device) if st is not None else None
         found = st.batches(fp["id"], space.name) if fp is not None else []
     if not found and space.name in table_spaces(device, None):
