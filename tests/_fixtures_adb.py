@@ -7,21 +7,15 @@ sys.path under pytest's default rootdir import mode.
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from agents.sim.loopback_adbd import LoopbackAdbd
-
-REPO = Path(__file__).resolve().parents[1]
+from agents.sim.loopback_adbd import LoopbackAdbd, LoopbackProcess, spawn
 
 
 def free_port() -> int:
@@ -40,29 +34,6 @@ def loopback():
         yield server
     finally:
         server.stop()
-
-
-@dataclass
-class LoopbackProcess:
-    """The loopback device run as `python -m agents.sim.loopback_adbd` (so a test can kill it like a real device)."""
-
-    proc: subprocess.Popen
-    port: int
-    root: Path
-    banner_line: str
-
-    @property
-    def serial(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 def make_adb_key(folder: Path) -> Path:
@@ -84,24 +55,8 @@ def adb_keys(tmp_path_factory) -> tuple[Path, Path]:
 
 def start_loopback_process(root: Path, *args: str, timeout_s: float = 20.0) -> LoopbackProcess:
     """Start the loopback device (`args`: more options) in a child process on a free port; wait for its
-    "listening on" line."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen([sys.executable, "-m", "agents.sim.loopback_adbd", "--port", "0", "--root", str(root),
-                             *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            text=True, env=env, cwd=REPO)
-    deadline = time.monotonic() + timeout_s
-    line = ""
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-        if match:
-            return LoopbackProcess(proc, int(match.group(1)), root, line.strip())
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    proc.wait(5)
-    raise RuntimeError(f"loopback adbd did not start: {line!r}")
+    "listening on" line (`agents.sim.loopback_adbd.spawn`)."""
+    return spawn(root, *args, timeout_s=timeout_s)
 
 
 @pytest.fixture

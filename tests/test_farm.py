@@ -61,10 +61,7 @@ def run_one_device(store_target, factory, n_entries: int, max_attempts: int):
 
 
 def job_rows(store, device=None) -> list[dict]:
-    sql, params = "SELECT * FROM jobs", ()
-    if device:
-        sql, params = sql + " WHERE device = ?", (device,)
-    return store.query(sql + " ORDER BY id", params)
+    return store.jobs(device or None)
 
 
 # -------------------------------------------------------------------- queue semantics
@@ -271,9 +268,9 @@ def test_a_noisy_measurement_is_not_a_done_job(store_target):
         (d,) = farm_status(s)["devices"]
         assert (d["done"], d["failed"]) == (3, 1) and d["failed_jobs"][0]["key"] == "key-001"
         assert "too noisy for the table (spread 12.0%)" in d["failed_jobs"][0]["last_error"]
-        rows = s.query("SELECT key, noisy FROM measurements")
+        rows = s.history(s.latest_fingerprint(sim("a"))["id"], SPACE)
         assert sorted((r["key"], bool(r["noisy"])) for r in rows if r["key"] == "key-001") == [("key-001", True)] * 3
-        assert len(rows) == 6
+        assert len(rows) == 6 == s.counts()["measurements"]
 
 
 @pytest.mark.postgres
@@ -289,12 +286,13 @@ def test_worker_survives_dropped_connections(pg_server, pg_url):
     t = threading.Thread(target=worker.run)
     t.start()
     try:
-        with psycopg.connect(pg_url, autocommit=True) as admin:
+        with open_store(pg_url) as watcher:  # closed before the drop: only the worker's connections are counted
             deadline = time.time() + 60
             while time.time() < deadline:
-                if admin.execute("SELECT COUNT(*) FROM jobs WHERE status = 'done'").fetchone()[0] >= 5:
+                if len(watcher.jobs(status="done")) >= 5:
                     break
                 time.sleep(0.02)
+        with psycopg.connect(pg_url, autocommit=True) as admin:  # SQL on purpose: the server drops connections
             dropped = admin.execute("SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
                                     "application_name = 'ofa-bench' AND pid <> pg_backend_pid()").fetchone()[0]
         t.join(120)
@@ -322,7 +320,7 @@ def test_heartbeat_holds_lease_through_long_measurement(store_target):
     stolen = []
     with open_store(store_target) as s:
         deadline = time.time() + 20
-        while not s.query("SELECT 1 FROM jobs WHERE status = 'running'") and time.time() < deadline:
+        while not s.jobs(status="running") and time.time() < deadline:
             time.sleep(0.01)  # until the worker holds the job
         deadline = time.time() + 1.6
         while time.time() < deadline:  # a rival keeps trying to take the device's job
@@ -368,14 +366,14 @@ def test_statement_timeout_bounds_queries_and_lock_waits(pg_url):
     with open_store(pg_url) as holder, open_store(pg_url, statement_timeout_s=0.5) as s:
         t0 = time.monotonic()
         with pytest.raises(StoreError, match="timeout"):
-            s.query("SELECT pg_sleep(10)")
+            s.query("SELECT pg_sleep(10)")  # SQL on purpose: a statement slower than the server's time limit
         with holder.transaction():
             holder.lock_name("device:x")
             with pytest.raises(StoreError, match="timeout"):
                 with s.transaction():
                     s.lock_name("device:x")
         assert time.monotonic() - t0 < 5
-        assert s.query("SELECT 1 AS one") == [{"one": 1}]  # the connection is still usable
+        assert s.counts()["jobs"] == 0  # the connection is still usable
 
 
 def test_worker_without_devices_or_unreachable_device(tmp_path):
@@ -413,8 +411,7 @@ def test_agent_session_measures_real_entries(tmp_path, monkeypatch):
         assert farm_status(s)["totals"]["queued"] == doc["queued"] - 2
         # measured as profile measures: beside the reference block, whose timings are stored too
         assert all(h["env"]["protocol"] == "reference/1" and h["env"]["reference_ms"] for h in hist)
-        refs = s.query("SELECT COUNT(*) AS n FROM measurements WHERE kind = 'reference'")[0]["n"]
-        assert refs >= 2
+        assert len(s.history(fp["id"], SPACE, kind="reference")) >= 2
 
 
 # -------------------------------------------------------------------- real processes
@@ -441,17 +438,17 @@ def test_killed_worker_job_rerun_after_lease(store_target):
             first = _worker_proc(store_target, [dev], "--lease-s", "1.5", "--poll-s", "0.05",
                                  "--null-min-duration-s", "0.2")
             deadline = time.time() + 60
-            done0 = s.query("SELECT COUNT(*) AS n FROM jobs WHERE status = 'done'")[0]["n"]
+            done0 = len(s.jobs(status="done"))
             while time.time() < deadline:
-                done = s.query("SELECT COUNT(*) AS n FROM jobs WHERE status = 'done'")[0]["n"]
-                running = s.query("SELECT COUNT(*) AS n FROM jobs WHERE status = 'running'")[0]["n"]
+                done = len(s.jobs(status="done"))
+                running = len(s.jobs(status="running"))
                 if done >= done0 + 5 and running == 1:
                     break
                 time.sleep(0.01)
             first.send_signal(signal.SIGKILL)
             first.wait(10)
             assert first.returncode == -signal.SIGKILL
-            killed = s.query("SELECT id, worker, attempts, lease_until FROM jobs WHERE status = 'running'")
+            killed = s.jobs(status="running")
             if killed:
                 break
         before = {h["uuid"] for h in s.history(fp, SPACE)}
@@ -466,12 +463,11 @@ def test_killed_worker_job_rerun_after_lease(store_target):
         keys = [h["key"] for h in hist]
         assert len(keys) == total == len(set(keys))                 # complete, nothing twice
         assert before <= {h["uuid"] for h in hist}                   # nothing the first worker wrote is lost
-        rerun = s.query("SELECT status, attempts, worker FROM jobs WHERE id = ?", (killed[0]["id"],))[0]
+        (rerun,) = [j for j in s.jobs(dev) if j["id"] == killed[0]["id"]]
         assert rerun["status"] == "done" and rerun["attempts"] == 2 and rerun["worker"] == report["worker"]
         assert farm_status(s)["totals"] == {"queued": 0, "running": 0, "done": total, "failed": 0}
         # its lease had to run out (no heartbeat renewed it) before it was measured again
-        redone = s.query("SELECT m.measured_at FROM measurements m JOIN jobs j ON j.measurement_uuid = m.uuid "
-                         "WHERE j.id = ?", (killed[0]["id"],))[0]["measured_at"]
+        (redone,) = [h["measured_at"] for h in hist if h["uuid"] == rerun["measurement_uuid"]]
         assert redone >= max(t_restart, float(killed[0]["lease_until"]))
 
 
@@ -611,13 +607,14 @@ def test_cli_submit_status_migrate(store_target, capsys):
 def test_cli_newer_schema_refused_nothing_written(store_target, capsys):
     with open_store(store_target) as s:
         register_sim(s, sim("a"))
-        with s.transaction():
+        with s.transaction():  # SQL on purpose: a store written by a newer ofa-bench
             s.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (?, 'future', 0)",
                       (LATEST_VERSION + 1,))
     for argv in (["farm", "submit", sim("a"), "--resolutions", "160"], ["farm", "status"], ["store", "migrate"],
                  ["farm", "worker", "--devices", sim("a"), "--measurer", "null", "--exit-when-idle"]):
         rc, out, err = run_cli([*argv, "--store", store_target], capsys)
         assert rc == 2 and err.startswith("ofa-bench: error: ") and "newer" in err and err.count("\n") == 1, argv
+    # nothing was written (SQL on purpose: the store API refuses to open a newer store)
     if store_target.startswith("postgresql://"):
         import psycopg
 

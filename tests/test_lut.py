@@ -158,7 +158,7 @@ def test_store_not_sqlite_and_newer_schema(tmp_path):
 
     newer = tmp_path / "newer.sqlite"
     open_store(newer).close()
-    con = sqlite3.connect(newer)
+    con = sqlite3.connect(newer)  # SQL on purpose: a store written by a newer ofa-bench, which no API writes
     con.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (999, 'future', 0)")
     con.commit()
     con.close()

@@ -22,8 +22,7 @@ KNOWN_DISTRIBUTIONS = {"litert_torch": "litert-torch", "ai_edge_litert": "ai-edg
                        "flatbuffers": "flatbuffers", "usb1": "libusb1", "adb_shell": "adb-shell"}
 # Imported by benchmarks that run from a checkout only, never by a command: the official implementation
 # (installed with --no-deps by .ci/setup; torchvision is stood in for there) and the test suite's sshd.
-CHECKOUT_ONLY = {"ofa": "bench/perf/search.py", "torchvision": "bench/perf/search.py",
-                 "_fixtures_ssh": "bench/perf/agents.py"}
+CHECKOUT_ONLY = {"ofa": "bench/perf/search.py", "torchvision": "bench/perf/search.py"}
 
 
 def _norm(name: str) -> str:

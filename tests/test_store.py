@@ -175,6 +175,7 @@ def test_measurements_refuse_update_and_delete(store):
     fp = store.register_fingerprint("dev", {"cpu": "x"})
     run = store.start_run("dev", fp, "s", "profile", {}, {})
     store.add_measurements(run, [record("k", 1.0)])
+    # SQL on purpose: the schema's own guard (its triggers) is tested, below every method of the API
     for sql in ("UPDATE measurements SET latency_ms = 2.0", "DELETE FROM measurements"):
         with pytest.raises(StoreError, match="append-only"):
             with store.transaction():
@@ -183,6 +184,7 @@ def test_measurements_refuse_update_and_delete(store):
 
 
 def _bump_version(store: Store, version: int) -> None:
+    # SQL on purpose: a store written by a newer ofa-bench, which no method of this one writes
     with store.transaction():
         store.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
                       (version, "from the future", time.time()))
@@ -201,7 +203,8 @@ def test_newer_schema_is_refused_untouched(store_target):
     if not store_target.startswith("postgresql://"):
         assert path.read_bytes() == blob
     else:
-        # still readable with a raw connection, and nothing was written
+        # still readable with a raw connection, and nothing was written (SQL on purpose: the store API refuses
+        # to open it)
         import psycopg
 
         with psycopg.connect(store_target) as conn:
@@ -211,6 +214,7 @@ def test_newer_schema_is_refused_untouched(store_target):
 
 def test_old_store_is_migrated(store_target):
     """A store created at version 1 (before the job queue existed) is brought up to date, data kept."""
+    # SQL on purpose: the version-1 schema and a row as version 1 wrote it are made by hand, as no API writes them
     from bench.store.postgres import PostgresBackend
 
     backend = (PostgresBackend(store_target) if store_target.startswith("postgresql://")
@@ -256,7 +260,7 @@ def test_sqlite_refuses_foreign_file_untouched(tmp_path):
 
 def test_sqlite_refuses_foreign_database(tmp_path):
     path = tmp_path / "other.db"
-    conn = sqlite3.connect(path)
+    conn = sqlite3.connect(path)  # SQL on purpose: a database that is not a store, made without the store
     conn.execute("CREATE TABLE recipes (name TEXT)")
     conn.commit()
     conn.close()
@@ -273,13 +277,13 @@ def test_sqlite_refuses_directory_and_creates_parents(tmp_path):
     with open_store(deep) as s:
         assert s.backend == "sqlite"
     assert deep.exists()
-    with sqlite3.connect(deep) as conn:
+    with sqlite3.connect(deep) as conn:  # SQL on purpose: the file's own journal mode, as SQLite reports it
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def hold_write_lock(path, seconds: float, *statements: str) -> threading.Thread:
     """Another connection takes the write lock of `path` now, runs `statements` and keeps the lock `seconds`
-    (in a thread), then rolls back."""
+    (in a thread), then rolls back. SQL on purpose: another program holding SQLite's lock on the file."""
     holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN IMMEDIATE")
     for sql in statements:
@@ -301,14 +305,14 @@ def test_sqlite_retries_busy_errors_its_own_handler_misses(tmp_path):
     the lock for 0.4 s is still waited for by a write transaction; a busy timeout too short gives a clear error."""
     path = tmp_path / "s.sqlite"
     with open_store(path) as s:
-        s._conn.execute("PRAGMA busy_timeout = 0")
+        s.execute("PRAGMA busy_timeout = 0")  # SQL on purpose: SQLite's own busy handler, switched off
         fp = s.register_fingerprint("dev", {"cpu": "x"})
         t = hold_write_lock(path, 0.4)
         t0 = time.monotonic()
         run = s.start_run("dev", fp, "s", "profile", {}, {})  # BEGIN IMMEDIATE behind the holder
         waited = time.monotonic() - t0
         t.join()
-        assert waited >= 0.3 and s.query("SELECT status FROM runs WHERE id = ?", (run,))[0]["status"] == "running"
+        assert waited >= 0.3 and s.run(run)["status"] == "running"
     t = hold_write_lock(path, 0.4)
     with open_store(path, busy_timeout_s=0.1) as s:  # too short to wait the holder out: a clear error
         with pytest.raises(StoreError, match="database is locked"):
@@ -400,7 +404,8 @@ def test_pg_wrong_credentials(pg_server, pg_url):
     assert "\n" not in str(err.value) and "wrong" not in str(err.value)  # password not echoed
     import psycopg
 
-    with psycopg.connect(pg_url) as conn:  # nothing was written: the database has no tables at all
+    # nothing was written: the database has no tables at all (SQL on purpose: the server's catalogue)
+    with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0] == 0
     with open_store(pg_server.url(db, PASSWORD_USER, PASSWORD)) as s:  # the right password works
         assert s.version == LATEST_VERSION

@@ -33,12 +33,15 @@ that text arrives: packets are still read (so a host that hangs up is noticed an
 nothing is sent on any connection, and new connections get no CNXN.
 
 Run: `python -m agents.sim.loopback_adbd --port PORT [--root DIR] [--auth POLICY [--adb-keys FILE]]`;
-in-process: `with loopback_adbd() as dev:`.
+in-process: `with loopback_adbd() as dev:`; as a child process that a test or a benchmark can kill like a phone
+that goes away: `with spawn(root, "--auth", "always") as dev:` (`.serial`, `.proc`, `.stop()`).
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
+import dataclasses
 import itertools
 import os
 import platform
@@ -818,6 +821,92 @@ def loopback_adbd(port: int = 0, root: Path | str | None = None, auth: str = "no
         yield server
     finally:
         server.stop()
+
+
+#: the line `main` prints once the device accepts connections (what `spawn` waits for)
+_LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+); root (\S+);")
+#: the folder holding the `agents` package: a spawned device imports this same copy of it
+_PACKAGE_HOME = str(Path(__file__).resolve().parents[2])
+
+
+@dataclasses.dataclass
+class LoopbackProcess:
+    """The loopback device in a child process (`spawn`). Its output is read all along (a full pipe would stall
+    the device); `output` keeps its last lines, the "listening" one apart in `banner_line`."""
+
+    proc: subprocess.Popen
+    port: int
+    root: Path
+    banner_line: str
+    output: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=200))
+
+    @property
+    def serial(self) -> str:
+        """The device's address as adb names it: `127.0.0.1:PORT`."""
+        return f"{HOST}:{self.port}"
+
+    def stop(self, timeout_s: float = 10.0) -> int:
+        """SIGTERM (the device closes its connections and exits 0), SIGKILL if it is still there after
+        `timeout_s`; returns the exit status. Stopping a device that already ended does nothing."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def __enter__(self) -> "LoopbackProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def spawn(root: Path | str | None = None, *args: str, port: int = 0, env: dict | None = None,
+          timeout_s: float = 20.0) -> LoopbackProcess:
+    """Start `python -m agents.sim.loopback_adbd` (`args`: more of its options, e.g. `--auth always`) in a
+    child process on `port` (0: a free one) and wait until it listens. `root`: its sandbox (default: a
+    temporary one it removes at exit); `env`: its environment (default: this one), with this copy of the
+    package put first on PYTHONPATH. A device that exits or says nothing within `timeout_s` is killed and a
+    `LoopbackAdbdError` says so, with its last words."""
+    env = dict(os.environ if env is None else env)
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != _PACKAGE_HOME]
+    env["PYTHONPATH"] = os.pathsep.join([_PACKAGE_HOME, *paths])
+    argv = [sys.executable, "-m", "agents.sim.loopback_adbd", "--port", str(port)]
+    if root is not None:
+        argv += ["--root", str(Path(root).resolve())]
+    proc = subprocess.Popen([*argv, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True, env=env, cwd=_PACKAGE_HOME)
+    output: collections.deque = collections.deque(maxlen=200)
+    banner: list[re.Match] = []
+    ready = threading.Event()
+
+    def read() -> None:  # every line, until the device exits
+        for line in proc.stdout:
+            match = None if banner else _LISTENING.search(line)
+            if match:
+                banner.append(match)
+                ready.set()
+            else:
+                output.append(line.rstrip("\n"))
+        ready.set()
+
+    threading.Thread(target=read, name="loopback-adbd-output", daemon=True).start()
+    ended = False
+    try:
+        ended = ready.wait(timeout_s)
+    finally:
+        if not banner:
+            proc.kill()
+            proc.wait(5)
+    if not banner:
+        last = output[-1] if output else "no output"
+        how = f"exited with status {proc.returncode}" if ended else f"did not listen within {timeout_s:g} s"
+        raise LoopbackAdbdError(f"loopback adbd {how}: {last}")
+    match = banner[0]
+    return LoopbackProcess(proc, int(match.group(1)), Path(match.group(2)), match.string.strip(), output)
 
 
 def main(argv: list[str] | None = None) -> int:

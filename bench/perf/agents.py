@@ -12,12 +12,9 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def build_block(folder: Path) -> tuple[Path, str]:
@@ -124,12 +121,11 @@ def transports_overhead(model: Path, folder: Path) -> dict:
     except ImportError as exc:
         out["adb-loopback"] = {"skipped": f"adb transport not available: {exc}"}
     try:
-        sys.path.insert(0, str(REPO / "tests"))
-        from _fixtures_ssh import start_sshd  # the test suite's throwaway sshd on 127.0.0.1
+        from agents.sim.local_sshd import start_sshd  # a throwaway sshd on 127.0.0.1 (simulator harness)
 
         try:
             server = start_sshd(folder / "sshd")
-        except BaseException as exc:  # pytest.skip raises a BaseException when sshd is unavailable
+        except Exception as exc:  # LocalSshdUnavailable: OpenSSH missing, sshd not starting, login refused
             out["ssh-localhost"] = {"skipped": " ".join(str(exc).split())[:200]}
         else:
             try:

@@ -144,23 +144,10 @@ timeout_s = 60.0
 """
 
 
-def _start_loopback(tmp: Path, index: int) -> tuple[subprocess.Popen, int]:
-    from bench.store.pgserver import free_port
-
-    port = free_port()
-    p = subprocess.Popen([sys.executable, "-m", "agents.sim.loopback_adbd", "--port", str(port),
-                          "--root", str(tmp / f"adbd-{index}")], cwd=REPO, env=_env(),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = p.stdout.readline()
-    if "listening" not in line:
-        p.kill()
-        raise RuntimeError(f"loopback adbd did not start: {line} {p.stderr.read()[-1000:]}")
-    return p, port
-
-
 def loopback_table(server, n_devices: int, space_name: str, resolution: int, min_duration_s: float,
                    tmp: Path) -> dict:
     """Wall time of one table split across `n_devices` loopback ADB devices served by one worker process."""
+    from agents.sim.loopback_adbd import spawn
     from bench.table import candidates
     from bench.export import export_entry
     from bench.farm import enqueue
@@ -179,8 +166,9 @@ def loopback_table(server, n_devices: int, space_name: str, resolution: int, min
     names = []
     try:
         for i in range(n_devices):
-            p, port = _start_loopback(tmp, i + 10 * n_devices)
-            adbds.append(p)
+            adbd = spawn(tmp / f"adbd-{i + 10 * n_devices}", env=_env())
+            adbds.append(adbd)
+            port = adbd.port
             name = f"bench-loopback-{i}"
             names.append(name)
             (devices_dir / f"{name}.toml").write_text(LOOPBACK_PROFILE.format(name=name, port=port,
@@ -210,12 +198,8 @@ def loopback_table(server, n_devices: int, space_name: str, resolution: int, min
                     worker.kill()
         server.drop_db(url)
     finally:
-        for p in adbds:
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        for adbd in adbds:
+            adbd.stop()
     return {"devices": n_devices, "space": space.name, "resolution": resolution, "entries": len(table),
             "done": int(stats["n"]), "failed": int(failed["n"]), "last_error": failed["e"], "noisy": int(noisy), "wall_s": round(wall, 2),
             "s_per_entry": round(wall / len(table), 3)}

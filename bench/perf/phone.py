@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -44,25 +42,6 @@ timeout_s = 60.0
 
 def _load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
-
-
-def start_loopback(root: Path, env: dict) -> tuple[subprocess.Popen, str]:
-    """The loopback adbd on a free port, authenticating (`--auth always`: the first key offered is accepted, as
-    a user taps Allow); returns the process and its serial."""
-    proc = subprocess.Popen([sys.executable, "-m", "agents.sim.loopback_adbd", "--port", "0", "--root", str(root),
-                             "--auth", "always"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        match = re.search(r"listening on (127\.0\.0\.1:\d+)", line)
-        if match:  # keep reading what it says, or a full pipe would stall the device
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            return proc, match.group(1)
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise SystemExit("the loopback adbd did not start")
 
 
 def profile(name: str, space: str, res: int, store: str, env: dict) -> dict:
@@ -147,6 +126,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--work", default=None, help="keep the store, cache and device here (default: temporary)")
     ap.add_argument("--json", dest="json_out", default=None, help="also write the results here")
     args = ap.parse_args(argv)
+    from agents.sim.loopback_adbd import LoopbackAdbdError, spawn
     from ofa_core.space import SearchSpace
 
     space = SearchSpace.get(args.space)
@@ -164,7 +144,11 @@ def main(argv: list[str]) -> int:
     precisions = [p for p in args.precisions.split(",") if p]
     doc: dict = {"space": space.name, "resolution": args.resolution, "loadavg_start": _load(),
                  "date": time.strftime("%Y-%m-%d %H:%M %Z"), "profiles": {}}
-    adbd, serial = start_loopback(work / "phone", env)
+    try:  # authenticating (`--auth always`: the first key offered is accepted, as a user taps Allow)
+        adbd = spawn(work / "phone", "--auth", "always", env=env, timeout_s=30)
+    except LoopbackAdbdError as exc:
+        raise SystemExit(str(exc)) from None
+    serial = adbd.serial
     try:
         for precision in precisions:
             name = f"loopback-litert-{precision}"
@@ -176,8 +160,7 @@ def main(argv: list[str]) -> int:
                   f"cache (target <= 300 s: {'met' if p['seconds'] <= 300 else 'NOT met'}), load {p['loadavg']}",
                   file=sys.stderr)
     finally:
-        adbd.terminate()
-        adbd.wait(10)
+        adbd.stop()
     if {"fp32", "int8"} <= set(precisions):
         doc["int8_over_fp32"] = ratios(space, store, "loopback-litert-fp32", "loopback-litert-int8")
     if args.front and "fp32" in precisions:

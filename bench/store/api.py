@@ -443,3 +443,17 @@ class Store:
         for table in ("fingerprints", "runs", "measurements", "jobs", "workers"):
             out[table] = int(self.query(f"SELECT COUNT(*) AS n FROM {table}")[0]["n"])
         return out
+
+    # ---------------------------------------------------------------- farm jobs (read only: `bench.farm` writes them)
+    def jobs(self, device: str | None = None, status: str | None = None) -> list[dict]:
+        """The farm's jobs as stored (every column), in queue order, optionally only one device's and/or only
+        those with one status (`queued`, `running`, `done`, `failed`): for reports and checks."""
+        clauses, params = [], []
+        if device is not None:
+            clauses.append("device = ?")
+            params.append(device)
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        return self.query(f"SELECT * FROM jobs{where} ORDER BY id", params)
