@@ -118,7 +118,7 @@ def run_demo(out_dir: str | Path, store: str | None = None, settings: DemoSettin
 
 
 def _profile_step(doc: dict, steps: DemoSteps, space, store: Store, settings: DemoSettings) -> None:
-    """The table of the default device, and the calibration its 8 whole subnets give it."""
+    """The table of the default device, and the calibration its whole subnets (12 by default) give it."""
     from bench.profile import MeasureSettings, profile_devices
     from bench.table import Calibration
 

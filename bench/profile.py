@@ -114,23 +114,20 @@ def profile_device(device, space: SearchSpace, store_target: StoreLike, resoluti
                    settings: MeasureSettings = MeasureSettings(), progress=None,
                    stop: threading.Event | None = None, few_shot: int | None = None, batch: int = 1,
                    thread: bool = False) -> DeviceReport:
-    """Measure every missing entry of `space` at `resolutions` on one device, at batch size `batch`; returns
-    what was done. `progress(device, advanced, total)` is called after each committed invocation. With
-    `few_shot` K, only K informative entries are measured and the rest transferred (`bench.transfer`).
-    `store_target`: an open Store (used on this thread as it is; `thread=True` when this runs in a worker thread
-    of its own, which takes a second connection) or a store address."""
+    """Measure every missing entry of `space` at `resolutions` on one device at batch size `batch` into the store
+    (an open Store, a second connection to it with `thread=True`, or an address); returns what was done.
+    `progress(device, advanced, total)` after each committed invocation; `few_shot` K: see `bench.transfer`."""
     from agents import connect
     from bench.export import ExportQueue
     from devices import get_device
 
     profile = get_device(device) if isinstance(device, str) else device
     res = check_resolutions(space, resolutions)
+    entries = candidates(space, res)
     report = DeviceReport(device=profile.name, space=space.name, resolutions=res, batch=int(batch),
-                          simulated=bool(profile.simulated), few_shot=few_shot)
+                          simulated=bool(profile.simulated), few_shot=few_shot, entries_total=len(entries))
     label = profile.name if batch == 1 else f"{profile.name} batch {batch}"  # progress bars, one per table
     start = time.monotonic()
-    entries = candidates(space, res)
-    report.entries_total = len(entries)
     held = ExitStack()
     store = held.enter_context(using_store(store_target, thread=thread))
     agent = exports = None
@@ -225,7 +222,7 @@ def _entries_to_measure(store, fp_id: str, space: SearchSpace, res: list[int], e
     if few_shot is not None:  # measure the K entries the plan picks; the rest are transferred afterwards
         from bench.transfer import plan_few_shot
 
-        plan = plan_few_shot(store, space, res, report.device, done, few_shot)
+        plan = plan_few_shot(store, space, res, report.device, done, few_shot, batch=batch)
         todo = [e for e in todo if e in plan.measure]
         report.entries_reused = len(done & {(e.resolution, e.key) for e in entries})
     return todo, plan
@@ -271,7 +268,8 @@ def _transfer_rest(plan, device: str, space: SearchSpace, res: Sequence[int], st
 
     if report.run_id is None:
         report.run_id = store.start_run(device, fp_id, space.name, "profile",
-                                        {"resolutions": list(res), **settings.__dict__, "few_shot": plan.k}, {})
+                                        {"resolutions": list(res), **settings.__dict__, "few_shot": plan.k,
+                                         "batch": plan.batch}, {})
     report.transfer = fill_by_transfer(store, device, space, res, report.run_id, plan)
     report.entries_transferred = report.transfer["entries_transferred"]
 
@@ -376,23 +374,24 @@ def profile_devices(devices: Sequence[str], space: SearchSpace, store_target: St
     """One worker thread per device, a progress bar per device and table on stderr. Each device makes a table
     per batch size of `batches` (default: its profile's `batch` list), one after the other. Reports in the order
     given, a device's batches in their order. `few_shot` K: see `profile_device` (checked here first: another
-    device's table must be in the store; batch 1 only)."""
+    device's table of each batch size must be in the store)."""
     from devices import get_device
 
     profiles = [get_device(d) for d in devices]  # unknown device: one-line error before anything starts
     batches = check_batches(batches)
     plans = [batches or list(p.batch) for p in profiles]
-    if few_shot is not None and any(b != 1 for plan in plans for b in plan):
-        raise ProfileError("--few-shot transfers tables of batch size 1 only; profile other batch sizes in full")
     check_resolutions(space, resolutions)
     with using_store(store_target):  # a bad store, too, before any progress bar is drawn
         pass
     if few_shot is not None:
         from bench.transfer import check_few_shot
 
-        few_shot = check_few_shot(store_target, space, check_resolutions(space, resolutions),
-                                  [p.name for p in profiles], few_shot,
-                                  lambda line: print(f"ofa-bench: {line}", file=sys.stderr))
+        for b in sorted({b for plan in plans for b in plan}):  # each batch size transfers from its own tables
+            few_shot = check_few_shot(store_target, space, check_resolutions(space, resolutions),
+                                      [p.name for p, plan in zip(profiles, plans) if b in plan], few_shot,
+                                      lambda line: print(f"ofa-bench: {line}", file=sys.stderr), batch=b)
+            if few_shot is None:  # K covers the whole table: a full profile, said once
+                break
     stop = threading.Event()
     reports: dict[int, list[DeviceReport]] = {}
     errors: dict[int, BaseException] = {}

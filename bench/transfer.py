@@ -49,10 +49,12 @@ class SourceTable:
     values_ms: Mapping[Key, float]
 
 
-def source_tables(store, space: SearchSpace, resolutions: Sequence[int], exclude: str) -> list[SourceTable]:
-    """Every other device (latest fingerprint) whose measured entries cover the space at `resolutions`, and
-    published tables of the space shipped beside the repository that the store does not hold. Entries a source
-    itself got by transfer are not used: errors would compound."""
+def source_tables(store, space: SearchSpace, resolutions: Sequence[int], exclude: str,
+                  batch: int = 1) -> list[SourceTable]:
+    """Every other device (latest fingerprint) whose measured entries at batch size `batch` cover the space at
+    `resolutions`, and (batch 1 only: they are of one image) published tables of the space shipped beside the
+    repository that the store does not hold. Entries a source itself got by transfer are not used: errors
+    would compound."""
     from bench.table import KNOWN_ANCHORS, LutError, anchor_table, table_from_store
 
     need = [(e.resolution, e.key) for e in candidates(space, resolutions)]
@@ -62,7 +64,7 @@ def source_tables(store, space: SearchSpace, resolutions: Sequence[int], exclude
         if device == exclude:
             continue
         try:
-            table = table_from_store(store, device, space)
+            table = table_from_store(store, device, space, batch=batch)
         except LutError:  # a table that mixes raw and normalised cells is no source
             continue
         if table is None:
@@ -71,7 +73,7 @@ def source_tables(store, space: SearchSpace, resolutions: Sequence[int], exclude
         if all(k in table.entries and k not in moved for k in need):
             out.append(SourceTable(device, {k: table.entries[k].value_ms for k in need}))
     for device, (space_name, _) in sorted(KNOWN_ANCHORS.items()):
-        if device == exclude or device in names or space_name != space.name:
+        if batch != 1 or device == exclude or device in names or space_name != space.name:
             continue
         table = anchor_table(device, space)
         if table is not None and all(k in table.entries for k in need):
@@ -79,10 +81,12 @@ def source_tables(store, space: SearchSpace, resolutions: Sequence[int], exclude
     return out
 
 
-def no_sources_error(space: SearchSpace, resolutions: Sequence[int], device: str, where: str) -> ProfileError:
-    return ProfileError(f"--few-shot needs another device's measured table of {space.name} at resolutions "
+def no_sources_error(space: SearchSpace, resolutions: Sequence[int], device: str, where: str,
+                     batch: int = 1) -> ProfileError:
+    at, flag = (f" of batch {batch}", f" --batch {batch}") if batch != 1 else ("", "")
+    return ProfileError(f"--few-shot needs another device's measured table{at} of {space.name} at resolutions "
                         f"{','.join(map(str, resolutions))} in {where}, and there is none besides {device}'s: "
-                        f"profile one device fully first (`ofa-bench profile DEVICE --space {space.name}`)")
+                        f"profile one device fully first (`ofa-bench profile DEVICE --space {space.name}{flag}`)")
 
 
 def _log_matrix(entries: Sequence[Entry], sources: Sequence[SourceTable]) -> np.ndarray:
@@ -364,45 +368,52 @@ def transfer_table(measured_ms: Mapping[Key, float], sources: Sequence[SourceTab
 # ---- with profile and the store ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FewShotPlan:
-    """What `profile --few-shot K` does on one device: measure `measure` (beside what it has), transfer the rest."""
+    """What `profile --few-shot K` does on one device's table of batch size `batch`: measure `measure` (beside
+    what it has), transfer the rest (from the sources' tables of the same batch size)."""
 
     k: int
     sources: tuple[SourceTable, ...]
     measure: tuple[Entry, ...]
+    batch: int = 1
 
 
 def plan_few_shot(store, space: SearchSpace, resolutions: Sequence[int], device: str, have: Iterable[Key],
-                  k: int) -> FewShotPlan:
-    sources = source_tables(store, space, resolutions, device)
+                  k: int, batch: int = 1) -> FewShotPlan:
+    """The entries to measure of the device's table at batch size `batch` (`have`: its measured entries at that
+    batch size), and the other devices' tables of that batch size to transfer from."""
+    sources = source_tables(store, space, resolutions, device, batch)
     if not sources:
-        raise no_sources_error(space, resolutions, device, f"store {store.target}")
-    return FewShotPlan(k, tuple(sources), tuple(choose_entries(space, resolutions, sources, k, have)))
+        raise no_sources_error(space, resolutions, device, f"store {store.target}", batch)
+    return FewShotPlan(k, tuple(sources), tuple(choose_entries(space, resolutions, sources, k, have)), int(batch))
 
 
 def check_few_shot(store_target: str, space: SearchSpace, resolutions: Sequence[int], devices: Sequence[str],
-                   k: int, say: Callable[[str], None]) -> int | None:
-    """Before anything is measured: every device must have a source table in the store (a one-line
-    ProfileError otherwise). Returns `k`, or None (with a note through `say`) when `k` covers the whole table:
-    a full profile."""
-    from bench.store import open_store
+                   k: int, say: Callable[[str], None], batch: int = 1) -> int | None:
+    """Before anything is measured: every device must have a source table of batch size `batch` in the store (a
+    one-line ProfileError otherwise). Returns `k`, or None (with a note through `say`) when `k` covers the
+    whole table: a full profile."""
+    from bench.store import store_address, using_store
 
     total = len(candidates(space, resolutions))
     if k >= total:
         say(f"--few-shot {k}: the table has {total} entries at {','.join(map(str, resolutions))}, so every one "
             f"is measured (a full profile)")
         return None
-    with open_store(store_target) as store:
+    with using_store(store_target) as store:
         for device in devices:
-            if not source_tables(store, space, resolutions, device):
-                raise no_sources_error(space, resolutions, device, f"store {store_target}")
+            if not source_tables(store, space, resolutions, device, batch):
+                raise no_sources_error(space, resolutions, device, f"store {store_address(store_target)}", batch)
     return k
 
 
-def transferred_record(key: Key, value_ms: float, nominal_ms: float | None, provenance: dict) -> dict:
-    """A store record of a transferred entry. It is expressed at the table's reference speed `nominal_ms`
-    (as the measured entries it was fitted on), so later speed changes rescale it like them."""
+def transferred_record(key: Key, value_ms: float, nominal_ms: float | None, provenance: dict,
+                       batch: int = 1) -> dict:
+    """A store record of a transferred entry of the table of batch size `batch`. It is expressed at the table's
+    reference speed `nominal_ms` (as the measured entries it was fitted on), so later speed changes rescale it
+    like them."""
     r, k = key
-    return {"resolution": int(r), "key": k, "kind": TRANSFERRED_KIND, "latency_ms": value_ms, "mean_ms": value_ms,
+    return {"resolution": int(r), "key": k, "kind": TRANSFERRED_KIND, "batch": int(batch),
+            "latency_ms": value_ms, "mean_ms": value_ms,
             "std_ms": None, "n": 0, "samples_ms": [], "noisy": False,
             "normalised_ms": value_ms if nominal_ms else None,
             "env": {keys.TRANSFER: provenance, keys.PROTOCOL: PROTOCOL_TRANSFER, keys.REFERENCE_MS: nominal_ms,
@@ -411,23 +422,26 @@ def transferred_record(key: Key, value_ms: float, nominal_ms: float | None, prov
 
 def fill_by_transfer(store, device: str, space: SearchSpace, resolutions: Sequence[int], run_id: int,
                      plan: FewShotPlan) -> dict:
-    """Predict every entry of the device's table that has no good measurement and store it, in run `run_id`,
-    as kind "transferred" (env: the sources, the model). Returns the model's summary and the count."""
+    """Predict every entry of the device's table (of the plan's batch size) that has no good measurement and
+    store it, in run `run_id`, as kind "transferred" (env: the sources, the model). Returns the model's summary
+    and the count."""
     from bench.table import table_from_store
 
-    table = table_from_store(store, device, space)
+    batch = getattr(plan, "batch", 1)
+    table = table_from_store(store, device, space, batch=batch)
     if table is None:
-        raise ProfileError(f"{device} has no measured entry of {space.name} to transfer from")
+        at = f" at batch {batch}" if batch != 1 else ""
+        raise ProfileError(f"{device} has no measured entry of {space.name}{at} to transfer from")
     measured = {key: st.value_ms for key, st in table.entries.items()
                 if key not in table.transferred and key[0] in set(resolutions)}
     keys = [(e.resolution, e.key) for e in candidates(space, resolutions)]
     model, values = transfer_table(measured, plan.sources, keys)
     provenance = {"sources": list(model.sources), "model": model.kind, "few_shot": plan.k,
-                  "measured_entries": len(measured), "run_id": int(run_id)}
-    records = [transferred_record(key, v, table.nominal_ms, provenance) for key, v in values.items()]
+                  "measured_entries": len(measured), "run_id": int(run_id), "batch": batch}
+    records = [transferred_record(key, v, table.nominal_ms, provenance, batch) for key, v in values.items()]
     with store.transaction():
         store.insert_measurements(run_id, records)
-    return {"entries_transferred": len(records), **model.to_dict()}
+    return {"entries_transferred": len(records), **model.to_dict(), "batch": batch}
 
 
 def transferred_line(table) -> str:
@@ -438,13 +452,14 @@ def transferred_line(table) -> str:
             f"`ofa-bench profile {table.device} --space {table.space}` measures them")
 
 
-def transferred_entries(store, fingerprint_id: str, space: SearchSpace, resolutions: Sequence[int] | None = None
-                        ) -> list[Entry]:
-    """Entries of the fingerprint's table that are transferred (no good measurement yet), in table order."""
+def transferred_entries(store, fingerprint_id: str, space: SearchSpace, resolutions: Sequence[int] | None = None,
+                        batch: int = 1) -> list[Entry]:
+    """Entries of the fingerprint's table of batch size `batch` that are transferred (no good measurement at
+    that batch size yet), in table order."""
     moved = {(int(r["resolution"]), r["key"])
-             for r in store.latest_measurements(fingerprint_id, space.name, kind=TRANSFERRED_KIND)}
+             for r in store.latest_measurements(fingerprint_id, space.name, kind=TRANSFERRED_KIND, batch=batch)}
     if not moved:
         return []
-    moved -= store.measured_keys(fingerprint_id, space.name)
+    moved -= store.measured_keys(fingerprint_id, space.name, batch=batch)
     res = sorted({r for r, _ in moved} if resolutions is None else set(resolutions) & {r for r, _ in moved})
     return [e for e in candidates(space, res) if (e.resolution, e.key) in moved]

@@ -159,7 +159,7 @@ class DeviceProfile:
     def summary(self) -> dict[str, Any]:
         """The few settings that tell devices apart: a row of `ofa-bench devices list`."""
         return {"name": self.name, "kind": self.kind, "runtime": self.runtime, "model_format": self.model_format,
-                "precision": self.precision,
+                "precision": self.precision, "provider": self.provider, "batch": list(self.batch),
                 "address": self.address or None, "threads": self.threads, "cores": list(self.cores) or None,
                 "binary": self.binary or None, "example": self.example, "simulated": self.simulated,
                 "aliases": list(self.aliases), "description": self.description, "source": self.source}

@@ -251,3 +251,28 @@ def test_cli_few_shot_profile_then_reports(tmp_path):
     doc = json.loads(out.stdout)
     assert doc["entries_measured"] == 4 and doc["entries_reused"] == 12
     assert doc["devices"][0]["entries_transferred"] == 80
+
+
+def test_cli_few_shot_at_a_batch_size_transfers_from_that_batch(tmp_path):
+    """--few-shot at batch 4 transfers from the store's tables of batch 4 only: a batch-1 source is not enough
+    (one-line error), a batch-4 one is used, and the table it makes is of batch 4."""
+    from bench.store import open_store
+
+    store_path = tmp_path / "s.sqlite"
+    x = _stats({k: v for k, v in base_table(2).items() if k[0] == 24})
+    with open_store(str(store_path)) as store:
+        import_table(store, "dev-a", SPACE, tmp_path / "a.csv", entries=x)
+    args = ("profile", "fpga-zu3eg-model", "--space", SPACE.name, "--resolutions", "24", "--store", store_path,
+            "--few-shot", "12", "--calibration-subnets", "0", "--batch", "4", "--json")
+    out = cli(*args)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "batch 4" in out.stderr, out.stderr
+    with open_store(str(store_path)) as store:
+        import_table(store, "dev-b", SPACE, tmp_path / "b.csv", entries=x, batch=4)
+    out = cli(*args)
+    assert out.returncode == 0, out.stderr
+    dev = json.loads(out.stdout)["devices"][0]
+    assert dev["batch"] == 4 and dev["entries_measured"] == 12 and dev["entries_transferred"] == 96 - 12
+    assert dev["transfer"]["sources"] == ["dev-b"]
+    out = cli("predict", "--device", "fpga-zu3eg-model", "--store", store_path, "--batch", "4", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["transferred_share"] == pytest.approx(84 / 96)

@@ -11,6 +11,7 @@ import yaml
 
 from bench.table import candidates, subnet_keys
 from ofa_core.space import SearchSpace
+from _cli import run_cli as _cli, one_error as _one_error
 
 W10 = SearchSpace.get("ofa-mbv3-w1.0")
 W12 = SearchSpace.get("ofa-mbv3-w1.2")
@@ -20,19 +21,6 @@ FMNIST = SearchSpace.get("ofa-mbv3-fmnist")
 @pytest.fixture()
 def note10_dir(anchors_dir):
     return anchors_dir / "ofa-mbv3-w12-note10" / "latency_table_note10"
-
-
-def _cli(capsys, *args):
-    from bench.cli import main
-
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
-def _one_error(rc, err, needle=""):
-    assert rc == 2 and err.startswith("ofa-bench: error:") and err.count("\n") == 1, err
-    assert needle in err, err
 
 
 def _as_json(src, dst, names=None):

@@ -10,6 +10,7 @@ from ofa_core.errors import OFABenchError
 from ofa_core.search import (Genome, InfeasibleBudgetError, ScoreCache, SearchParams, evolution_search,
                              evolution_search_many, smallest_achievable)
 from ofa_core.space import ConfigBatch, SearchSpace
+from _cli import run_cli as _cli
 
 W10 = SearchSpace.get("ofa-mbv3-w1.0")
 W12 = SearchSpace.get("ofa-mbv3-w1.2")
@@ -189,12 +190,6 @@ def test_note10_search_beats_random_sampling(note10):
 
 
 # ---- CLI ------------------------------------------------------------------------------------------------
-def _cli(capsys, *args):
-    from bench.cli import main
-
-    rc = main(list(args))
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 def _empty_store(path) -> str:

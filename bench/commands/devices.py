@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from bench.commands._common import JsonOption, at_least_one, emit_json, finite, info, non_negative, positive
+from bench.commands._common import (JsonOption, at_least_one, emit_json, finite, info, non_negative, parse_batches,
+                                    positive)
 
 KIND_HELP = "local | adb | ssh | fpga"
 
@@ -74,6 +75,10 @@ def add_cmd(
     runtime: str = typer.Option("onnxruntime", "--runtime", help="onnxruntime | litert | torch | null | fpga-model"),
     model_format: str = typer.Option("", "--model-format", help="onnx | tflite | pt2 (default: the runtime's)"),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | int8 (static int8 .tflite: LiteRT devices)"),
+    provider: str = typer.Option("cpu", "--provider", help="cpu | cuda | tensorrt: the onnxruntime execution "
+                                 "provider (runtime onnxruntime only)"),
+    batch: Optional[str] = typer.Option(None, "--batch", help="batch sizes B1,B2,... `profile` makes a table of "
+                                        "each by default (default: 1)"),
     threads: int = typer.Option(1, "--threads", callback=at_least_one),
     cores: Optional[str] = typer.Option(None, "--cores", help="CPU numbers to pin to, e.g. 4,5,6,7"),
     python: str = typer.Option("python3", "--python", help="interpreter on the device"),
@@ -94,7 +99,7 @@ def add_cmd(
     check_profile_name(name)  # a name, never a path: the profile is written as NAME.toml in the user's folder
     profile = DeviceProfile(
         name=name, kind=kind, address=address, runtime=runtime, model_format=model_format, precision=precision,
-        threads=threads,
+        provider=provider, batch=tuple(parse_batches(batch) or (1,)), threads=threads,
         cores=_parse_cores(cores), python=python, workdir=workdir, binary=binary, key_path=key_path,
         adb_server=adb_server, cooldown_s=cooldown_s, cooldown_temp_c=cooldown_temp_c,
         cv_threshold=cv_threshold, description=description)

@@ -6,8 +6,8 @@ from typing import Optional
 import typer
 
 from bench.commands._common import (DEFAULT_SPACE, JsonOption, NewTableSpaceOption, StoreOption, at_least_one,
-                                    check_space, emit_json, info, non_negative, parse_resolutions, positive,
-                                    resolve_store)
+                                    check_space, emit_json, info, non_negative, parse_batches, parse_resolutions,
+                                    positive, resolve_store)
 
 
 def submit_cmd(
@@ -16,22 +16,27 @@ def submit_cmd(
     resolutions: str = typer.Option(None, "--resolutions", help="R1,R2,... (default: all of the space's)"),
     max_attempts: int = typer.Option(3, "--max-attempts", callback=at_least_one,
                                      help="a job fails for good after this many tries"),
+    batch: Optional[str] = typer.Option(None, "--batch", help="batch sizes B1,B2,..., a table each: jobs measure "
+                                        "the entry taking B images (default: the device profile's `batch`)"),
     store: str = StoreOption,
     json_out: bool = JsonOption,
 ) -> None:
-    """Queue one job per table entry not yet measured (nor queued) for each device."""
+    """Queue one job per table entry not yet measured (nor queued) for each device, at each batch size."""
     from bench.farm import submit_devices
 
     check_space(space)
     res = parse_resolutions(resolutions)
+    batches = parse_batches(batch)
     doc = submit_devices(resolve_store(store), devices, space, res, max_attempts=max_attempts,
-                         default_space=DEFAULT_SPACE)
+                         default_space=DEFAULT_SPACE, batches=batches)
     if json_out:
         emit_json(doc)
     else:
         for d in doc["devices"]:
+            sizes = ",".join(str(b["batch"]) for b in d.get("batches", []))
             info(f"{d['device']}: {d['queued']} queued, {d['already_queued']} already queued, "
-                 f"{d['measured']} measured ({doc['entries']} entries in {doc['space']})")
+                 f"{d['measured']} measured ({doc['entries']} entries in {doc['space']}"
+                 + (f", batch {sizes}" if sizes and sizes != "1" else "") + ")")
 
 
 def _device_names(text: str) -> tuple[str, ...]:

@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from bench.commands._common import (JsonOption, SpaceOption, StoreOption, check_output_folder, check_output_path,
-                                    check_space, emit_json, info, resolve_store)
+from bench.commands._common import (BatchOption, JsonOption, SpaceOption, StoreOption, check_output_folder,
+                                    check_output_path, check_space, emit_json, info, number_check, resolve_store)
 
 
 def export_cmd(
@@ -19,9 +19,11 @@ def export_cmd(
     statistic: str = typer.Option("median", "--statistic", help="median | p25 | p10 | min of the raw samples"),
     partial: bool = typer.Option(False, "--partial", help="write a table that misses entries (say how many) "
                                  "instead of refusing it"),
+    batch: Optional[int] = BatchOption,
     json_out: bool = JsonOption,
 ) -> None:
-    """Write the device's table (latest good measurement per key); an incomplete table only with --partial."""
+    """Write the device's table of one batch size (latest good measurement per key); an incomplete table only
+    with --partial. CSV and Parquet files record the batch size in a `batch` column."""
     from bench.table import check_table_format, export_device_table
 
     check_table_format(fmt)
@@ -31,12 +33,13 @@ def export_cmd(
     else:
         check_output_path(out, "--out")
     target = resolve_store(store, must_exist=True, default_may_be_missing=True)
-    doc = export_device_table(device, space, target, fmt, out, statistic=statistic, partial=partial)
+    doc = export_device_table(device, space, target, fmt, out, statistic=statistic, partial=partial, batch=batch)
     if json_out:
         emit_json(doc)
     else:
         missing = doc["missing"]
-        info(f"wrote {doc['entries']} entries of {device} ({doc['space']}) to {len(doc['files'])} file(s) under "
+        of = f", batch {doc['batch']}" if doc["batch"] != 1 else ""
+        info(f"wrote {doc['entries']} entries of {device} ({doc['space']}{of}) to {len(doc['files'])} file(s) under "
              f"{out}" + (f"; {missing} entries missing (partial table)" if missing else ""))
 
 
@@ -48,16 +51,21 @@ def import_cmd(
     space: Optional[str] = typer.Option(None, "--space", help="search space name (default: the one space "
                                         "whose entries the table's keys are)"),
     store: str = StoreOption,
+    batch: Optional[int] = typer.Option(None, "--batch", callback=number_check(ge=1),
+                                        help="the batch size the table was measured at: it becomes the device's "
+                                             "table of that batch size (default: the file's `batch` column, "
+                                             "else 1)"),
     json_out: bool = JsonOption,
 ) -> None:
     """Read a published table (checked completely before anything is written) into the store."""
     from bench.table import import_device_table
 
-    doc = import_device_table(device, source, space, resolve_store(store))
+    doc = import_device_table(device, source, space, resolve_store(store), batch=batch)
     if json_out:
         emit_json(doc)
     else:
-        info(f"imported {doc['entries']} entries as device {device} ({doc['space']}), resolutions "
+        of = f" batch {doc['batch']}" if doc["batch"] != 1 else ""
+        info(f"imported {doc['entries']} entries as device {device}{of} ({doc['space']}), resolutions "
              f"{doc['resolutions'][0]}..{doc['resolutions'][-1]}")
 
 

@@ -5,16 +5,19 @@ Crontab line (03:15 every night):
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 from bench.commands._common import (JsonOption, StoreOption, check_output_folder, emit_json, info, non_negative,
-                                    positive, resolve_store)
+                                    parse_batches, positive, resolve_store)
 
 
 def _print_devices(doc: dict) -> None:
     for d in doc.get("devices", []):
-        drift = ", ".join(f"{x['kind']} {x.get('key', '')} {100 * x.get('rel_change', 0):+.1f}%"
-                          for x in d.get("drift", []))
+        drift = ", ".join(f"{x['kind']} {x.get('key', '')}"
+                          + (f" batch {x['batch']}" if x.get("batch", 1) != 1 else "")
+                          + f" {100 * x.get('rel_change', 0):+.1f}%" for x in d.get("drift", []))
         info(f"{d['device']}: {d['status']}" + (f" ({drift})" if drift else "")
              + (f"; error: {d['error']}" if d.get("error") else ""))
 
@@ -28,6 +31,8 @@ def nightly_cmd(
     threshold: float = typer.Option(0.05, "--threshold", callback=positive,
                                     help="relative change that counts as drift"),
     no_rebuild: bool = typer.Option(False, "--no-rebuild", help="report drift without re-profiling"),
+    batch: Optional[str] = typer.Option(None, "--batch", help="batch sizes B1,B2,... whose tables are refreshed "
+                                        "(default: each device profile's `batch` list)"),
     plots: str = typer.Option(None, "--plots", help="folder for drift-history PNGs of drifted entries"),
     json_out: bool = JsonOption,
 ) -> None:
@@ -37,11 +42,12 @@ def nightly_cmd(
 
     for d in devices or ():
         get_device(d)  # unknown names: one line, before any store is opened
+    batches = tuple(parse_batches(batch) or ())
     if plots:
         check_output_folder(plots, "--plots")
     target = resolve_store(store, must_exist=True)  # a mistyped --store is an error, not a new empty store
     settings = NightlySettings(stale_days=stale_days, threshold=threshold, rebuild=not no_rebuild,
-                               spaces=tuple(space or ()))
+                               spaces=tuple(space or ()), batches=batches)
     doc = run_nightly(devices, target, settings, plots=plots)
     if json_out:
         emit_json(doc)

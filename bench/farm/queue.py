@@ -22,7 +22,7 @@ from bench.store.postgres import name_lock_key
 JOB_STATUSES = ("queued", "running", "done", "failed")
 DEFAULT_MAX_ATTEMPTS = 3
 _JOB_COLUMNS = ("id, uuid, device, fingerprint_id, space, kind, resolution, key, status, attempts, max_attempts, "
-                "worker, lease_until, last_error")
+                "worker, lease_until, last_error, batch")
 
 
 @dataclass(frozen=True)
@@ -43,13 +43,15 @@ class Job:
     worker: str | None
     lease_until: float | None
     last_error: str | None
+    batch: int = 1  # the batch size the entry is measured at (its model takes `batch` images)
 
     @classmethod
     def from_row(cls, row: dict) -> "Job":
         return cls(id=int(row["id"]), uuid=row["uuid"], device=row["device"], fingerprint_id=row["fingerprint_id"],
                    space=row["space"], kind=row["kind"], resolution=int(row["resolution"]), key=row["key"],
                    status=row["status"], attempts=int(row["attempts"]), max_attempts=int(row["max_attempts"]),
-                   worker=row["worker"], lease_until=row["lease_until"], last_error=row["last_error"])
+                   worker=row["worker"], lease_until=row["lease_until"], last_error=row["last_error"],
+                   batch=int(row.get("batch") or 1))
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,10 @@ def _entry_pairs(entries: Iterable) -> list[tuple[int, str]]:
 
 
 def enqueue(store: Store, device: str, space, entries: Iterable, *, fingerprint_id: str | None = None,
-            kind: str = "block", max_attempts: int = DEFAULT_MAX_ATTEMPTS, in_transaction: bool = False
-            ) -> EnqueueResult:
-    """Queue one job per entry of `space` (a name or a `SearchSpace`) for `device`; entries already queued or
-    running for it are skipped. Used by `submit` and `nightly`.
+            kind: str = "block", max_attempts: int = DEFAULT_MAX_ATTEMPTS, in_transaction: bool = False,
+            batch: int = 1) -> EnqueueResult:
+    """Queue one job per entry of `space` (a name or a `SearchSpace`) for `device` at batch size `batch`;
+    entries already queued or running for it at that batch size are skipped. Used by `submit` and `nightly`.
 
     Entries are `(resolution, key)` pairs or `bench.table.Entry` objects. Everything is queued in one
     transaction (or inside the caller's, with `in_transaction=True`)."""
@@ -89,6 +91,8 @@ def enqueue(store: Store, device: str, space, entries: Iterable, *, fingerprint_
         raise StoreError("device name is empty")
     if max_attempts < 1:
         raise StoreError(f"max_attempts must be at least 1, got {max_attempts}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise StoreError(f"batch must be an integer >= 1, got {batch!r}")
     pairs = _entry_pairs(entries)
 
     def body() -> EnqueueResult:
@@ -97,9 +101,10 @@ def enqueue(store: Store, device: str, space, entries: Iterable, *, fingerprint_
         for resolution, key in pairs:
             rows = store.query(
                 "INSERT INTO jobs (uuid, device, fingerprint_id, space, kind, resolution, key, status, attempts, "
-                "max_attempts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?) "
+                "max_attempts, created_at, updated_at, batch) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?) "
                 "ON CONFLICT DO NOTHING RETURNING id",
-                (str(uuid.uuid4()), device, fingerprint_id, space, kind, resolution, key, max_attempts, now, now))
+                (str(uuid.uuid4()), device, fingerprint_id, space, kind, resolution, key, max_attempts, now, now,
+                 int(batch)))
             if rows:
                 ids.append(int(rows[0]["id"]))
         return EnqueueResult(tuple(ids), len(pairs) - len(ids))
@@ -179,17 +184,20 @@ class LostJob(StoreError):
 
 
 def _lost(job: Job, worker: str) -> LostJob:
-    return LostJob(f"job {job.id} ({job.device} {job.resolution} {job.key}) is no longer held by {worker}")
+    at = f" batch {job.batch}" if job.batch != 1 else ""
+    return LostJob(f"job {job.id} ({job.device} {job.resolution} {job.key}{at}) is no longer held by {worker}")
 
 
 def complete(store: Store, job: Job, worker: str, run_id: int, record: dict) -> int:
-    """Write the job's measurement and mark it done, atomically; returns the measurement id.
+    """Write the job's measurement (at the job's batch size) and mark it done, atomically; returns the
+    measurement id.
 
     Raises `LostJob` (and writes nothing) if the worker lost the job meanwhile, so an entry is never
     recorded twice by a worker that was presumed dead. The device's lock makes a concurrent submit see the
     entry either still active or already measured, never neither."""
     measurement_uuid = str(uuid.uuid4())
-    rec = {**record, "uuid": measurement_uuid, "resolution": job.resolution, "key": job.key, "kind": job.kind}
+    rec = {**record, "uuid": measurement_uuid, "resolution": job.resolution, "key": job.key, "kind": job.kind,
+           "batch": job.batch}
     now = time.time()
     if store.backend == "postgresql":
         return _complete_one_statement(store, job, worker, run_id, rec, now)

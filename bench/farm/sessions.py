@@ -86,7 +86,9 @@ class AgentSession:
         exporter_versions(self.profile.model_format)  # import the exporters now, not during the first job
         self._agent = connect(agent_profile(self.profile, self.settings))
         self._entries: dict[tuple[str, int], dict] = {}
-        self._watch = ReferenceWatch() if self.settings.reference else None
+        self._watch = ReferenceWatch() if self.settings.reference else None  # batch 1 (the name it always had)
+        # a batch of B images takes its own time: each batch size's references are watched apart
+        self._watches: dict[int, object] = {1: self._watch}
         self._references: list[dict] = []
 
     def fingerprint(self) -> dict:
@@ -106,7 +108,16 @@ class AgentSession:
         except KeyError:
             raise UnknownEntryError(f"{space_name} has no table entry {key!r} at resolution {resolution}") from None
 
+    def _watch_of(self, batch: int):
+        from bench.measure import ReferenceWatch
+
+        if batch not in self._watches:
+            self._watches[batch] = ReferenceWatch() if self.settings.reference else None
+        return self._watches[batch]
+
     def measure_job(self, job: Job) -> dict:
+        """The job's entry (and the reference beside it), exported taking `job.batch` images and timed as one
+        inference of the whole batch, as `profile --batch` measures it."""
         from bench.export import export_entry
         from bench.measure import measure_models, reference_entry, reference_records, to_record
         from ofa_core.space import SearchSpace
@@ -114,14 +125,17 @@ class AgentSession:
         space = SearchSpace.get(job.space)
         fmt = self.profile.model_format
         precision = self.profile.precision
-        path = export_entry(space, self._entry(job.space, job.resolution, job.key), fmt=fmt, precision=precision)
-        ref_path = (export_entry(space, reference_entry(space), fmt=fmt, precision=precision)
+        batch = int(getattr(job, "batch", 1))
+        path = export_entry(space, self._entry(job.space, job.resolution, job.key), fmt=fmt, precision=precision,
+                            batch=batch)
+        ref_path = (export_entry(space, reference_entry(space), fmt=fmt, precision=precision, batch=batch)
                     if self.settings.reference else None)
         s = self.settings
         max_rem = s.max_remeasure if s.max_remeasure is not None else self.profile.max_remeasure
-        (timed,), refs = measure_models(self._agent, [path], ref_path, s.rounds, s.precision, max_rem, self._watch)
-        self._references.extend(reference_records(space, refs, None))
-        return to_record(timed, job.resolution, job.key, job.kind, None)
+        (timed,), refs = measure_models(self._agent, [path], ref_path, s.rounds, s.precision, max_rem,
+                                        self._watch_of(batch))
+        self._references.extend(reference_records(space, refs, None, batch))
+        return to_record(timed, job.resolution, job.key, job.kind, None, batch)
 
     def take_reference_records(self) -> list[dict]:
         """The reference timings of the jobs measured since the last call (the worker stores them)."""

@@ -48,11 +48,12 @@ def farm_status(store: Store, now: float | None = None, stale_after_s: float = 1
 
     for row in store.query("SELECT device, status, COUNT(*) AS n FROM jobs GROUP BY device, status"):
         dev(row["device"])[row["status"]] = int(row["n"])
-    for row in store.query("SELECT device, space, resolution, key, attempts, last_error FROM jobs "
+    for row in store.query("SELECT device, space, resolution, key, attempts, last_error, batch FROM jobs "
                            "WHERE status = 'failed' ORDER BY updated_at DESC"):
         d = dev(row["device"])
         if len(d["failed_jobs"]) < 10:
-            d["failed_jobs"].append({k: row[k] for k in ("space", "resolution", "key", "attempts", "last_error")})
+            d["failed_jobs"].append({k: row[k] for k in ("space", "resolution", "key", "attempts", "last_error",
+                                                         "batch")})
     workers = []
     for row in store.query("SELECT name, host, pid, devices, started_at, last_heartbeat, status FROM workers "
                            "ORDER BY name"):

@@ -23,9 +23,52 @@ def device_is_known(store: Store, name: str) -> bool:
         return False
 
 
+def device_batches(name: str) -> list[int]:
+    """The batch sizes a device's profile lists (one table each); [1] for a device this host has no profile of
+    (one a worker on another host registered)."""
+    try:
+        from devices import get_device
+
+        return list(get_device(name).batch)
+    except OFABenchError:
+        return [1]
+
+
+def check_batches(batches: Sequence[int] | None) -> list[int] | None:
+    """Distinct batch sizes, each an integer >= 1 (None: each device's profile's list)."""
+    if batches is None:
+        return None
+    bad = [b for b in batches if isinstance(b, bool) or not isinstance(b, int) or b < 1]
+    if bad or not batches:
+        raise FarmError(f"batch sizes must be integers >= 1, got {bad[0] if bad else 'none'}")
+    return list(dict.fromkeys(batches))
+
+
+def _submit_device(store: Store, device: str, space, resolutions, entries: list, batches: Sequence[int],
+                   max_attempts: int) -> dict:
+    """Queue one device's missing entries at each batch size (inside the caller's locked transaction)."""
+    # read inside the locked transaction: a job completing meanwhile is either seen measured or still active,
+    # so no entry is queued twice
+    fp = store.latest_fingerprint(device)
+    fp_id = fp["id"] if fp else None
+    per_batch = []
+    for b in batches:
+        measured = store.measured_keys(fp_id, space.name, resolutions, batch=b) if fp_id else set()
+        missing = [e for e in entries if (e.resolution, e.key) not in measured]
+        res = enqueue(store, device, space.name, missing, fingerprint_id=fp_id, max_attempts=max_attempts,
+                      in_transaction=True, batch=b)
+        per_batch.append({"batch": b, "measured": len(measured), "queued": res.queued,
+                          "already_queued": res.already_active})
+    # the device's counts are summed over its batch sizes (one table each), then given per batch size
+    return {"device": device, "fingerprint_id": fp_id,
+            **{k: sum(p[k] for p in per_batch) for k in ("measured", "queued", "already_queued")},
+            "batches": per_batch}
+
+
 def submit(store: Store, devices: Sequence[str], space_name: str, resolutions: Sequence[int] | None = None,
-           *, max_attempts: int = 3) -> dict:
-    """Queue every table entry not yet measured (nor queued) for each device's latest fingerprint.
+           *, max_attempts: int = 3, batches: Sequence[int] | None = None) -> dict:
+    """Queue every table entry not yet measured (nor queued) for each device's latest fingerprint, at each batch
+    size of `batches` (default: the device profile's `batch` list; [1] for a device without a profile here).
 
     All devices are checked before anything is written; the jobs of all devices go in one transaction."""
     from bench.table import candidates
@@ -33,6 +76,7 @@ def submit(store: Store, devices: Sequence[str], space_name: str, resolutions: S
 
     if not devices:
         raise FarmError("farm submit needs at least one device")
+    batches = check_batches(batches)
     space = SearchSpace.get(space_name)
     entries = candidates(space, resolutions)
     unknown = [d for d in devices if not device_is_known(store, d)]
@@ -46,27 +90,21 @@ def submit(store: Store, devices: Sequence[str], space_name: str, resolutions: S
         for device in names:  # sorted: two submits lock devices in the same order
             store.lock_name(f"device:{device}")
         for device in names:
-            # read inside the locked transaction: a job completing meanwhile is either seen measured or
-            # still active, so no entry is queued twice
-            fp = store.latest_fingerprint(device)
-            fp_id = fp["id"] if fp else None
-            measured = store.measured_keys(fp_id, space.name, resolutions) if fp_id else set()
-            missing = [e for e in entries if (e.resolution, e.key) not in measured]
-            res = enqueue(store, device, space.name, missing, fingerprint_id=fp_id, max_attempts=max_attempts,
-                          in_transaction=True)
-            report["devices"].append({"device": device, "fingerprint_id": fp_id, "measured": len(measured),
-                                      "queued": res.queued, "already_queued": res.already_active})
+            report["devices"].append(_submit_device(store, device, space, resolutions, entries,
+                                                    batches or device_batches(device), max_attempts))
     report["queued"] = sum(d["queued"] for d in report["devices"])
     return report
 
 
-def submit_devices(store_target: str, devices: Sequence[str], space: str | None, resolutions: Sequence[int] | None,
-                   *, max_attempts: int = 3, default_space: str | None = None) -> dict:
-    """`submit` into the store at `store_target`, in the space of the devices' tables (`space` when given,
-    else `default_space` for devices without a table)."""
-    from bench.store import open_store
+def submit_devices(store_target, devices: Sequence[str], space: str | None, resolutions: Sequence[int] | None,
+                   *, max_attempts: int = 3, default_space: str | None = None,
+                   batches: Sequence[int] | None = None) -> dict:
+    """`submit` into the store (an open Store or an address), in the space of the devices' tables (`space` when given,
+    else `default_space` for devices without a table), at `batches` (default: each device profile's list)."""
+    from bench.store import using_store
     from bench.table import device_space
 
-    with open_store(store_target) as s:
+    batches = check_batches(batches)  # before the store is opened
+    with using_store(store_target) as s:
         sp = device_space(devices, space, s, default=default_space)  # a device's table goes on in its space
-        return submit(s, devices, sp.name, resolutions, max_attempts=max_attempts)
+        return submit(s, devices, sp.name, resolutions, max_attempts=max_attempts, batches=batches)

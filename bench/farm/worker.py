@@ -203,7 +203,7 @@ class Worker:
     def _serve_device(self, store: Store, rep: WorkerDeviceReport) -> None:
         device, s = rep.device, self.settings
         session = None
-        runs: dict[str, int] = {}
+        runs: dict[tuple[str, int], int] = {}  # (space, batch) -> the worker's run of that table
         status = "done"
         try:
             with self._startup:
@@ -244,8 +244,8 @@ class Worker:
                     pass
             store.close()
 
-    def _one_job(self, store: Store, session: DeviceSession, rep: WorkerDeviceReport, runs: dict[str, int],
-                 failures: list[int]) -> bool:
+    def _one_job(self, store: Store, session: DeviceSession, rep: WorkerDeviceReport,
+                 runs: dict[tuple[str, int], int], failures: list[int]) -> bool:
         """Claim, measure and complete one job (or wait a poll interval); False once idle with exit_when_idle."""
         device, s = rep.device, self.settings
         job = claim(store, self.name, device, s.lease_s)
@@ -256,15 +256,16 @@ class Worker:
             return True
         self._hold(device, job.id)
         try:
-            if job.space not in runs:
-                runs[job.space] = store.start_run(device, rep.fingerprint_id, job.space, "farm",
-                                                  {"lease_s": s.lease_s}, {"worker": self.name})
+            table = (job.space, job.batch)
+            if table not in runs:
+                runs[table] = store.start_run(device, rep.fingerprint_id, job.space, "farm",
+                                              {"lease_s": s.lease_s, "batch": job.batch}, {"worker": self.name})
             try:
                 record = session.measure_job(job)
                 check_record(record)
                 if record.get("noisy"):  # kept for the record, but not good enough for the table: not done
-                    store.add_measurements(runs[job.space], [{**record, "resolution": job.resolution,
-                                                              "key": job.key, "kind": job.kind}])
+                    store.add_measurements(runs[table], [{**record, "resolution": job.resolution, "key": job.key,
+                                                          "kind": job.kind, "batch": job.batch}])
                     raise NoisyMeasurement(f"too noisy for the table (spread {_spread(record)}); measured again "
                                            f"while attempts remain")
             except Exception as exc:  # a failed attempt: recorded on the job, the worker carries on
@@ -280,8 +281,8 @@ class Worker:
             take = getattr(session, "take_reference_records", None)
             references = take() if take is not None else []
             if references:  # the device's speed during this job, as profile records it
-                store.add_measurements(runs[job.space], references)
-            complete(store, job, self.name, runs[job.space], record)
+                store.add_measurements(runs[table], references)
+            complete(store, job, self.name, runs[table], record)
             rep.done += 1
             return True
         finally:  # done, failed, lost or abandoned after an error: the heartbeat stops renewing it either way

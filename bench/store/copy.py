@@ -16,7 +16,8 @@ from bench.store.rows import MEASUREMENT_COLUMNS
 RUN_COLUMNS = ("uuid", "device", "fingerprint_id", "space", "kind", "settings", "metadata", "status", "user_name",
                "host", "started_at", "finished_at")
 JOB_COLUMNS = ("uuid", "device", "fingerprint_id", "space", "kind", "resolution", "key", "status", "attempts",
-               "max_attempts", "worker", "lease_until", "last_error", "measurement_uuid", "created_at", "updated_at")
+               "max_attempts", "worker", "lease_until", "last_error", "measurement_uuid", "created_at", "updated_at",
+               "batch")
 FINGERPRINT_COLUMNS = ("id", "device", "fingerprint", "created_at", "last_seen_at")
 WORKER_COLUMNS = ("name", "host", "pid", "devices", "started_at", "last_heartbeat", "status")
 TERMINAL_JOB_STATUSES = ("done", "failed")

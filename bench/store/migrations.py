@@ -144,6 +144,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         "DROP INDEX measurements_lookup",
         "CREATE INDEX measurements_lookup ON measurements (fingerprint_id, space, kind, batch, resolution, key)",
     )),
+    # A farm job measures an entry at one batch size, which its measurement records: the same entry may be
+    # queued at several batch sizes at once. Jobs queued before this column were of batch 1.
+    Migration(5, "a farm job's batch size (1 for every earlier job)", (
+        "ALTER TABLE jobs ADD COLUMN batch INTEGER NOT NULL DEFAULT 1",
+        "DROP INDEX jobs_active_entry",
+        """CREATE UNIQUE INDEX jobs_active_entry ON jobs (device, space, kind, batch, resolution, key)
+            WHERE status IN ('queued', 'running')""",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

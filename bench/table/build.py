@@ -152,10 +152,11 @@ def read_table(source: Path,
 
 
 def import_table(store, device: str, space: SearchSpace | str | None, source: Path,
-                 entries: Mapping[tuple[int, str], EntryStats] | None = None) -> dict:
+                 entries: Mapping[tuple[int, str], EntryStats] | None = None, batch: int = 1) -> dict:
     """Read a table (checked completely first; `entries` if the caller has read it already), then write it to
-    the store, fingerprint, run and every cell, in one transaction: an import is stored whole or not at all.
-    A cell whose source gave no std keeps it unknown (NULL), not 0."""
+    the store as the device's table of batch size `batch`, fingerprint, run and every cell, in one
+    transaction: an import is stored whole or not at all. A cell whose source gave no std keeps it unknown
+    (NULL), not 0."""
     if entries is None:
         space, entries = read_table(source, space)
     elif space is None:
@@ -169,11 +170,11 @@ def import_table(store, device: str, space: SearchSpace | str | None, source: Pa
         "std_ms": st.std_ms, "p10_ms": None, "p90_ms": None,
         "cv": None if st.std_ms is None else (st.std_ms / st.mean_ms) if st.mean_ms > 0 else 0.0,
         "n": st.count, "samples_ms": [], "noisy": False, "env": {keys.IMPORTED_FROM: str(source)},
-        "normalised_ms": st.normalised_ms,
+        "normalised_ms": st.normalised_ms, "batch": int(batch),
     } for (r, k), st in sorted(entries.items())]
     with store.transaction():
         fp_id = store.register_fingerprint(device, fingerprint)
-        run_id = store.start_run(device, fp_id, space.name, "import", {"source": str(source)},
+        run_id = store.start_run(device, fp_id, space.name, "import", {"source": str(source), "batch": int(batch)},
                                  {"entries": len(records)})
         ids = store.insert_measurements(run_id, records)
         store.finish_run(run_id, "done")

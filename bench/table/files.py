@@ -177,12 +177,14 @@ def write_yaml_dir(table: LatencyTable, folder: Path) -> list[Path]:
 
 # ---- Parquet / CSV ----------------------------------------------------------------------------------------
 def table_frame(table: LatencyTable):
+    """The table as rows of a CSV or Parquet file: one per entry, with the table's metadata (its batch size
+    too, which `lut import` reads back) in columns of their own."""
     import pandas as pd
 
     rows = [{"device": table.device, "fingerprint_id": table.fingerprint_id, "space": table.space,
              "table_version": table.version, "resolution": r, "key": k, "latency_ms": st.latency_ms,
              "mean_ms": st.mean_ms, "std_ms": st.std_ms, "count": st.count, "normalised_ms": st.normalised_ms,
-             "measured_at": st.measured_at}
+             "measured_at": st.measured_at, "batch": int(table.batch)}
             for (r, k), st in sorted(table.entries.items())]
     return pd.DataFrame(rows)
 
