@@ -5,6 +5,9 @@ the accuracy predictor, the resolutions to search).
     device table ─> LatencyPredictor (calibrated, with its interval) ─┐
     accuracy predictor ───────────────────────────────────────────────┴─> evolution (ofa_core.search)
         ─> export (bench.export) ─> confirm on the device (bench.validate's passes) ─> refit, search again
+
+The answer travels typed: a `SearchAnswer` (the subnet as a SubnetConfig, the figures it was chosen on, then
+its export, its `Confirmation` and every round), whose `to_dict()` is the `ofa-bench search --json` document.
 """
 from __future__ import annotations
 
