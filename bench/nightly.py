@@ -117,7 +117,8 @@ def nightly_device(device: str, store_target, settings: NightlySettings = Nightl
     from bench.store import using_store
     from devices import get_device
 
-    report: dict = {"device": device, "status": "ok", "spaces": [], "drift": [], "rebuilt": [], "error": None}
+    report: dict = {"device": device, "status": "ok", "spaces": [], "drift": [], "rebuilt": [], "error": None,
+                    "batches": []}
     start = time.monotonic()
     held = ExitStack()
     store = held.enter_context(using_store(store_target, create=False))  # nightly never starts a store

@@ -103,6 +103,7 @@ def test_nightly_unreachable_exits_nonzero(tmp_path, devices):
     assert r.returncode != 0 and "unreachable: gone-nightly" in r.stderr
     doc = json.loads(r.stdout)
     assert doc["unreachable"] == ["gone-nightly"] and doc["devices"][0]["status"] == "unreachable"
+    assert doc["devices"][0]["batches"] == []  # every device report has the same keys
 
 
 @pytest.mark.postgres
