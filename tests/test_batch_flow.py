@@ -4,6 +4,7 @@ batch size, and `lut export|import --batch`. The small space at one resolution o
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,10 @@ from bench.store import open_store
 from bench.table import candidates, load_device_table, table_from_store
 from ofa_core.space import SearchSpace
 from _cli import run_cli as _cli, one_error as _one_error
+try:  # one module identity, so one PostgreSQL server per session (as test_farm and test_store import it)
+    from tests._fixtures_pg import pg_server, pg_url  # noqa: F401  (a fresh database per test)
+except ImportError:
+    from _fixtures_pg import pg_server, pg_url  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = SearchSpace.get("ofa-mbv3-fmnist")
@@ -338,32 +343,23 @@ def test_nightly_measures_transferred_entries_of_a_batch_table(tmp_path, monkeyp
 
 
 @pytest.mark.postgres
-def test_enqueue_nightly_queues_jobs_per_batch():
+def test_enqueue_nightly_queues_jobs_per_batch(pg_url):
     """The farm's nightly (a PostgreSQL store) queues each table's entries at its batch size."""
-    try:
-        from tests._fixtures_pg import session_server
-    except ImportError:
-        from _fixtures_pg import session_server
     from bench.nightly import NightlySettings, enqueue_nightly, sentinels
 
-    server = session_server()
-    url = server.create_db()
-    try:
-        with open_store(url) as st:
-            fp = st.register_fingerprint("farm-dev", {"name": "farm-dev"})
-            for b in (1, 2):
-                with st.running("farm-dev", fp, SPACE.name, "profile", {"batch": b}, {}) as run_id:
-                    st.add_measurements(run_id, [{"resolution": r, "key": k, "kind": "block", "latency_ms": 1.0,
-                                                  "n": 5, "samples_ms": [1.0] * 5, "batch": b} for r, k in KEYS])
-        doc = enqueue_nightly(url, ["farm-dev"], NightlySettings(batches=(1, 2)))
-        (dev,) = doc["devices"]
-        n = len(sentinels(SPACE, [RES]))
-        assert dev["batches"] == [1, 2] and [(t["batch"], t["queued"]) for t in dev["tables"]] == [(1, n), (2, n)]
-        with open_store(url) as st:
-            rows = st.query("SELECT batch, COUNT(*) AS n FROM jobs GROUP BY batch ORDER BY batch")
-        assert [(r["batch"], r["n"]) for r in rows] == [(1, n), (2, n)]
-        # a farm device without a profile here: the batch sizes its tables have
-        doc = enqueue_nightly(url, ["farm-dev"], NightlySettings())
-        assert doc["devices"][0]["batches"] == [1, 2] and doc["devices"][0]["queued"] == 0
-    finally:
-        server.drop_db(url)
+    with open_store(pg_url) as st:
+        fp = st.register_fingerprint("farm-dev", {"name": "farm-dev"})
+        for b in (1, 2):
+            with st.running("farm-dev", fp, SPACE.name, "profile", {"batch": b}, {}) as run_id:
+                st.add_measurements(run_id, [{"resolution": r, "key": k, "kind": "block", "latency_ms": 1.0,
+                                              "n": 5, "samples_ms": [1.0] * 5, "batch": b} for r, k in KEYS])
+    doc = enqueue_nightly(pg_url, ["farm-dev"], NightlySettings(batches=(1, 2)))
+    (dev,) = doc["devices"]
+    n = len(sentinels(SPACE, [RES]))
+    assert dev["batches"] == [1, 2] and [(t["batch"], t["queued"]) for t in dev["tables"]] == [(1, n), (2, n)]
+    with open_store(pg_url) as st:
+        per_batch = Counter(j["batch"] for j in st.jobs())
+    assert sorted(per_batch.items()) == [(1, n), (2, n)]
+    # a farm device without a profile here: the batch sizes its tables have
+    doc = enqueue_nightly(pg_url, ["farm-dev"], NightlySettings())
+    assert doc["devices"][0]["batches"] == [1, 2] and doc["devices"][0]["queued"] == 0

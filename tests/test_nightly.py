@@ -11,6 +11,10 @@ import pytest
 
 from bench.nightly import sentinels
 from ofa_core.space import SearchSpace
+try:  # one module identity, so one PostgreSQL server per session (as test_farm and test_store import it)
+    from tests._fixtures_pg import pg_server, pg_url  # noqa: F401  (a fresh database per test)
+except ImportError:
+    from _fixtures_pg import pg_server, pg_url  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = SearchSpace.get("ofa-mbv3-fmnist")
@@ -107,32 +111,23 @@ def test_nightly_unreachable_exits_nonzero(tmp_path, devices):
 
 
 @pytest.mark.postgres
-def test_nightly_with_postgres_enqueues_jobs():
-    try:
-        from tests._fixtures_pg import session_server
-    except ImportError:
-        from _fixtures_pg import session_server
+def test_nightly_with_postgres_enqueues_jobs(pg_url):
     from bench.nightly import NightlySettings, enqueue_nightly
     from bench.store import open_store
 
-    server = session_server()
-    url = server.create_db()
-    try:
-        with open_store(url) as st:
-            fp_id = st.register_fingerprint("farm-dev", {"model": "x"})
-            run = st.start_run("farm-dev", fp_id, SPACE.name, "profile", {}, {})
-            watch = sentinels(SPACE, [24])
-            st.add_measurements(run, [{"resolution": 24, "key": e.key, "kind": "block", "latency_ms": 1.0, "n": 1,
-                                       "samples_ms": [1.0]} for e in watch])
-            st.finish_run(run, "done")
-        doc = enqueue_nightly(url, None, NightlySettings())
-        assert doc["mode"] == "farm" and doc["devices"][0]["queued"] == len(watch)
-        again = enqueue_nightly(url, ["farm-dev"], NightlySettings())
-        assert again["devices"][0]["queued"] == 0  # already queued: nothing doubled
-        with open_store(url) as st:
-            assert st.query("SELECT COUNT(*) AS n FROM jobs")[0]["n"] == len(watch)
-    finally:
-        server.drop_db(url)
+    with open_store(pg_url) as st:
+        fp_id = st.register_fingerprint("farm-dev", {"model": "x"})
+        run = st.start_run("farm-dev", fp_id, SPACE.name, "profile", {}, {})
+        watch = sentinels(SPACE, [24])
+        st.add_measurements(run, [{"resolution": 24, "key": e.key, "kind": "block", "latency_ms": 1.0, "n": 1,
+                                   "samples_ms": [1.0]} for e in watch])
+        st.finish_run(run, "done")
+    doc = enqueue_nightly(pg_url, None, NightlySettings())
+    assert doc["mode"] == "farm" and doc["devices"][0]["queued"] == len(watch)
+    again = enqueue_nightly(pg_url, ["farm-dev"], NightlySettings())
+    assert again["devices"][0]["queued"] == 0  # already queued: nothing doubled
+    with open_store(pg_url) as st:
+        assert len(st.jobs()) == len(watch)
 
 
 def test_nightly_unknown_device_writes_nothing(tmp_path):
