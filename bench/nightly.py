@@ -26,8 +26,8 @@ from bench.table import Entry, candidates
 from bench.drift import detect_step
 from bench.transfer import transferred_entries
 from bench.measure import keys
-from bench.measure import (MeasureSettings, agent_profile, commit, measure_models, reference_entry, reference_key,
-                           reference_nominal_ms, reference_records, to_record)
+from bench.measure import (MeasureSettings, agent_profile, check_batch_sizes, commit, measure_models,
+                           reference_entry, reference_key, reference_nominal_ms, reference_records, to_record)
 
 
 class NightlyAlert(OFABenchError):
@@ -57,8 +57,7 @@ class NightlySettings:
             raise OFABenchError(f"max_transferred must be >= 0, got {self.max_transferred}")
         if self.rounds < 1 or self.min_after < 1:
             raise OFABenchError(f"rounds and min_after must be >= 1, got {self.rounds} and {self.min_after}")
-        if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batches):
-            raise OFABenchError(f"batch sizes must be integers >= 1, got {list(self.batches)}")
+        check_batch_sizes(self.batches or None, OFABenchError)
 
 
 def sentinels(space: SearchSpace, resolutions: Sequence[int]) -> list[Entry]:
@@ -239,16 +238,6 @@ def stale_entries(sp: SearchSpace, rows: list[dict], res: list[int], stale_days:
             and now - float(latest[(e.resolution, e.key)]["measured_at"]) > stale_days * 86400]
 
 
-def _profile_batches(device: str) -> tuple[int, ...] | None:
-    """The `batch` list of the device's profile on this host; None for a farm device this host has no profile of."""
-    from devices import get_device
-
-    try:
-        return get_device(device).batch
-    except OFABenchError:
-        return None
-
-
 def _enqueue_device(store, device: str, settings: NightlySettings) -> dict:
     """One farm device: queue each table's (space, batch size) sentinel, stale and transferred entries as jobs
     at that batch size, and report the drift over what the workers measured so far."""
@@ -259,12 +248,14 @@ def _enqueue_device(store, device: str, settings: NightlySettings) -> dict:
     if fp is None:
         rep.update(status="failed", error=f"device {device!r} has never been profiled in this store")
         return rep
-    profile_batches = _profile_batches(device)
+    from devices import profile_batches
+
+    batches_here = profile_batches(device)
     for name in profiled_spaces(store, device, fp["id"]):
         if settings.spaces and name not in settings.spaces:
             continue
         sp = SearchSpace.get(name)
-        for batch in nightly_batches(settings, profile_batches, store, fp["id"], name):
+        for batch in nightly_batches(settings, batches_here, store, fp["id"], name):
             rows = store.latest_measurements(fp["id"], name, kind="block", batch=batch)
             moved = transferred_entries(store, fp["id"], sp, batch=batch)[:settings.max_transferred]
             res = sorted({int(r["resolution"]) for r in rows} | {e.resolution for e in moved})

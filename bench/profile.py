@@ -29,8 +29,9 @@ from ofa_core.space import SearchSpace, SubnetConfig
 from bench.table import candidates
 from bench.table.predictor import space_ends
 from bench.measure import keys
-from bench.measure import (MeasureSettings, ProfileError, ReferenceWatch, agent_profile, commit,  # noqa: F401
-                           measure_models, reference_entry, reference_nominal_ms, reference_records, to_record)
+from bench.measure import (MeasureSettings, ProfileError, ReferenceWatch, agent_profile,  # noqa: F401
+                           check_batch_sizes, commit, measure_models, reference_entry, reference_nominal_ms,
+                           reference_records, to_record)
 from bench.progress import StderrProgress
 from bench.store import StoreLike, using_store
 from bench.workers import Workers
@@ -357,16 +358,6 @@ def measure_calibration_subnets(profile, space: SearchSpace, res: Sequence[int],
     report.calibration = LatencyPredictor.from_table(table, space).calibration.to_dict()
 
 
-def check_batches(batches: Sequence[int] | None) -> list[int] | None:
-    """Batch sizes to profile: distinct, each at least 1 (None: each device profile's own `batch` list)."""
-    if batches is None:
-        return None
-    bad = [b for b in batches if int(b) < 1]
-    if bad or not batches:
-        raise ProfileError(f"batch sizes must be at least 1, got {bad[0] if bad else 'none'}")
-    return list(dict.fromkeys(int(b) for b in batches))
-
-
 def profile_devices(devices: Sequence[str], space: SearchSpace, store_target: StoreLike,
                     resolutions: Sequence[int] | None, settings: MeasureSettings = MeasureSettings(),
                     show_progress: bool = True, few_shot: int | None = None,
@@ -378,7 +369,7 @@ def profile_devices(devices: Sequence[str], space: SearchSpace, store_target: St
     from devices import get_device
 
     profiles = [get_device(d) for d in devices]  # unknown device: one-line error before anything starts
-    batches = check_batches(batches)
+    batches = check_batch_sizes(batches)
     plans = [batches or list(p.batch) for p in profiles]
     check_resolutions(space, resolutions)
     with using_store(store_target):  # a bad store, too, before any progress bar is drawn

@@ -4,7 +4,7 @@ Reading a fingerprint from a device needs a connection: `agents.connect(profile)
 from devices.fingerprint import fingerprint_id
 from devices.profile import DeviceProfile, DeviceProfileError
 from devices.registry import (DEFAULT_DEVICE, UnknownDeviceError, check_profile_name, get_device, list_devices,
-                              write_user_profile)
+                              profile_batches, write_user_profile)
 
 __all__ = ["DEFAULT_DEVICE", "DeviceProfile", "DeviceProfileError", "UnknownDeviceError", "check_profile_name",
-           "fingerprint_id", "get_device", "list_devices", "write_user_profile"]
+           "fingerprint_id", "get_device", "list_devices", "profile_batches", "write_user_profile"]

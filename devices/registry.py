@@ -106,6 +106,17 @@ def get_device(name: str | None = None) -> DeviceProfile:
                              f"adb:SERIAL, ssh:USER@HOST[:PORT]")
 
 
+def profile_batches(name: str) -> tuple[int, ...] | None:
+    """The `batch` list of the device's profile on this host; None for a device this host has no usable profile
+    of (a farm device another host's worker registered)."""
+    from ofa_core.errors import OFABenchError
+
+    try:
+        return get_device(name).batch
+    except OFABenchError:
+        return None
+
+
 def write_user_profile(profile: DeviceProfile, force: bool = False) -> Path:
     """Save `profile` as TOML in the first user profile folder; refuse to overwrite unless `force`."""
     folder = user_profile_dirs()[0]

@@ -6,7 +6,9 @@ from collections.abc import Sequence
 
 from bench.farm.errors import FarmError
 from bench.farm.queue import enqueue
+from bench.measure.settings import check_batch_sizes
 from bench.store import Store
+from devices import profile_batches
 from ofa_core.errors import OFABenchError
 
 
@@ -21,27 +23,6 @@ def device_is_known(store: Store, name: str) -> bool:
         return True
     except OFABenchError:
         return False
-
-
-def device_batches(name: str) -> list[int]:
-    """The batch sizes a device's profile lists (one table each); [1] for a device this host has no profile of
-    (one a worker on another host registered)."""
-    try:
-        from devices import get_device
-
-        return list(get_device(name).batch)
-    except OFABenchError:
-        return [1]
-
-
-def check_batches(batches: Sequence[int] | None) -> list[int] | None:
-    """Distinct batch sizes, each an integer >= 1 (None: each device's profile's list)."""
-    if batches is None:
-        return None
-    bad = [b for b in batches if isinstance(b, bool) or not isinstance(b, int) or b < 1]
-    if bad or not batches:
-        raise FarmError(f"batch sizes must be integers >= 1, got {bad[0] if bad else 'none'}")
-    return list(dict.fromkeys(batches))
 
 
 def _submit_device(store: Store, device: str, space, resolutions, entries: list, batches: Sequence[int],
@@ -76,7 +57,7 @@ def submit(store: Store, devices: Sequence[str], space_name: str, resolutions: S
 
     if not devices:
         raise FarmError("farm submit needs at least one device")
-    batches = check_batches(batches)
+    batches = check_batch_sizes(batches, FarmError)
     space = SearchSpace.get(space_name)
     entries = candidates(space, resolutions)
     unknown = [d for d in devices if not device_is_known(store, d)]
@@ -91,7 +72,7 @@ def submit(store: Store, devices: Sequence[str], space_name: str, resolutions: S
             store.lock_name(f"device:{device}")
         for device in names:
             report["devices"].append(_submit_device(store, device, space, resolutions, entries,
-                                                    batches or device_batches(device), max_attempts))
+                                                    batches or profile_batches(device) or [1], max_attempts))
     report["queued"] = sum(d["queued"] for d in report["devices"])
     return report
 
@@ -104,7 +85,7 @@ def submit_devices(store_target, devices: Sequence[str], space: str | None, reso
     from bench.store import using_store
     from bench.table import device_space
 
-    batches = check_batches(batches)  # before the store is opened
+    batches = check_batch_sizes(batches, FarmError)  # before the store is opened
     with using_store(store_target) as s:
         sp = device_space(devices, space, s, default=default_space)  # a device's table goes on in its space
         return submit(s, devices, sp.name, resolutions, max_attempts=max_attempts, batches=batches)

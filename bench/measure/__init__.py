@@ -11,11 +11,11 @@ from bench.measure.protocol import (PROTOCOL_RAW, PROTOCOL_REFERENCE, Timed, com
                                     reference_records, to_record)
 from bench.measure.reference import (REFERENCE_PREFIX, REFERENCE_WINDOW, ReferenceWatch, current_reference_ms,
                                      reference_entry, reference_key, reference_nominal_ms, row_value)
-from bench.measure.settings import MeasureSettings, ProfileError, agent_profile
+from bench.measure.settings import MeasureSettings, ProfileError, agent_profile, check_batch_sizes
 from bench.measure.stats import (DEFAULT_STATISTIC, SPREAD_FLOOR_MS, STATISTICS, StatisticError, is_settled,
                                  median_rel_se, sample_statistic, sample_stats, spread_ms)
 
-__all__ = ["PROTOCOL_RAW", "PROTOCOL_REFERENCE", "Timed", "commit", "measure_models", "reference_records",
+__all__ = ["check_batch_sizes", "PROTOCOL_RAW", "PROTOCOL_REFERENCE", "Timed", "commit", "measure_models", "reference_records",
            "to_record", "REFERENCE_PREFIX", "REFERENCE_WINDOW", "ReferenceWatch", "current_reference_ms",
            "reference_entry", "reference_key", "reference_nominal_ms", "row_value", "MeasureSettings",
            "ProfileError", "agent_profile", "DEFAULT_STATISTIC", "SPREAD_FLOOR_MS", "STATISTICS", "StatisticError",

@@ -3,6 +3,7 @@ they turn into for the agent."""
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 from ofa_core.errors import OFABenchError
@@ -10,6 +11,17 @@ from ofa_core.errors import OFABenchError
 
 class ProfileError(OFABenchError):
     """Profiling could not proceed (bad resolutions, device failed after retries)."""
+
+
+def check_batch_sizes(batches, error: type[OFABenchError] = ProfileError) -> list[int] | None:
+    """Batch sizes to make tables of: distinct, in the order given, each an integer >= 1 (`error` otherwise);
+    None stays None (each device profile's own `batch` list)."""
+    if batches is None:
+        return None
+    bad = [b for b in batches if isinstance(b, bool) or not isinstance(b, numbers.Integral) or b < 1]
+    if bad or not batches:
+        raise error(f"batch sizes must be integers >= 1, got {bad[0] if bad else 'none'}")
+    return list(dict.fromkeys(int(b) for b in batches))
 
 
 @dataclass(frozen=True)
