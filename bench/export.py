@@ -1,6 +1,7 @@
 """Table entries and whole subnets as standalone static models, in the format and layout the device runs:
-ONNX (NCHW), or .tflite as deployed on a phone (NHWC in and out, no layout TRANSPOSE; the optional `convert`
-extra), cached on disk by the content of the model.
+ONNX (NCHW), .tflite as deployed on a phone (NHWC in and out, no layout TRANSPOSE; the optional `convert`
+extra), or a torch ExportedProgram (.pt2, NCHW) for the torch runtime, cached on disk by the content of the
+model.
 
 The cache key is the model's content (architecture and every weight), its input shape (batch size included: a
 model takes a batch of B images, (B, C, R, R)), the format, layout and precision, and the versions of the
@@ -14,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import io
 import json
 import shutil
 import threading
@@ -25,7 +27,7 @@ from pathlib import Path
 from agents.cache import cache_root
 from ofa_core.atomic import atomic_path
 from ofa_core.errors import OFABenchError
-from ofa_core.onnx_export import OPSET, export_onnx
+from ofa_core.onnx_export import EXPORT_LOCK, OPSET, export_onnx
 from ofa_core.space import SearchSpace, SubnetConfig
 
 from bench.table import Entry
@@ -33,7 +35,10 @@ from bench.table import Entry
 # Building a module seeds torch's global generator: one build at a time, so two profile threads never mix seeds
 # (the weights, and so the cache key, of an entry are the same whoever builds it).
 _BUILD_LOCK = threading.Lock()
-FORMATS = ("onnx", "tflite")
+#: "pt2": a torch.export ExportedProgram (`torch.export.save`), for the torch runtime (CPU, or CUDA events on a GPU)
+FORMATS = ("onnx", "tflite", "pt2")
+#: formats written in this process in well under a second (on demand); the others go to converter workers
+IN_PROCESS = ("onnx", "pt2")
 #: "nchw": torch's own layout (ONNX); "nhwc": channel-last inputs and outputs, as LiteRT runs models on phones
 LAYOUTS = ("nchw", "nhwc")
 #: "int8": static int8 weights and activations (int8 inputs and outputs), .tflite only, calibrated
@@ -65,8 +70,8 @@ def check_target(fmt: str, layout: str | None, precision: str = "fp32") -> str:
     layout = layout or default_layout(fmt)
     if layout not in LAYOUTS:
         raise ExportError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
-    if fmt == "onnx" and layout != "nchw":
-        raise ExportError("ONNX models are exported channel-first (nchw) only")
+    if fmt in ("onnx", "pt2") and layout != "nchw":
+        raise ExportError(f"{'ONNX' if fmt == 'onnx' else '.pt2'} models are exported channel-first (nchw) only")
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
     if precision == "int8" and fmt != "tflite":
@@ -233,6 +238,30 @@ def _write_onnx(job: _Job) -> None:
     export_onnx(job.module, job.path, job.input_shape, check=job.check)
 
 
+def _write_pt2(job: _Job) -> None:
+    """The module as a torch ExportedProgram of its fixed input shape, written under a temporary name and
+    renamed (readers never see half a file); with `check`, the loaded program's output against the module's."""
+    import torch
+
+    x = torch.randn(job.input_shape, generator=torch.Generator().manual_seed(0))
+    with EXPORT_LOCK, torch.no_grad():  # one export at a time: tracing is not safe across threads
+        try:
+            program = torch.export.export(job.module, (x,))
+        except Exception as exc:
+            raise ExportError(f"torch.export failed for {job.what}: {' '.join(str(exc).split())[:300]}") from None
+        buf = io.BytesIO()
+        torch.export.save(program, buf)
+        with atomic_path(job.path) as tmp:
+            tmp.write_bytes(buf.getvalue())
+        if job.check:
+            got = torch.export.load(str(job.path)).module()(x)
+            want = job.module(x)
+            scale = max(1.0, float(want.abs().max()))
+            if not torch.allclose(got, want, atol=1e-4 * scale, rtol=0):
+                job.path.unlink(missing_ok=True)
+                raise ExportError(f"the exported program of {job.what} does not reproduce the module's output")
+
+
 def _metadata(job: _Job) -> dict:
     doc = {"exporter": EXPORTER_TAG, "precision": job.precision, "input_shape_nchw": list(job.input_shape),
            "model": job.what}
@@ -282,9 +311,9 @@ def _wait(fut: Future) -> dict:
 def _materialise(job: _Job) -> Path:
     if job.path.exists():
         return job.path
-    if job.fmt == "onnx":
+    if job.fmt in IN_PROCESS:
         job.path.parent.mkdir(parents=True, exist_ok=True)
-        _write_onnx(job)
+        (_write_onnx if job.fmt == "onnx" else _write_pt2)(job)
         return job.path
     fut = _start(job)
     if fut is not None:
@@ -365,7 +394,7 @@ class ExportQueue:
 
     `add_entries` / `add_subnets` queue what is not cached yet (in order: what is needed first goes first);
     `entry` / `subnet` return a model's file, waiting for it if it is still converting (and converting it then
-    if it was never queued). ONNX exports take milliseconds: they are done on demand, in this process.
+    if it was never queued). ONNX and .pt2 exports take milliseconds: they are done on demand, in this process.
     `progress(done, total)` follows the conversions. Leaving the `with` block cancels what was not needed;
     leaving it through an error or Ctrl-C ends the workers at once. Every model of a queue takes `batch` samples.
     """
@@ -398,9 +427,9 @@ class ExportQueue:
                                               self.precision, self.batch))
 
     def _add(self, key: tuple, make: Callable[[], _Job]) -> Path | None:
-        """Queue a model unless it is cached or queued; its path (None for ONNX: exported when asked for). Only
-        the path is kept: the module travels to a worker and is gone once converted."""
-        if self.fmt == "onnx":
+        """Queue a model unless it is cached or queued; its path (None for ONNX and .pt2: exported when asked
+        for). Only the path is kept: the module travels to a worker and is gone once converted."""
+        if self.fmt in IN_PROCESS:
             return None
         with self._lock:
             path = self._paths.get(key)
@@ -449,7 +478,7 @@ class ExportQueue:
         t0 = time.monotonic()
         try:
             path = self._add(key, make)
-            if path is None:  # ONNX
+            if path is None:  # ONNX, .pt2
                 return _materialise(make())
             fut = self._futures.get(path)
             if fut is not None:

@@ -276,7 +276,7 @@ def measured_subnets(store, device: str, space: SearchSpace, accuracy, latency=N
 
 def _subnet_stats(store, device: str, space: SearchSpace) -> dict:
     """The measured subnets of the device's latest fingerprint (a store path that does not exist: none)."""
-    from bench.measure import current_reference_ms  # the table's own reading of the store
+    from bench.measure import current_reference_ms, subnet_reference_key  # the table's own reading of the store
     from bench.store import using_store
     from bench.table import subnet_stats
 
@@ -285,7 +285,8 @@ def _subnet_stats(store, device: str, space: SearchSpace) -> dict:
         if fp is None:
             return {}
         nominal, _ = current_reference_ms(st, fp["id"], space)
-        return subnet_stats(st, fp["id"], space, nominal)[0]
+        subnet_nominal, _ = current_reference_ms(st, fp["id"], space, key=subnet_reference_key(space))
+        return subnet_stats(st, fp["id"], space, nominal, subnet_nominal=subnet_nominal)[0]
 
 
 def chosen_subnets(docs: Sequence[Mapping], measured: Sequence[Mapping] = ()) -> list[dict]:

@@ -31,7 +31,7 @@ from bench.table.predictor import space_ends
 from bench.measure import keys
 from bench.measure import (MeasureSettings, ProfileError, ReferenceWatch, agent_profile,  # noqa: F401
                            check_batch_sizes, commit, measure_models, reference_entry, reference_nominal_ms,
-                           reference_records, to_record)
+                           reference_records, reference_subnet, to_record)
 from bench.progress import StderrProgress
 from bench.store import StoreLike, using_store
 from bench.workers import Workers
@@ -322,7 +322,7 @@ def measure_calibration_subnets(profile, space: SearchSpace, res: Sequence[int],
                                 settings: MeasureSettings, report: DeviceReport,
                                 stop: threading.Event | None = None, exports=None, batch: int = 1) -> None:
     """Measure the calibration subnets the table (of batch size `batch`) does not have yet, the way `validate`
-    measures (passes beside the reference block, a fresh agent with validate's timing settings), into the
+    measures (passes beside the reference subnet, a fresh agent with validate's timing settings), into the
     profile's run."""
     if settings.calibration_subnets <= 0:
         return
@@ -339,8 +339,8 @@ def measure_calibration_subnets(profile, space: SearchSpace, res: Sequence[int],
                                np.random.default_rng(len(usable)))
     todo = calibration_todo(space, usable, cfgs, table.subnets, settings.calibration_subnets)
     if todo:
-        if exports is not None:  # all at once: converting them takes longer than timing them
-            exports.add_subnets(space, todo)
+        if exports is not None:  # all at once (and the reference subnet): converting takes longer than timing
+            exports.add_subnets(space, [reference_subnet(space)] + list(todo))
         if stop is not None and stop.is_set():
             raise KeyboardInterrupt
         if report.run_id is None:
@@ -350,7 +350,7 @@ def measure_calibration_subnets(profile, space: SearchSpace, res: Sequence[int],
         vs = ValidateSettings(n=len(todo), reference=settings.reference)
         with connect(agent_profile(profile, vs.measure_settings(profile))) as agent:
             measure_subnets(agent, store, report.run_id, fp_id, space, todo, vs, 0.01, profile.model_format,
-                            value_nominal=table.nominal_ms, rng=np.random.default_rng(1),
+                            value_nominal=table.subnet_nominal_ms, rng=np.random.default_rng(1),
                             watch=ReferenceWatch() if settings.reference else None, precision=profile.precision,
                             batch=batch)
         report.subnets_measured = len(todo)

@@ -268,13 +268,13 @@ def export_chosen(space_name: str, cfg: SubnetConfig, out: Path, fmt: str, preci
 def confirm_on_device(device: str, path: Path, space_name: str, cfg: SubnetConfig, predicted_latency_ms: float,
                       store, batch: int = 1, passes: int = 3, min_duration_s: float | None = None) -> Confirmation:
     """Time the exported subnet `cfg` (the file at `path`, taking `batch` images) on the device the way
-    `validate` times its subnets (several separate invocations beside the reference block of that batch size,
-    re-run when the reference shows a disturbed stretch, the median kept, expressed at the table's reference
-    speed), store the passes as "subnet" measurements, and compare with the prediction."""
+    `validate` times its subnets (several separate invocations beside the reference subnet of that batch size,
+    re-run when the reference shows a disturbed stretch, the median kept, expressed at the reference subnet's
+    current speed, as the table's measured subnets are), store the passes as "subnet" measurements, and compare with the prediction."""
     import numpy as np
 
     from agents import connect
-    from bench.measure import ReferenceWatch, agent_profile, reference_nominal_ms
+    from bench.measure import ReferenceWatch, agent_profile, subnet_reference_nominal_ms
     from bench.store import using_store
     from bench.validate import ValidateSettings, measure_subnets
     from devices import get_device
@@ -288,7 +288,8 @@ def confirm_on_device(device: str, path: Path, space_name: str, cfg: SubnetConfi
         with connect(agent_profile(profile, ms)) as agent:
             fp = agent.fingerprint()
             fp_id = st.register_fingerprint(profile.name, fp)
-            nominal = reference_nominal_ms(st, fp_id, space, batch)  # the table's reference speed (None: raw values)
+            # the speed the table's measured subnets are expressed at (None: raw values)
+            nominal = subnet_reference_nominal_ms(st, fp_id, space, batch)
             with st.running(profile.name, fp_id, space.name, "confirm", {"config": cfg.to_string()},
                             {"predicted_latency_ms": predicted_latency_ms}) as run:
                 watch = ReferenceWatch()

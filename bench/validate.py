@@ -1,12 +1,13 @@
 """Predicted vs measured: time N random subnets end to end on a device and score the table's predictions.
 
-A subnet is timed in several *passes*. Each pass runs every pending subnet once, in batches with the drift
-reference (interleaved rounds inside one runner invocation), in a fresh random order, so a subnet meets
-different neighbours, processes and moments of the machine's drift in each pass. Its value is the median of
-its reference-normalised pass values; subnets whose passes still disagree (relative standard error of that
-median above `precision`) get more passes, up to `max_passes`. One invocation's value of a whole subnet can
-be off by several percent (process placement, drift the single-block reference does not follow); the median
-of a few independent ones is not. Every pass is stored as a kind "subnet" measurement; the table's subnet
+A subnet is timed in several *passes*. Each pass runs every pending subnet once, in batches with the reference
+subnet (interleaved rounds inside one runner invocation; `bench.measure.reference_subnet`, a subnet of typical
+size, not the tiny reference block the table entries are timed beside), in a fresh random order, so a subnet
+meets different neighbours, processes and moments of the machine's drift in each pass. Its value is the
+median of its reference-normalised pass values; subnets whose passes still disagree (relative standard error
+of that median above `precision`) get more passes, up to `max_passes`. One invocation's value of a whole
+subnet can be off by several percent (process placement, drift no reference follows fully); the median of a
+few independent ones is not. Every pass is stored as a kind "subnet" measurement; the table's subnet
 value (which calibrates the predictor) is the median over the passes of the latest run that timed it.
 
 The scores are honest out-of-sample figures: each subnet is predicted with a calibration fitted without it
@@ -27,8 +28,8 @@ from ofa_core.errors import OFABenchError
 from ofa_core.space import SearchSpace, SubnetConfig
 
 from bench.measure import keys
-from bench.measure import (MeasureSettings, ReferenceWatch, Timed, agent_profile, measure_models, reference_entry,
-                           reference_nominal_ms, reference_records, to_record)
+from bench.measure import (PROTOCOL_SUBNET_REFERENCE, MeasureSettings, ReferenceWatch, Timed, agent_profile,
+                           measure_models, reference_records, reference_subnet, subnet_reference_nominal_ms, to_record)
 
 SUBNET_PREFIX = "subnet:"
 
@@ -163,15 +164,16 @@ def measure_subnets(agent, store, run_id: int, fp_id: str, space: SearchSpace, c
                     watch: ReferenceWatch | None = None, paths: Sequence[Path] | None = None,
                     precision: str = "fp32", batch: int = 1) -> list[SubnetTiming]:
     """Export and time `cfgs` in passes (see the module doc), committing every invocation as it is measured.
-    Values are expressed at `value_nominal` (the table's reference speed) when given. `paths`: models already
-    exported for `cfgs` (e.g. with trained weights), timed instead of fresh exports. `precision`: the device's.
-    `batch`: the batch size the models take (and the reference with them); a value is the whole batch's."""
-    from bench.export import export_entry, export_subnet
+    Values are expressed at `value_nominal` (the reference subnet's speed the table's subnets are expressed at,
+    `LatencyTable.subnet_nominal_ms`) when given. `paths`: models already exported for `cfgs` (e.g. with trained
+    weights), timed instead of fresh exports. `precision`: the device's. `batch`: the batch size the models take
+    (and the reference with them); a value is the whole batch's."""
+    from bench.export import export_subnet
 
     rng = rng if rng is not None else np.random.default_rng(settings.seed + 7)
-    ref_path = (export_entry(space, reference_entry(space), fmt, precision=precision, batch=batch)
+    ref_path = (export_subnet(space, reference_subnet(space), fmt, precision=precision, batch=batch)
                 if settings.reference else None)
-    nominal = reference_nominal_ms(store, fp_id, space, batch)
+    nominal = subnet_reference_nominal_ms(store, fp_id, space, batch)
     paths = (list(paths) if paths is not None
              else [export_subnet(space, c, fmt, precision=precision, batch=batch) for c in cfgs])
     if len(paths) != len(cfgs):
@@ -192,9 +194,9 @@ def measure_subnets(agent, store, run_id: int, fp_id: str, space: SearchSpace, c
                                          watch)
             if refs and nominal is None:
                 nominal = refs[0].latency_ms
-            records = reference_records(space, refs, nominal, batch)
-            records += [to_record(t, cfgs[i].r, SUBNET_PREFIX + cfgs[i].to_string(), "subnet", nominal, batch)
-                        for t, i in zip(timed, chunk)]
+            records = reference_records(space, refs, nominal, batch, subnet=True)
+            records += [to_record(t, cfgs[i].r, SUBNET_PREFIX + cfgs[i].to_string(), "subnet", nominal, batch,
+                                  PROTOCOL_SUBNET_REFERENCE) for t, i in zip(timed, chunk)]
             store.add_measurements(run_id, records)
             for t, i in zip(timed, chunk):
                 out[i].values_ms.append(subnet_value(t, settings.statistic, value_nominal))
@@ -244,13 +246,13 @@ def _measure_run(profile, space: SearchSpace, store_target, table, cfgs: Sequenc
                                {**settings.__dict__, "resolutions": res}, {"table_version": table.version}) as run_id:
                 watch = ReferenceWatch() if settings.reference else None
                 first = measure_subnets(agent, store, run_id, fp_id, space, cfgs, settings, 0.01,
-                                        profile.model_format, progress, table.nominal_ms,
+                                        profile.model_format, progress, table.subnet_nominal_ms,
                                         np.random.default_rng([settings.seed, 1]), watch, precision=profile.precision,
                                         batch=settings.batch)
                 second = None
                 if settings.remeasure:  # an independent second set of passes, after the first
                     second = measure_subnets(agent, store, run_id, fp_id, space, cfgs, settings, 0.01,
-                                             profile.model_format, progress, table.nominal_ms,
+                                             profile.model_format, progress, table.subnet_nominal_ms,
                                              np.random.default_rng([settings.seed, 2]), watch,
                                              precision=profile.precision, batch=settings.batch)
     return _Passes(fp, first, second, watch)

@@ -116,3 +116,46 @@ def test_the_subnet_handed_out_is_the_one_eval_scores(tmp_path):
                    == int(test.labels[i])) for i in range(len(test)))
     expected = evaluate_subnet(load_supernet(space), cfg, test, data.train, recal_images=2000, seed=0)
     assert abs(hits / len(test) - expected) <= 1 / len(test)
+
+
+def test_pt2_programs_for_the_torch_runtime(tmp_path):
+    """Entries and subnets as torch ExportedPrograms (.pt2): cached by content, loaded and run by the torch
+    runtime, the same output as the module; channel-last and int8 .pt2 are one-line errors."""
+    import torch
+
+    from agents.runtimes import get_runtime
+    from bench.export import entry_module
+
+    e = next(x for x in candidates(SPACE, [24]) if x.kind == "mbconv")
+    path = export_entry(SPACE, e, "pt2", cache=tmp_path)
+    assert path.suffix == ".pt2" and export_entry(SPACE, e, "pt2", cache=tmp_path) == path
+    assert export_entry(SPACE, e, "onnx", cache=tmp_path) != path
+    x = torch.randn(e.input_shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        np.testing.assert_allclose(torch.export.load(str(path)).module()(x).numpy(),
+                                   entry_module(SPACE, e)(x).numpy(), rtol=1e-5, atol=1e-5)
+    cfg = SPACE.sample(np.random.default_rng(2), 1, [28])[0]
+    sub = export_subnet(SPACE, cfg, "pt2", cache=tmp_path, batch=2)
+    loaded = get_runtime("torch").load(str(sub), 1, "cpu")
+    assert loaded.inputs[0]["shape"] == [2, 1, 28, 28]
+    assert tuple(loaded.run().shape) == (2, SPACE.n_classes)
+    with pytest.raises(ExportError, match="channel-first"):
+        export_entry(SPACE, e, "pt2", cache=tmp_path, layout="nhwc")
+    with pytest.raises(ExportError, match="int8"):
+        export_entry(SPACE, e, "pt2", cache=tmp_path, precision="int8")
+    assert not list(tmp_path.rglob("*.part"))
+
+
+def test_an_export_queue_writes_pt2_in_process(tmp_path):
+    """.pt2 programs take milliseconds, like ONNX: a queue writes them on demand, never in a .tflite converter
+    worker (which once wrote a file no torch could load under a .pt2 name)."""
+    import torch
+
+    from bench.export import ExportQueue
+
+    entries = [e for e in candidates(SPACE, [24]) if e.kind == "mbconv"][:3]
+    with ExportQueue("pt2", cache=tmp_path) as q:
+        q.add_entries(SPACE, entries)
+        assert q.queued == 0
+        path = q.entry(SPACE, entries[0])
+    assert path.suffix == ".pt2" and torch.export.load(str(path)) is not None

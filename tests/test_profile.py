@@ -299,3 +299,31 @@ def test_a_complete_calibration_is_not_measured_again():
     assert len(calibration_todo(SPACE, [24, 36], ends + moved, measured, 8)) == 1
     measured.discard((ends[1].r, ends[1].to_string()))
     assert calibration_todo(SPACE, [24, 36], ends + moved, measured, 8)[0] == ends[1]
+
+
+@pytest.mark.slow  # about 2 minutes: the torch runtime starts slowly and runs a graph op by op
+def test_a_torch_runtime_device_profiles_pt2_entries_and_predicts(tmp_path):
+    """A device on the torch runtime (the runner times `.pt2` ExportedPrograms; on a GPU with CUDA events) gets
+    a table of its own: every entry exported as .pt2, timed, its calibration subnets measured beside the
+    reference subnet, and predictions from it."""
+    from bench.measure import MeasureSettings
+    from bench.profile import profile_device
+    from bench.table import LatencyPredictor, load_device_table
+
+    folder = Path(os.environ["OFA_BENCH_DEVICES"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "torch-test.toml").write_text(
+        'name = "torch-test"\nkind = "local"\ndescription = "this host\'s CPU, torch runtime (tests)"\n'
+        'runtime = "torch"\nthreads = 1\nwarmup_runs = 2\nwarmup_s = 0.0\nmin_runs = 5\nmin_duration_s = 0.01\n'
+        'max_runs = 200\nmax_duration_s = 1.0\nmax_remeasure = 0\n')
+    store = tmp_path / "s.sqlite"
+    rep = profile_device("torch-test", SPACE, str(store), [RES],
+                         MeasureSettings(rounds=1, warmup_s=0.0, min_duration_s=0.01, max_remeasure=0, precision=0.5,
+                                         calibration_subnets=4))
+    assert rep.status == "done", rep.error
+    assert rep.entries_total == len(FULL) and rep.subnets_measured == 4
+    table = load_device_table("torch-test", SPACE, str(store))
+    assert set(table.entries) == FULL and table.subnet_nominal_ms is not None
+    pred = LatencyPredictor.from_table(table, SPACE)
+    small, large = pred([SPACE.smallest(RES), SPACE.largest(RES)])
+    assert 0 < small < large

@@ -190,3 +190,66 @@ def test_passes_repeat_until_the_median_is_precise(tmp_path):
             c.to_string(): round(t.value_ms, 3) for c, t in zip(cfgs, got)}
     finally:
         store.close()
+
+
+class _SpeedAgent:
+    """Stands in for a device whose speed changes between invocations: in the k-th invocation every model takes
+    `speeds[k]` times its own latency, the reference (first path) included."""
+
+    def __init__(self, base: dict, ref_ms: float, speeds):
+        self.base, self.ref_ms, self.speeds, self.first_paths = base, ref_ms, list(speeds), []
+
+    def measure(self, paths, rounds=1):
+        from agents.measurement import Measurement
+        from agents.runner import summarise
+
+        f = self.speeds[len(self.first_paths) % len(self.speeds)]
+        self.first_paths.append(Path(paths[0]).name)
+        out = []
+        for i, p in enumerate(paths):
+            ms = f * (self.ref_ms if i == 0 else self.base[Path(p).name])
+            samples = [ms] * 20
+            out.append(Measurement.from_record({**summarise(samples), "samples_ms": samples}, str(p), {}))
+        return out
+
+
+def test_whole_subnets_are_timed_beside_the_reference_subnet(tmp_path):
+    """The reference block is a few microseconds of call overhead on the small space and does not follow a whole
+    subnet's speed; subnets are timed beside a subnet of typical size, and their values are normalised by it
+    (not by the block's speed) when the table reads them."""
+    from bench.export import export_subnet
+    from bench.measure import reference_subnet, subnet_reference_key, subnet_reference_nominal_ms
+    from bench.store import open_store
+    from bench.table import subnet_stats
+    from bench.validate import ValidateSettings, measure_subnets
+
+    ref = reference_subnet(SPACE)
+    macs = list(SPACE.macs([SPACE.smallest(), ref, SPACE.largest()]))
+    assert macs[0] < macs[1] < macs[2]
+    assert ref.r == sorted(SPACE.resolutions)[len(SPACE.resolutions) // 2]
+
+    cfgs = SPACE.sample(np.random.default_rng(9), 4, [28])
+    base = {export_subnet(SPACE, c, "onnx").name: 0.1 * (i + 1) for i, c in enumerate(cfgs)}
+    agent = _SpeedAgent(base, ref_ms=0.5, speeds=[1.0, 1.6, 0.8, 1.3, 1.0])
+    store = open_store(tmp_path / "s.sqlite")
+    try:
+        fp = store.register_fingerprint("fake", {"host": "test"})
+        run = store.start_run("fake", fp, SPACE.name, "validate", {}, {})
+        got = measure_subnets(agent, store, run, fp, SPACE, cfgs, ValidateSettings(per_call=2, passes=3), 0.01,
+                              "onnx", value_nominal=0.5)
+        store.finish_run(run, "done")
+        ref_name = export_subnet(SPACE, ref, "onnx").name
+        assert set(agent.first_paths) == {ref_name}  # every invocation began with the reference subnet
+        # the speed changes cancel: every subnet's value is its own latency at the reference's 0.5 ms
+        assert [round(t.value_ms, 6) for t in got] == [round(0.1 * (i + 1), 6) for i in range(4)]
+        refs = store.history(fp, SPACE.name, key=subnet_reference_key(SPACE), kind="reference")
+        assert len(refs) == len(agent.first_paths) and all(r["resolution"] == ref.r for r in refs)
+        # the subnets' speed is the median of the reference subnet's latest latencies
+        assert subnet_reference_nominal_ms(store, fp, SPACE) == pytest.approx(
+            float(np.median([r["latency_ms"] for r in refs][-9:])))
+        # read back at the reference subnet's speed; the block's speed (here absurd) does not enter
+        stats, _ = subnet_stats(store, fp, SPACE, nominal=1000.0, subnet_nominal=0.5)
+        assert {k[1]: round(v.value_ms, 6) for k, v in stats.items()} == {
+            c.to_string(): round(0.1 * (i + 1), 6) for i, c in enumerate(cfgs)}
+    finally:
+        store.close()

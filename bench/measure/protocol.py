@@ -3,8 +3,9 @@ their medians settle, and turned into store records that say how they were taken
 
 Every writer of measurements (profile, validate, nightly, confirm, the farm worker) measures through
 `measure_models` and records through `to_record`, so every cell of a table was taken the same way. A record's
-`protocol` metadata (`keys.PROTOCOL`) names it: `reference/1` (timed beside the reference block, so normalisable) or
-`raw/1` (no reference: `--no-reference`, published tables); a table never mixes the two.
+`protocol` metadata (`keys.PROTOCOL`) names it: `reference/1` (timed beside the reference block, so normalisable),
+`subnet-reference/1` (a whole subnet timed beside the reference subnet) or `raw/1` (no reference:
+`--no-reference`, published tables); a table's entries never mix reference and raw.
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from pathlib import Path
 from ofa_core.space import SearchSpace
 
 from bench.measure import keys
-from bench.measure.reference import REFERENCE_PREFIX, ReferenceWatch, reference_entry
+from bench.measure.reference import (REFERENCE_PREFIX, ReferenceWatch, reference_entry, reference_subnet,
+                                     subnet_reference_key)
 from bench.measure.stats import is_settled, median_rel_se, sample_stats
 
 PROTOCOL_REFERENCE = "reference/1"
+PROTOCOL_SUBNET_REFERENCE = "subnet-reference/1"
 PROTOCOL_RAW = "raw/1"
 
 
@@ -91,27 +94,35 @@ def measure_models(agent, paths: Sequence[Path], ref_path: Path | None, rounds: 
     return out, refs
 
 
-def to_record(t: Timed, resolution: int, key: str, kind: str, nominal_ms: float | None, batch: int = 1) -> dict:
+def to_record(t: Timed, resolution: int, key: str, kind: str, nominal_ms: float | None, batch: int = 1,
+              protocol: str = PROTOCOL_REFERENCE) -> dict:
     """The store record of one timed model; `batch` is the batch size it was exported with (its latency is the
-    whole batch's)."""
+    whole batch's); `protocol`: what it was timed beside, when it was timed beside a reference."""
     rec = t.measurement.to_record()
     rec.pop("model", None)
     rec.update({"resolution": int(resolution), "key": key, "kind": kind, "noisy": not t.settled,
                 "batch": int(batch)})
     rec["env"] = {**rec.get("env", {}), keys.ATTEMPTS: t.attempts, keys.REFERENCE_MS: t.ref_ms,
-                  keys.REFERENCE_STATS: t.ref_stats, keys.PROTOCOL: PROTOCOL_REFERENCE if t.ref_ms else PROTOCOL_RAW}
+                  keys.REFERENCE_STATS: t.ref_stats, keys.PROTOCOL: protocol if t.ref_ms else PROTOCOL_RAW}
     keys.check_env(rec["env"], key)
     if nominal_ms is not None and t.ref_ms:
         rec["normalised_ms"] = rec["latency_ms"] * nominal_ms / t.ref_ms
     return rec
 
 
-def reference_records(space: SearchSpace, refs: list, nominal_ms: float | None, batch: int = 1) -> list[dict]:
-    ent = reference_entry(space)
+def reference_records(space: SearchSpace, refs: list, nominal_ms: float | None, batch: int = 1,
+                      subnet: bool = False) -> list[dict]:
+    """The records of the reference block's timings (the reference subnet's with `subnet`)."""
+    if subnet:
+        cfg = reference_subnet(space)
+        resolution, key, protocol = cfg.r, subnet_reference_key(space), PROTOCOL_SUBNET_REFERENCE
+    else:
+        ent = reference_entry(space)
+        resolution, key, protocol = ent.resolution, REFERENCE_PREFIX + ent.key, PROTOCOL_REFERENCE
     out = []
     for m in refs:
         t = Timed(m, m.latency_ms, ref_stats=sample_stats(m.samples_ms) if m.samples_ms else None)
-        out.append(to_record(t, ent.resolution, REFERENCE_PREFIX + ent.key, "reference", nominal_ms, batch))
+        out.append(to_record(t, resolution, key, "reference", nominal_ms, batch, protocol))
     return out
 
 

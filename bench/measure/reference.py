@@ -1,16 +1,24 @@
-"""The reference block: a fixed model timed in every runner invocation beside what is measured.
+"""The references: fixed models timed in every runner invocation beside what is measured.
 
-Its latency in that invocation, against the device's current speed (the median reference latency of the latest
-invocations, `current_reference_ms`), says how fast the machine was at that moment: a cell's `normalised_ms`
-is its latency at the nominal speed, so slow drift and load between batches cancel out. `ReferenceWatch`
-spots invocations that ran in a slow stretch and has them run again.
+A reference's latency in that invocation, against the device's current speed (the median reference latency of
+the latest invocations, `current_reference_ms`), says how fast the machine was at that moment: a value's
+`normalised_ms` is its latency at the nominal speed, so slow drift and load between batches cancel out.
+`ReferenceWatch` spots invocations that ran in a slow stretch and has them run again.
+
+A reference only speaks for work of its own size. Table entries (single blocks) are timed beside the
+reference *block* (`reference_entry`); whole subnets beside the reference *subnet* (`reference_subnet`, a
+fixed subnet in the middle of the space), each with a speed of its own. On the small space the block takes
+about 8 us, mostly call overhead: across a subnet's repeated invocations its latency correlated with the
+subnet's at only 0.2-0.3, dividing by it doubled their spread (log-sd 0.022 -> 0.056), and one profile's
+calibration subnets came out 8% fast because the block happened to run slow then. The other subnets of the
+same invocation, by contrast, tracked a subnet at 0.4-0.8, which is what the reference subnet measures.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from ofa_core.space import SearchSpace
+from ofa_core.space import SearchSpace, SubnetConfig
 
 from bench.measure import keys
 from bench.measure.stats import DEFAULT_STATISTIC, sample_statistic
@@ -19,6 +27,8 @@ if TYPE_CHECKING:
     from bench.table.candidates import Entry
 
 REFERENCE_PREFIX = "reference:"
+#: whole subnets' reference: "reference:subnet:<config>" at its resolution
+SUBNET_REFERENCE_PREFIX = REFERENCE_PREFIX + "subnet:"
 #: the device's current speed is the median reference latency of its most recent invocations
 REFERENCE_WINDOW = 9
 
@@ -38,16 +48,37 @@ def reference_key(space: SearchSpace) -> str:
     return REFERENCE_PREFIX + reference_entry(space).key
 
 
+def reference_subnet(space: SearchSpace) -> SubnetConfig:
+    """The whole subnets' reference: the middle kernel, expand ratio and depth everywhere, at the middle
+    resolution (a subnet of typical size, so it meets the same caches and the same scheduling as those it
+    runs beside)."""
+    def mid(values):
+        return sorted(values)[len(values) // 2]
+
+    return SubnetConfig((mid(space.ks_list),) * space.n_slots, (mid(space.expand_list),) * space.n_slots,
+                        (mid(space.depth_list),) * space.n_stages, mid(space.resolutions))
+
+
+def subnet_reference_key(space: SearchSpace) -> str:
+    return SUBNET_REFERENCE_PREFIX + reference_subnet(space).to_string()
+
+
 def reference_nominal_ms(store, fp_id: str, space: SearchSpace, batch: int = 1) -> float | None:
     """The device's current speed: median reference latency of its latest invocations (None before any). The
     reference is timed at the batch size of what it runs beside, so each batch has a speed of its own."""
     return current_reference_ms(store, fp_id, space, batch=batch)[0]
 
 
+def subnet_reference_nominal_ms(store, fp_id: str, space: SearchSpace, batch: int = 1) -> float | None:
+    """The device's current speed for whole subnets: median latency of the reference subnet (None before any)."""
+    return current_reference_ms(store, fp_id, space, batch=batch, key=subnet_reference_key(space))[0]
+
+
 def current_reference_ms(store, fingerprint_id: str, space: SearchSpace, statistic: str = DEFAULT_STATISTIC,
-                         batch: int = 1) -> tuple[float | None, list[int]]:
-    """Median of the latest reference latencies at `batch` (and their ids): the speed the table is expressed at."""
-    rows = store.history(fingerprint_id, space.name, key=reference_key(space), kind="reference", batch=batch)
+                         batch: int = 1, key: str | None = None) -> tuple[float | None, list[int]]:
+    """Median of the latest reference latencies at `batch` (and their ids): the speed the table is expressed at.
+    `key`: which reference (default the reference block; `subnet_reference_key` for whole subnets)."""
+    rows = store.history(fingerprint_id, space.name, key=key or reference_key(space), kind="reference", batch=batch)
     rows = [r for r in rows if not r.get("noisy")][-REFERENCE_WINDOW:]
     if not rows:
         return None, []

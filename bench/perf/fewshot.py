@@ -2,8 +2,8 @@
 research reports it: leave one device out, build its table from K of its entries plus the other devices'
 tables, and score whole-subnet predictions against subnets measured on it.
 
-Every device is profiled once in full (timed: the device time of a full profile) with the 8 calibration
-subnets `profile` measures, and N random subnets are measured on it once (validate's passes); then, per
+Every device is profiled once in full (timed: the device time of a full profile) with the calibration
+subnets `profile` measures (12 by default), and N random subnets are measured on it once (validate's passes); then, per
 held-out device and K, the K entries `choose_entries` picks are taken from its full table (the same protocol
 measured them), the rest transferred from the others (`bench.transfer`), the calibration fitted on the
 calibration subnets, and the N subnets predicted: within 5% / 10% and Kendall tau. Two source sets: every
@@ -100,7 +100,7 @@ def _profile(name: str, space, store_path: str, res: list[int], n_val: int, seed
     if rep.status != "done":
         raise RuntimeError(f"{name}: profile {rep.status}: {rep.error}")
     entries_s = rep.duration_s - rep.export_s
-    rep2 = profile_device(prof, space, store_path, res, MeasureSettings(calibration_subnets=8))
+    rep2 = profile_device(prof, space, store_path, res, MeasureSettings())  # the calibration subnets a profile measures
     calib_s = rep2.duration_s - rep2.export_s
     table = load_device_table(prof.name, space, store_path)
     calibration = {k: v.value_ms for k, v in table.subnets.items()}
@@ -110,7 +110,7 @@ def _profile(name: str, space, store_path: str, res: list[int], n_val: int, seed
         fp_id = store.register_fingerprint(prof.name, agent.fingerprint())
         with store.running(prof.name, fp_id, space.name, "validate", {"fewshot_bench": True}, {}) as run_id:
             timed = measure_subnets(agent, store, run_id, fp_id, space, cfgs, vs, 0.01, prof.model_format,
-                                    value_nominal=table.nominal_ms, rng=np.random.default_rng([seed, 1]),
+                                    value_nominal=table.subnet_nominal_ms, rng=np.random.default_rng([seed, 1]),
                                     watch=ReferenceWatch())
     log(f"{name}: table {len(table.entries)} entries in {entries_s:.1f} s, calibration subnets {calib_s:.1f} s, "
         f"{n_val} validation subnets measured")

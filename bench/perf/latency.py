@@ -55,12 +55,13 @@ def fresh_predictions(device: str, space, store: str, n: int, seed: int) -> dict
             fp_id = st.register_fingerprint(profile.name, agent.fingerprint())
             with st.running(profile.name, fp_id, space.name, "benchmark", {"holdout": n, "seed": seed}, {}) as run:
                 timed = measure_subnets(agent, st, run, fp_id, space, cfgs, settings, 0.01, profile.model_format,
-                                        value_nominal=table.nominal_ms, rng=np.random.default_rng(seed),
+                                        value_nominal=table.subnet_nominal_ms, rng=np.random.default_rng(seed),
                                         watch=ReferenceWatch())
     finally:
         st.close()
     measured = np.array([t.value_ms for t in timed])
     return {"n": n, "seed": seed, "calibration": pred.calibration.describe(), "_cfgs": cfgs, "_measured": measured,
+            "_nominal": table.subnet_nominal_ms,
             "calibrated": accuracy_metrics(predicted, measured), "table_sum": accuracy_metrics(sums, measured),
             "measured_within_upper": float(np.mean(measured <= upper)), "measure_s": round(time.monotonic() - t0, 1),
             "loadavg": _load()}
@@ -68,17 +69,21 @@ def fresh_predictions(device: str, space, store: str, n: int, seed: int) -> dict
 
 def after_validate(device: str, space, store: str, fresh: dict, n: int, seed: int) -> dict:
     """`validate` adds `n` subnets (another seed) to the table's calibration; the held-out subnets of `fresh` are
-    predicted again with it. Validating must not make those predictions worse."""
+    predicted again with it. Validating must not make those predictions worse. The held-out values are expressed
+    at the reference subnet's speed of the fresh table; validating moves the device's current speed (its latest
+    reference timings), so the new predictions are rescaled to the fresh table's speed before comparing."""
     from bench.table import LatencyPredictor, load_device_table
     from bench.validate import ValidateSettings, accuracy_metrics, validate_device
 
     t0 = time.monotonic()
     val = validate_device(device, space, store, ValidateSettings(n=n, seed=seed))
-    pred = LatencyPredictor.from_table(load_device_table(device, space, store), space)
-    after = accuracy_metrics(pred(fresh["_cfgs"]), fresh["_measured"])
+    table = load_device_table(device, space, store)
+    pred = LatencyPredictor.from_table(table, space)
+    speed = (fresh["_nominal"] / table.subnet_nominal_ms) if fresh["_nominal"] and table.subnet_nominal_ms else 1.0
+    after = accuracy_metrics(pred(fresh["_cfgs"]) * speed, fresh["_measured"])
     before = fresh["calibrated"]
     return {"n": n, "seed": seed, "calibration": pred.calibration.describe(), "calibrated": after,
-            "validate_s": round(time.monotonic() - t0, 1), "validate_cv": {k: val[k] for k in ("within_5pct", "within_10pct", "mape")},
+            "speed_rescale": round(speed, 4), "validate_s": round(time.monotonic() - t0, 1), "validate_cv": {k: val[k] for k in ("within_5pct", "within_10pct", "mape")},
             "not_worse": bool(after["mape"] <= before["mape"] + 0.001 and after["within_10pct"] >= before["within_10pct"]),
             "loadavg": _load()}
 
@@ -156,7 +161,7 @@ def main(argv: list[str]) -> int:
         if args.validate:
             doc["after_validate"] = after_validate(args.device, space, store, doc["fresh"], args.validate,
                                                    args.seed + 1000)
-        for key in ("_cfgs", "_measured"):
+        for key in ("_cfgs", "_measured", "_nominal"):
             doc["fresh"].pop(key)
         doc["budgets"] = budgets_kept(args.device, space, store, args.budgets, args.seed)
     finally:

@@ -16,7 +16,8 @@ from ofa_core.accuracy import anchors_root
 from ofa_core.space import SearchSpace
 
 from bench.measure import keys
-from bench.measure.reference import current_reference_ms, row_value
+from bench.measure.protocol import PROTOCOL_SUBNET_REFERENCE
+from bench.measure.reference import current_reference_ms, row_value, subnet_reference_key
 from bench.measure.stats import DEFAULT_STATISTIC, sample_statistic
 from bench.store.handle import store_address, using_store
 from bench.table.anchors import KNOWN_ANCHORS, anchor_table, anchors_missing
@@ -48,16 +49,23 @@ def stats_from_row(row: Mapping, nominal_ms: float | None = None, statistic: str
 
 
 def subnet_stats(store, fingerprint_id: str, space: SearchSpace, nominal: float | None,
-                 statistic: str = DEFAULT_STATISTIC,
-                 batch: int = 1) -> tuple[dict[tuple[int, str], EntryStats], list[dict]]:
+                 statistic: str = DEFAULT_STATISTIC, batch: int = 1,
+                 subnet_nominal: float | None = None) -> tuple[dict[tuple[int, str], EntryStats], list[dict]]:
     """Measured whole subnets at `batch`: per (resolution, config), the median over the good passes of the latest
-    run that timed it (validation times each subnet in several invocations). Returns the stats and the rows used."""
+    run that timed it (validation times each subnet in several invocations). A pass timed beside the reference
+    subnet is rescaled to `subnet_nominal`, one timed beside the reference block (older stores) to `nominal`.
+    Returns the stats and the rows used."""
     by_key: dict[tuple[int, str], list[dict]] = {}
     for row in store.latest_measurements(fingerprint_id, space.name, kind="subnet", whole_run=True, batch=batch):
         by_key.setdefault((int(row["resolution"]), row["key"].removeprefix("subnet:")), []).append(row)
+
+    def speed(row: Mapping) -> float | None:
+        beside_subnet = (row.get("env") or {}).get(keys.PROTOCOL) == PROTOCOL_SUBNET_REFERENCE
+        return subnet_nominal if beside_subnet else nominal
+
     out, used = {}, []
     for k, rows in by_key.items():
-        stats = sorted((stats_from_row(r, nominal, statistic) for r in rows), key=lambda x: x.value_ms)
+        stats = sorted((stats_from_row(r, speed(r), statistic) for r in rows), key=lambda x: x.value_ms)
         st = stats[(len(stats) - 1) // 2]  # the lower median: its id and spread stand for the key
         value = statistics.median(x.value_ms for x in stats)
         out[k] = EntryStats(latency_ms=statistics.median(x.latency_ms for x in stats), mean_ms=st.mean_ms,
@@ -94,12 +102,14 @@ def table_from_store(store, device: str, space: SearchSpace, fingerprint_id: str
     entries.update({(int(row["resolution"]), row["key"]): stats_from_row(row, nominal, statistic) for row in moved})
     transferred = {(int(row["resolution"]), row["key"]): tuple(((row.get("env") or {}).get(keys.TRANSFER) or {})
                                                                .get("sources") or ()) for row in moved}
-    subnets, subnet_rows = subnet_stats(store, fingerprint_id, space, nominal, statistic, batch)
-    ids = [row["id"] for row in rows + moved] + [row["id"] for row in subnet_rows] + ref_ids
+    subnet_nominal, subnet_ref_ids = current_reference_ms(store, fingerprint_id, space, statistic, batch=batch,
+                                                          key=subnet_reference_key(space))
+    subnets, subnet_rows = subnet_stats(store, fingerprint_id, space, nominal, statistic, batch, subnet_nominal)
+    ids = [row["id"] for row in rows + moved] + [row["id"] for row in subnet_rows] + ref_ids + subnet_ref_ids
     version = table_version(ids) + ("" if statistic == DEFAULT_STATISTIC else f"-{statistic}")
     return LatencyTable(device=device, fingerprint_id=fingerprint_id, space=space.name, version=version,
                         entries=entries, subnets=subnets, nominal_ms=nominal, statistic=statistic,
-                        transferred=transferred, batch=batch)
+                        transferred=transferred, batch=batch, subnet_nominal_ms=subnet_nominal)
 
 
 def load_device_table(device: str, space: SearchSpace | str, store=None,

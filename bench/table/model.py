@@ -56,6 +56,8 @@ class LatencyTable:
     # entries predicted by transfer (`bench.transfer`), not measured: key -> the source devices
     transferred: Mapping[tuple[int, str], tuple[str, ...]] = field(default_factory=dict)
     batch: int = 1  # the batch size every entry was timed at: latencies are the whole batch's
+    # the reference subnet's latency the measured subnets are expressed at (None: none timed beside it)
+    subnet_nominal_ms: float | None = None
 
     @property
     def resolutions(self) -> list[int]:

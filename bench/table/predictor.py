@@ -35,8 +35,10 @@ def _tagged(values: np.ndarray, version: str) -> Latencies:
 
 
 # Calibration models, simplest first; `fit` keeps the simplest whose cross-validated error is not beaten clearly.
-MODELS = ("ratio", "affine", "overhead", "overhead+weights")
-MIN_POINTS = {"ratio": 1, "affine": 4, "overhead": 8, "overhead+weights": 10}
+MODELS = ("ratio", "affine", "overhead", "overhead+weights", "overhead+weights-knee")
+MIN_POINTS = {"ratio": 1, "affine": 4, "overhead": 8, "overhead+weights": 10, "overhead+weights-knee": 20}
+#: where the knee of the weights term may sit: these quantiles of the measured subnets' weights
+KNEE_QUANTILES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 ASSUMED_UPPER_REL = 0.10  # prediction interval when too few subnets to estimate it (said so in `interval`)
 
 
@@ -50,13 +52,16 @@ class Calibration:
     `n_entries` entries summed, `scale` (> 0) takes what fusion and caching change, and `offset_ms` (>= 0) is
     the whole graph's own cost per inference. `per_mparam_ms` (>= 0, per million weights) is what isolated
     timing hides: a block timed over and over keeps its weights in cache, a whole graph streams all of them,
-    so large subnets run slower than the sum of their blocks. One set of coefficients for every resolution, so
+    so large subnets run slower than the sum of their blocks. `weights_knee_mparams` (> 0 in the
+    `overhead+weights-knee` model) counts weights only up to that many millions: past it the extra streaming is
+    hidden behind the compute that comes with so many weights (on this host's small space, the linear term
+    over-predicted the subnets with the most weights by 10-14%). One set of coefficients for every resolution, so
     more work never
     predicts less time: a larger entry raises the prediction, one more block adds `scale * (its entry -
     overhead_ms) >= 0`, there are no negative offsets, and subnets keep the order of their table sums across
     resolutions. `model` says which terms are in use (`ratio`: the scale alone, which cannot extrapolate below
     what was measured; `affine`: plus the offset; `overhead`: plus the per-entry overhead;
-    `overhead+weights`: plus the weights term), chosen by
+    `overhead+weights`: plus the weights term; `overhead+weights-knee`: weights counted up to a knee), chosen by
     cross-validation on the measured subnets. `upper_rel` is the prediction interval's upper side, the 90%
     quantile of the held-out relative errors: `upper = predicted * (1 + upper_rel)`.
     """
@@ -66,6 +71,7 @@ class Calibration:
     overhead_ms: float = 0.0
     offset_ms: float = 0.0
     per_mparam_ms: float = 0.0
+    weights_knee_mparams: float = 0.0  # weights counted up to this many millions (0: all)
     n_subnets: int = 0
     upper_rel: float = 0.0
     interval: str = "none"           # "cross-validated" | "assumed" (too few subnets) | "none" (identity)
@@ -91,7 +97,9 @@ class Calibration:
         if self.per_mparam_ms:
             if mparams is None:
                 raise ValueError("this calibration needs the subnets' parameter counts")
-            out = out + self.per_mparam_ms * np.asarray(mparams, dtype=np.float64)
+            mp = np.asarray(mparams, dtype=np.float64)
+            out = out + self.per_mparam_ms * (np.minimum(mp, self.weights_knee_mparams) if self.weights_knee_mparams
+                                              else mp)
         return out
 
     def upper(self, r: np.ndarray | None, table_sum_ms: np.ndarray, n_entries: np.ndarray | None = None,
@@ -105,7 +113,8 @@ class Calibration:
 
     def to_dict(self) -> dict:
         return {"model": self.model, "scale": self.scale, "overhead_ms": self.overhead_ms,
-                "offset_ms": self.offset_ms, "per_mparam_ms": self.per_mparam_ms, "n_subnets": self.n_subnets, "upper_rel": self.upper_rel,
+                "offset_ms": self.offset_ms, "per_mparam_ms": self.per_mparam_ms,
+                "weights_knee_mparams": self.weights_knee_mparams, "n_subnets": self.n_subnets, "upper_rel": self.upper_rel,
                 "interval": self.interval, "cv_mape_pct": self.cv_mape_pct, "resolutions": list(self.resolutions)}
 
     @classmethod
@@ -152,7 +161,7 @@ class Calibration:
         models = [m for m in MODELS if m == "ratio" or (
             n >= max(MIN_POINTS[m], min_points) and np.ptp(x) > 0
             and not (m.startswith("overhead") and (max_overhead_ms <= 0 or np.ptp(ne) == 0))
-            and not (m == "overhead+weights" and np.ptp(mp) == 0))]
+            and not (m.startswith("overhead+weights") and np.ptp(mp) == 0))]
         folds = np.arange(n) % 10 if n > 40 else np.arange(n)
         scored = {}
         for m in models:
@@ -172,30 +181,39 @@ class Calibration:
                    resolutions=res)
 
 
+Coefficients = tuple[float, float, float, float, float]  # scale, overhead_ms, offset_ms, per_mparam_ms, knee
+
+
 def _fit_model(model: str, x: np.ndarray, ne: np.ndarray, mp: np.ndarray, y: np.ndarray,
-               max_overhead_ms: float) -> tuple[float, float, float, float]:
-    """(scale, overhead_ms, offset_ms, per_mparam_ms) minimising the squared relative error (rows weighted by
-    1/y) under the model's constraints; a ratio is the median of measured / table sum, which one slow outlier
-    does not move."""
+               max_overhead_ms: float) -> Coefficients:
+    """(scale, overhead_ms, offset_ms, per_mparam_ms, weights_knee_mparams) minimising the squared relative
+    error (rows weighted by 1/y) under the model's constraints; a ratio is the median of measured / table sum,
+    which one slow outlier does not move."""
     if model == "ratio" or len(x) < 2:
-        return float(np.median(y / x)), 0.0, 0.0, 0.0
+        return float(np.median(y / x)), 0.0, 0.0, 0.0, 0.0
     from scipy.optimize import nnls
 
     best = None
     grid = np.linspace(0.0, max_overhead_ms, 33) if model.startswith("overhead") else [0.0]
-    for o in grid:  # linear in the other coefficients for a given overhead: non-negative least squares
-        z = x - o * ne
-        cols = [z, np.ones_like(z)] + ([mp] if model == "overhead+weights" else [])
-        coef, resid = nnls(np.column_stack(cols) / y[:, None], np.ones_like(y))
-        if coef[0] > 0 and (best is None or resid < best[0]):
-            best = (resid, (float(coef[0]), float(o), float(coef[1]), float(coef[2]) if len(coef) > 2 else 0.0))
+    knees = (sorted({float(np.quantile(mp, q)) for q in KNEE_QUANTILES}) if model == "overhead+weights-knee"
+             else [0.0])
+    weights = model.startswith("overhead+weights")
+    for knee in knees:
+        w = np.minimum(mp, knee) if knee else mp
+        for o in grid:  # linear in the other coefficients for a given overhead and knee: non-negative least squares
+            z = x - o * ne
+            cols = [z, np.ones_like(z)] + ([w] if weights else [])
+            coef, resid = nnls(np.column_stack(cols) / y[:, None], np.ones_like(y))
+            if coef[0] > 0 and (best is None or resid < best[0]):
+                best = (resid, (float(coef[0]), float(o), float(coef[1]), float(coef[2]) if weights else 0.0, knee))
     if best is None:  # no positive scale: the data say nothing about how latency grows with work
-        return float(np.median(y / x)), 0.0, 0.0, 0.0
+        return float(np.median(y / x)), 0.0, 0.0, 0.0, 0.0
     return best[1]
 
 
-def _predict(coef: tuple[float, float, float, float], x: np.ndarray, ne: np.ndarray, mp: np.ndarray) -> np.ndarray:
-    return coef[0] * (x - coef[1] * ne) + coef[2] + coef[3] * mp
+def _predict(coef: Coefficients, x: np.ndarray, ne: np.ndarray, mp: np.ndarray) -> np.ndarray:
+    w = np.minimum(mp, coef[4]) if coef[4] else mp
+    return coef[0] * (x - coef[1] * ne) + coef[2] + coef[3] * w
 
 
 def space_ends(space: SearchSpace, resolutions: Sequence[int]) -> list[SubnetConfig]:
