@@ -270,7 +270,8 @@ def confirm_on_device(device: str, path: Path, space_name: str, cfg: SubnetConfi
     """Time the exported subnet `cfg` (the file at `path`, taking `batch` images) on the device the way
     `validate` times its subnets (several separate invocations beside the reference subnet of that batch size,
     re-run when the reference shows a disturbed stretch, the median kept, expressed at the reference subnet's
-    current speed, as the table's measured subnets are), store the passes as "subnet" measurements, and compare with the prediction."""
+    current speed, as the table's measured subnets are), store the passes as "subnet" measurements, and
+    compare with the prediction."""
     import numpy as np
 
     from agents import connect

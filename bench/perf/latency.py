@@ -83,7 +83,8 @@ def after_validate(device: str, space, store: str, fresh: dict, n: int, seed: in
     after = accuracy_metrics(pred(fresh["_cfgs"]) * speed, fresh["_measured"])
     before = fresh["calibrated"]
     return {"n": n, "seed": seed, "calibration": pred.calibration.describe(), "calibrated": after,
-            "speed_rescale": round(speed, 4), "validate_s": round(time.monotonic() - t0, 1), "validate_cv": {k: val[k] for k in ("within_5pct", "within_10pct", "mape")},
+            "speed_rescale": round(speed, 4), "validate_s": round(time.monotonic() - t0, 1),
+            "validate_cv": {k: val[k] for k in ("within_5pct", "within_10pct", "mape")},
             "not_worse": bool(after["mape"] <= before["mape"] + 0.001 and after["within_10pct"] >= before["within_10pct"]),
             "loadavg": _load()}
 

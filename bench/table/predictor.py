@@ -114,7 +114,8 @@ class Calibration:
     def to_dict(self) -> dict:
         return {"model": self.model, "scale": self.scale, "overhead_ms": self.overhead_ms,
                 "offset_ms": self.offset_ms, "per_mparam_ms": self.per_mparam_ms,
-                "weights_knee_mparams": self.weights_knee_mparams, "n_subnets": self.n_subnets, "upper_rel": self.upper_rel,
+                "weights_knee_mparams": self.weights_knee_mparams, "n_subnets": self.n_subnets,
+                "upper_rel": self.upper_rel,
                 "interval": self.interval, "cv_mape_pct": self.cv_mape_pct, "resolutions": list(self.resolutions)}
 
     @classmethod
