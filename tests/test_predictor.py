@@ -164,15 +164,20 @@ def test_upper_bound_covers_about_nine_in_ten_fresh_measurements():
     assert 0.8 <= covered <= 0.97
 
 
-def test_weights_term_recovers_what_isolated_blocks_hide():
-    """A block timed over and over keeps its weights in cache, a whole graph streams them: large subnets run
-    slower than the sum of their blocks. The weights term (>= 0) takes it when cross-validation says so."""
+def _weights_case():
+    """(space, resolutions, a random table, its plain predictor, 40 random subnets, a per-entry overhead) for the
+    weights-term tests."""
     space = SearchSpace.get("ofa-mbv3-fmnist")
     res = [24, 28, 32, 36]
     table = random_table(space, res)
     plain = LatencyPredictor.from_table(table, space)
-    cfgs = space.sample(np.random.default_rng(9), 40, res)
-    overhead = plain.min_block_ms * 16 / 32
+    return space, res, table, plain, space.sample(np.random.default_rng(9), 40, res), plain.min_block_ms * 16 / 32
+
+
+def test_weights_term_recovers_what_isolated_blocks_hide():
+    """A block timed over and over keeps its weights in cache, a whole graph streams them: large subnets run
+    slower than the sum of their blocks. The weights term (>= 0) takes it when cross-validation says so."""
+    space, res, table, plain, cfgs, overhead = _weights_case()
     truth = lambda p, c: 0.9 * (p.table_sum(c) - overhead * p.n_entries(c)) + 0.8 * p.mparams(c) + 0.05  # noqa: E731
     pred = LatencyPredictor.from_table(_with_subnets(table, space, cfgs, truth(plain, cfgs)), space)
     cal = pred.calibration
@@ -190,12 +195,7 @@ def test_weights_counted_up_to_a_knee_when_the_streaming_cost_saturates():
     the linear weights term over-predicted the subnets with the most weights by 10-14%). With enough measured
     subnets (20) the knee model is chosen when it predicts held-out subnets better; it never predicts less time
     for more weights; with fewer subnets it is not tried."""
-    space = SearchSpace.get("ofa-mbv3-fmnist")
-    res = [24, 28, 32, 36]
-    table = random_table(space, res)
-    plain = LatencyPredictor.from_table(table, space)
-    cfgs = space.sample(np.random.default_rng(9), 40, res)
-    overhead = plain.min_block_ms * 16 / 32
+    space, res, table, plain, cfgs, overhead = _weights_case()
     knee = float(np.quantile(plain.mparams(cfgs), 0.5))
 
     def truth(p, c):
