@@ -152,7 +152,8 @@ def profile_device(device, space: SearchSpace, store_target: StoreLike, resoluti
             progress(label, 0, len(todo))
         if not todo:
             _transfer_rest(plan, profile.name, space, res, store, fp_id, settings, report)
-            measure_calibration_subnets(profile, space, res, store, fp_id, settings, report, stop, exports, batch)
+            measure_calibration_subnets(profile, space, res, store, fp_id, settings, report, stop, exports, batch,
+                                        few_shot is not None)
             _end_run(store, report, "done")
             return report
         report.run_id = store.start_run(profile.name, fp_id, space.name, "profile",
@@ -165,7 +166,8 @@ def profile_device(device, space: SearchSpace, store_target: StoreLike, resoluti
                          lambda n: progress(label, n, len(todo)) if progress else None, stop)
         _transfer_rest(plan, profile.name, space, res, store, fp_id, settings, report)
         if report.entries_noisy == 0:
-            measure_calibration_subnets(profile, space, res, store, fp_id, settings, report, stop, exports, batch)
+            measure_calibration_subnets(profile, space, res, store, fp_id, settings, report, stop, exports, batch,
+                                        few_shot is not None)
         store.finish_run(report.run_id, "done")
         report.status = "done" if report.entries_noisy == 0 else "incomplete"
         return report
@@ -318,17 +320,39 @@ def calibration_todo(space: SearchSpace, resolutions: Sequence[int], cfgs: Seque
     return ends + others[:max(0, n - have - len(ends))]
 
 
+#: (passes, max_passes, precision) of the calibration subnets of a few-shot profile, timed for as long as its
+#: entries are (`MeasureSettings.min_duration_s` per pass): two passes, a third only where those two disagree
+#: by more than 2%. `validate` takes three to six passes to 1%, at least 0.5 s each. A transferred table errs by
+#: a few percent per entry; calibrating it on subnets timed to 1% buys nothing there and costs about three
+#: times the device time, more than the K entries themselves.
+FEW_SHOT_SUBNET_PASSES = (2, 3, 0.02)
+
+
+def calibration_timing(profile, settings: MeasureSettings, n: int, few_shot: bool = False):
+    """The `ValidateSettings` the calibration subnets of a profile are timed with: validate's, or (`few_shot`)
+    `FEW_SHOT_SUBNET_PASSES` at the entries' duration."""
+    from bench.validate import ValidateSettings
+
+    if not few_shot:
+        return ValidateSettings(n=n, reference=settings.reference)
+    passes, max_passes, precision = FEW_SHOT_SUBNET_PASSES
+    min_dur = settings.min_duration_s if settings.min_duration_s is not None else profile.min_duration_s
+    return ValidateSettings(n=n, reference=settings.reference, passes=passes, max_passes=max_passes,
+                            precision=precision, min_duration_s=min_dur)
+
+
 def measure_calibration_subnets(profile, space: SearchSpace, res: Sequence[int], store, fp_id: str,
                                 settings: MeasureSettings, report: DeviceReport,
-                                stop: threading.Event | None = None, exports=None, batch: int = 1) -> None:
+                                stop: threading.Event | None = None, exports=None, batch: int = 1,
+                                few_shot: bool = False) -> None:
     """Measure the calibration subnets the table (of batch size `batch`) does not have yet, the way `validate`
-    measures (passes beside the reference subnet, a fresh agent with validate's timing settings), into the
-    profile's run."""
+    measures (passes beside the reference subnet, a fresh agent with validate's timing settings; fewer and
+    shorter passes in a `few_shot` profile, `calibration_timing`), into the profile's run."""
     if settings.calibration_subnets <= 0:
         return
     from agents import connect
     from bench.table import Calibration, LatencyPredictor, load_device_table
-    from bench.validate import ValidateSettings, measure_subnets
+    from bench.validate import measure_subnets
 
     table = load_device_table(profile.name, space, store, batch=batch)
     plain = LatencyPredictor.from_table(table, space, calibration=Calibration())
@@ -347,12 +371,17 @@ def measure_calibration_subnets(profile, space: SearchSpace, res: Sequence[int],
             report.run_id = store.start_run(profile.name, fp_id, space.name, "profile",
                                             {"resolutions": list(res), **settings.__dict__, "batch": batch},
                                             {"calibration_subnets": len(todo), "profile": profile.to_dict()})
-        vs = ValidateSettings(n=len(todo), reference=settings.reference)
+        vs = calibration_timing(profile, settings, len(todo), few_shot)
+        paths = None
+        if exports is not None:  # through the queue, so that the wait counts as export time, not device time
+            if settings.reference:
+                exports.subnet(space, reference_subnet(space))
+            paths = [exports.subnet(space, c) for c in todo]
         with connect(agent_profile(profile, vs.measure_settings(profile))) as agent:
             measure_subnets(agent, store, report.run_id, fp_id, space, todo, vs, 0.01, profile.model_format,
                             value_nominal=table.subnet_nominal_ms, rng=np.random.default_rng(1),
-                            watch=ReferenceWatch() if settings.reference else None, precision=profile.precision,
-                            batch=batch)
+                            watch=ReferenceWatch() if settings.reference else None, paths=paths,
+                            precision=profile.precision, batch=batch)
         report.subnets_measured = len(todo)
         table = load_device_table(profile.name, space, store, batch=batch)
     report.calibration = LatencyPredictor.from_table(table, space).calibration.to_dict()

@@ -276,3 +276,44 @@ def test_cli_few_shot_at_a_batch_size_transfers_from_that_batch(tmp_path):
     out = cli("predict", "--device", "fpga-zu3eg-model", "--store", store_path, "--batch", "4", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["transferred_share"] == pytest.approx(84 / 96)
+
+
+def test_a_few_shot_profile_times_its_calibration_subnets_briefly(tmp_path, monkeypatch):
+    """The calibration subnets of a few-shot profile are timed in two passes (a third where those disagree by
+    more than 2%) at the entries' duration, not in validate's three to six passes of 0.5 s: on this project's
+    devices they cost more device time than the K entries. Their models come through the profile's export queue
+    (waiting for them is export time, not device time). A full profile keeps validate's timing."""
+    import bench.validate as V
+    from bench.export import ExportQueue
+    from bench.measure import MeasureSettings
+    from bench.profile import FEW_SHOT_SUBNET_PASSES, profile_device
+    from bench.store import open_store
+
+    seen, asked = [], []
+    real_measure, real_subnet = V.measure_subnets, ExportQueue.subnet
+
+    def measure(agent, store, run_id, fp_id, space, cfgs, settings, *args, **kwargs):
+        seen.append((settings, kwargs.get("paths"), len(cfgs)))
+        return real_measure(agent, store, run_id, fp_id, space, cfgs, settings, *args, **kwargs)
+
+    def subnet(queue, space, cfg, seed=0):
+        asked.append(cfg)
+        return real_subnet(queue, space, cfg, seed)
+
+    monkeypatch.setattr(V, "measure_subnets", measure)
+    monkeypatch.setattr(ExportQueue, "subnet", subnet)
+    store_path = str(tmp_path / "s.sqlite")
+    with open_store(store_path) as store:
+        import_table(store, "dev-a", SPACE, tmp_path / "a.csv",
+                     entries=_stats({k: v for k, v in base_table(2).items() if k[0] == 24}))
+    settings = MeasureSettings(min_duration_s=0.05, calibration_subnets=4)
+    rep = profile_device("fpga-zu3eg-model", SPACE, store_path, [24], settings, few_shot=12)
+    assert rep.status == "done" and rep.entries_measured == 12 and rep.subnets_measured == 4, rep.error
+    [(timing, paths, n)] = seen
+    assert (timing.passes, timing.max_passes, timing.precision) == FEW_SHOT_SUBNET_PASSES
+    assert timing.min_duration_s == 0.05 and n == 4
+    assert paths is not None and len(paths) == 4 and len(asked) == 5  # and the reference subnet
+    seen.clear()
+    rep = profile_device("fpga-zu9eg-model", SPACE, store_path, [24], settings)
+    assert rep.status == "done" and rep.subnets_measured == 4, rep.error
+    assert seen[0][0].passes == V.ValidateSettings().passes and seen[0][0].min_duration_s is None

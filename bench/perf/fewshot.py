@@ -2,13 +2,15 @@
 research reports it: leave one device out, build its table from K of its entries plus the other devices'
 tables, and score whole-subnet predictions against subnets measured on it.
 
-Every device is profiled once in full (timed: the device time of a full profile) with the calibration
-subnets `profile` measures (12 by default), and N random subnets are measured on it once (validate's passes); then, per
-held-out device and K, the K entries `choose_entries` picks are taken from its full table (the same protocol
-measured them), the rest transferred from the others (`bench.transfer`), the calibration fitted on the
-calibration subnets, and the N subnets predicted: within 5% / 10% and Kendall tau. Two source sets: every
-other device, and only devices of another runtime (the hard case). The device time of a few-shot profile is
-K times the full profile's time per entry plus the calibration subnets' time. Simplification: the calibration
+Every device is profiled once in full (timed: the device time of a full profile, exports and conversions
+left out) with the calibration subnets `profile` measures (12 by default), N random subnets are measured on it
+once (validate's passes), and the calibration subnets once more as a few-shot profile times them
+(`bench.profile.calibration_timing`: two or three short passes); then, per held-out device and K, the K entries
+`choose_entries` picks are taken from its full table (the same protocol measured them), the rest transferred
+from the others (`bench.transfer`), the calibration fitted on the few-shot timings of the calibration subnets,
+and the N subnets predicted: within 5% / 10% and Kendall tau. Two source sets: every other device, and only
+devices of another runtime (the hard case). The device time of a few-shot profile is K times the full
+profile's time per entry plus the few-shot timing of the calibration subnets. Simplification: the calibration
 subnets are those the full table chose (a real few-shot profile picks them from its transferred table, by the
 same rule). Published tables (note10, table only) are sources, and held out at table level when named.
 
@@ -82,17 +84,29 @@ class DeviceData:
     calibration_s: float = 0.0                         # device time of the calibration subnets
     published: bool = False
     measured: str = ""                                 # when, and the load average (1 min) before and after
+    # the same calibration subnets timed as a few-shot profile times them (`calibration_timing`), and the
+    # device time of that; empty in caches written before (the full profile's are used then)
+    fs_calibration: dict = field(default_factory=dict)
+    fs_calibration_s: float | None = None
+
+    def few_shot_calibration(self) -> tuple[dict, float]:
+        """(calibration subnets, their device time) of a few-shot profile of this device."""
+        if self.fs_calibration and self.fs_calibration_s is not None:
+            return self.fs_calibration, self.fs_calibration_s
+        return self.calibration, self.calibration_s
 
 
 def _profile(name: str, space, store_path: str, res: list[int], n_val: int, seed: int, log) -> DeviceData:
     """Full profile (timed without exports), calibration subnets (timed), N validation subnets."""
     from agents import connect
     from bench.measure import MeasureSettings, ReferenceWatch, agent_profile
-    from bench.profile import profile_device
+    from bench.export import export_subnet
+    from bench.profile import calibration_timing, profile_device
     from bench.store import open_store
     from bench.table import load_device_table
     from bench.validate import ValidateSettings, measure_subnets
     from devices import get_device
+    from ofa_core.space import SubnetConfig
 
     prof = get_device(name)
     when, load0 = time.strftime("%Y-%m-%d %H:%M %Z"), os.getloadavg()[0]
@@ -112,11 +126,26 @@ def _profile(name: str, space, store_path: str, res: list[int], n_val: int, seed
             timed = measure_subnets(agent, store, run_id, fp_id, space, cfgs, vs, 0.01, prof.model_format,
                                     value_nominal=table.subnet_nominal_ms, rng=np.random.default_rng([seed, 1]),
                                     watch=ReferenceWatch())
-    log(f"{name}: table {len(table.entries)} entries in {entries_s:.1f} s, calibration subnets {calib_s:.1f} s, "
-        f"{n_val} validation subnets measured")
+    # The calibration subnets again, timed as `profile --few-shot` times them (models exported before the clock
+    # starts, as the profile's queue has them ready), after the validation subnets so the table keeps the first.
+    cal_cfgs = [SubnetConfig.from_string(s, space.max_depth) for _, s in sorted(calibration)]
+    fs = calibration_timing(prof, MeasureSettings(), len(cal_cfgs), few_shot=True)
+    fs_paths = [export_subnet(space, c, prof.model_format, precision=prof.precision) for c in cal_cfgs]
+    start = time.monotonic()
+    with open_store(store_path) as store, connect(agent_profile(prof, fs.measure_settings(prof))) as agent:
+        fp_id = store.register_fingerprint(prof.name, agent.fingerprint())
+        with store.running(prof.name, fp_id, space.name, "validate", {"fewshot_bench": "calibration"}, {}) as run_id:
+            fs_timed = measure_subnets(agent, store, run_id, fp_id, space, cal_cfgs, fs, 0.01, prof.model_format,
+                                       value_nominal=table.subnet_nominal_ms, rng=np.random.default_rng(1),
+                                       watch=ReferenceWatch(), paths=fs_paths)
+    fs_s = time.monotonic() - start
+    log(f"{name}: table {len(table.entries)} entries in {entries_s:.1f} s, calibration subnets {calib_s:.1f} s "
+        f"({fs_s:.1f} s timed as a few-shot profile times them), {n_val} validation subnets measured")
     return DeviceData(prof.name, prof.runtime, bool(prof.simulated), {k: v.value_ms for k, v in table.entries.items()},
                       calibration, {(c.r, c.to_string()): t.value_ms for c, t in zip(cfgs, timed)},
-                      entries_s, calib_s, measured=f"{when}, load {load0:.1f} -> {os.getloadavg()[0]:.1f}")
+                      entries_s, calib_s, measured=f"{when}, load {load0:.1f} -> {os.getloadavg()[0]:.1f}",
+                      fs_calibration={(c.r, c.to_string()): t.value_ms for c, t in zip(cal_cfgs, fs_timed)},
+                      fs_calibration_s=fs_s)
 
 
 def _published(name: str, space, res: list[int]) -> DeviceData | None:
@@ -143,14 +172,15 @@ def _few_shot_table(space, res, target: DeviceData, sources: list[DeviceData], k
     return model, {**measured, **moved}
 
 
-def _score(space, values: dict, target: DeviceData) -> dict:
-    """Whole-subnet scores of a table (values) calibrated on the target's calibration subnets."""
+def _score(space, values: dict, target: DeviceData, calibration: dict | None = None) -> dict:
+    """Whole-subnet scores of a table (values) calibrated on the target's calibration subnets (`calibration`:
+    those values instead, e.g. timed as a few-shot profile times them)."""
     from bench.table import EntryStats, LatencyPredictor, LatencyTable
     from bench.validate import accuracy_metrics
     from ofa_core.space import SubnetConfig
 
     st = {k: EntryStats(v, v, None, 1) for k, v in values.items()}
-    cal = {k: EntryStats(v, v, None, 1) for k, v in target.calibration.items()}
+    cal = {k: EntryStats(v, v, None, 1) for k, v in (calibration or target.calibration).items()}
     table = LatencyTable(target.name, "bench", space.name, "bench", st, cal)
     pred = LatencyPredictor.from_table(table, space)
     keys = sorted(target.validation)
@@ -203,7 +233,9 @@ def _gather(space, res: list[int], names: list[str], skipped: dict, work: Path, 
             data.append(DeviceData(d["name"], d["runtime"], d["simulated"],
                                    *[{(int(r), k): v for r, k, v in d[f]}
                                      for f in ("values", "calibration", "validation")],
-                                   d["entries_s"], d["calibration_s"], measured=d.get("measured", "")))
+                                   d["entries_s"], d["calibration_s"], measured=d.get("measured", ""),
+                                   fs_calibration={(int(r), k): v for r, k, v in d.get("fs_calibration", [])},
+                                   fs_calibration_s=d.get("fs_calibration_s")))
             continue
         try:
             dd = _profile(name, space, str(work / "store.sqlite"), res, subnets, seed, _log)
@@ -214,16 +246,17 @@ def _gather(space, res: list[int], names: list[str], skipped: dict, work: Path, 
         data.append(dd)
         saved[name] = {"name": dd.name, "runtime": dd.runtime, "simulated": dd.simulated,
                        "entries_s": dd.entries_s, "calibration_s": dd.calibration_s, "measured": dd.measured,
+                       "fs_calibration_s": dd.fs_calibration_s,
                        **{f: [[r, k, v] for (r, k), v in getattr(dd, a).items()]
                           for f, a in (("values", "values_ms"), ("calibration", "calibration"),
-                                       ("validation", "validation"))}}
+                                       ("validation", "validation"), ("fs_calibration", "fs_calibration"))}}
         cache.write_text(json.dumps(saved))
     return data
 
 
-def _scored(space, res, target: DeviceData, values, subnets: int, seed: int) -> dict:
+def _scored(space, res, target: DeviceData, values, subnets: int, seed: int, few_shot: bool = False) -> dict:
     return (_table_score(space, res, values, target, subnets, seed) if target.published
-            else _score(space, values, target))
+            else _score(space, values, target, target.few_shot_calibration()[0] if few_shot else None))
 
 
 def _k_row(space, res, target: DeviceData, sources: list[DeviceData], k, subnets: int, seed: int) -> dict | None:
@@ -240,15 +273,15 @@ def _k_row(space, res, target: DeviceData, sources: list[DeviceData], k, subnets
         for s in range(5):
             pick = [ents[i] for i in np.random.default_rng(s).choice(len(ents), kk, replace=False)]
             model, vals = _few_shot_table(space, res, target, sources, kk, pick)
-            scores.append(_scored(space, res, target, vals, subnets, seed))
+            scores.append(_scored(space, res, target, vals, subnets, seed, few_shot=True))
         sc = {m: float(np.mean([x[m] for x in scores])) for m in ("within_5pct", "within_10pct", "kendall_tau", "mape")}
         sc["calibration"] = scores[0]["calibration"]
         picks = "random (mean of 5)"
     else:
         model, vals = _few_shot_table(space, res, target, sources, kk)
-        sc = _scored(space, res, target, vals, subnets, seed)
+        sc = _scored(space, res, target, vals, subnets, seed, few_shot=True)
         picks = "chosen"
-    dev_s = kk * target.entries_s / full_n + target.calibration_s
+    dev_s = kk * target.entries_s / full_n + target.few_shot_calibration()[1]
     return {"device": target.name, "runtime": target.runtime, "simulated": target.simulated,
             "sources": [s.name for s in sources], "k": kk, "picks": picks,
             "model": model.kind, "loo_rel_rmse": model.loo_rel_rmse, **sc,
@@ -286,8 +319,11 @@ def _print(space, res, subnets: int, started: str, load_before, load_after, upti
         print(f"skipped {name}: {why}")
     for d in data:
         if not d.published:
+            fs_s = d.few_shot_calibration()[1]
             print(f"{d.name}: measured {d.measured}; full profile {d.entries_s:.0f} s of entries + "
-                  f"{d.calibration_s:.0f} s of calibration subnets" + (" (simulated device)" if d.simulated else ""))
+                  f"{d.calibration_s:.0f} s of calibration subnets; a few-shot profile's calibration subnets "
+                  f"{fs_s:.0f} s" + ("" if d.fs_calibration else " (not timed apart: the full profile's)")
+                  + (" (simulated device)" if d.simulated else ""))
     print(f"{'held out':18} {'runtime':12} {'sources':15} {'K':>4} {'picks':9} {'model':10} {'±5%':>5} "
           f"{'±10%':>5} {'tau':>6} {'MAPE':>6} {'time':>6} {'dev s':>6}")
     for r in rows:
