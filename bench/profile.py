@@ -152,8 +152,7 @@ def profile_device(device, space: SearchSpace, store_target: StoreLike, resoluti
             progress(label, 0, len(todo))
         if not todo:
             _transfer_rest(plan, profile.name, space, res, store, fp_id, settings, report)
-            measure_calibration_subnets(profile, space, res, store, fp_id, settings, report, stop, exports, batch,
-                                        few_shot is not None)
+            measure_calibration_subnets(profile, space, res, store, fp_id, settings, report, stop, exports, batch)
             _end_run(store, report, "done")
             return report
         report.run_id = store.start_run(profile.name, fp_id, space.name, "profile",
@@ -166,8 +165,7 @@ def profile_device(device, space: SearchSpace, store_target: StoreLike, resoluti
                          lambda n: progress(label, n, len(todo)) if progress else None, stop)
         _transfer_rest(plan, profile.name, space, res, store, fp_id, settings, report)
         if report.entries_noisy == 0:
-            measure_calibration_subnets(profile, space, res, store, fp_id, settings, report, stop, exports, batch,
-                                        few_shot is not None)
+            measure_calibration_subnets(profile, space, res, store, fp_id, settings, report, stop, exports, batch)
         store.finish_run(report.run_id, "done")
         report.status = "done" if report.entries_noisy == 0 else "incomplete"
         return report
@@ -343,11 +341,10 @@ def calibration_timing(profile, settings: MeasureSettings, n: int, few_shot: boo
 
 def measure_calibration_subnets(profile, space: SearchSpace, res: Sequence[int], store, fp_id: str,
                                 settings: MeasureSettings, report: DeviceReport,
-                                stop: threading.Event | None = None, exports=None, batch: int = 1,
-                                few_shot: bool = False) -> None:
+                                stop: threading.Event | None = None, exports=None, batch: int = 1) -> None:
     """Measure the calibration subnets the table (of batch size `batch`) does not have yet, the way `validate`
     measures (passes beside the reference subnet, a fresh agent with validate's timing settings; fewer and
-    shorter passes in a `few_shot` profile, `calibration_timing`), into the profile's run."""
+    shorter passes in a few-shot profile, `report.few_shot`: `calibration_timing`), into the profile's run."""
     if settings.calibration_subnets <= 0:
         return
     from agents import connect
@@ -371,7 +368,7 @@ def measure_calibration_subnets(profile, space: SearchSpace, res: Sequence[int],
             report.run_id = store.start_run(profile.name, fp_id, space.name, "profile",
                                             {"resolutions": list(res), **settings.__dict__, "batch": batch},
                                             {"calibration_subnets": len(todo), "profile": profile.to_dict()})
-        vs = calibration_timing(profile, settings, len(todo), few_shot)
+        vs = calibration_timing(profile, settings, len(todo), report.few_shot is not None)
         paths = None
         if exports is not None:  # through the queue, so that the wait counts as export time, not device time
             if settings.reference:

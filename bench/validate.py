@@ -4,10 +4,11 @@ A subnet is timed in several *passes*. Each pass runs every pending subnet once,
 subnet (interleaved rounds inside one runner invocation; `bench.measure.reference_subnet`, a subnet of typical
 size, not the tiny reference block the table entries are timed beside), in a fresh random order, so a subnet
 meets different neighbours, processes and moments of the machine's drift in each pass. Its value is the
-median of its reference-normalised pass values; subnets whose passes still disagree (relative standard error
-of that median above `precision`) get more passes, up to `max_passes`. One invocation's value of a whole
-subnet can be off by several percent (process placement, drift no reference follows fully); the median of a
-few independent ones is not. Every pass is stored as a kind "subnet" measurement; the table's subnet
+median of its reference-normalised pass values (the run's reference level in full, each pass's own deviation
+from it as far as the run's subnets share it: `bench.measure.tracking`); subnets whose passes still disagree
+(relative standard error of that median above `precision`) get more passes, up to `max_passes`. One
+invocation's value of a whole subnet can be off by several percent (process placement, drift no reference
+follows fully); the median of a few independent ones is not. Every pass is stored as a kind "subnet" measurement; the table's subnet
 value (which calibrates the predictor) is the median over the passes of the latest run that timed it.
 
 The scores are honest out-of-sample figures: each subnet is predicted with a calibration fitted without it
@@ -19,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -114,13 +115,14 @@ def cross_validated(predictor, table, cfgs: Sequence[SubnetConfig], measured_ms:
 
 
 # ---- measuring subnets -----------------------------------------------------------------------------------
-def subnet_value(t: Timed, statistic: str, nominal_ms: float | None) -> float:
-    """A measured subnet's latency under `statistic`, rescaled to the table's reference speed when known."""
+def subnet_pass(t: Timed, statistic: str) -> tuple[float, float | None]:
+    """A measured subnet's latency under `statistic` and its reference's under the same statistic (None when
+    it was timed without one)."""
     from bench.measure import sample_statistic
 
     value = sample_statistic(t.measurement.samples_ms, statistic) or t.measurement.latency_ms
     ref = (t.ref_stats or {}).get(statistic) or (t.ref_ms if statistic == "median" else None)
-    return value * nominal_ms / ref if nominal_ms and ref else value
+    return value, ref
 
 
 def median_precision(values: Sequence[float]) -> float:
@@ -138,12 +140,15 @@ def median_precision(values: Sequence[float]) -> float:
 
 @dataclass
 class SubnetTiming:
-    """One subnet over all its passes: the pass values (normalised when the table has a reference speed), the
-    raw ones, and the load average of each invocation."""
+    """One subnet over all its passes: the pass values (rescaled to the table's reference speed when it has one,
+    `bench.measure.tracking`), the raw ones, each pass's reference (None: timed without), the load average of
+    each invocation, and the run's tracking coefficient the values were rescaled with."""
 
     values_ms: list[float]
     raw_ms: list[float]
     loads: list[float]
+    refs_ms: list = field(default_factory=list)
+    tracking: float | None = None
 
     @property
     def value_ms(self) -> float:
@@ -199,15 +204,29 @@ def measure_subnets(agent, store, run_id: int, fp_id: str, space: SearchSpace, c
                                   PROTOCOL_SUBNET_REFERENCE) for t, i in zip(timed, chunk)]
             store.add_measurements(run_id, records)
             for t, i in zip(timed, chunk):
-                out[i].values_ms.append(subnet_value(t, settings.statistic, value_nominal))
-                out[i].raw_ms.append(subnet_value(t, settings.statistic, None))
+                value, ref = subnet_pass(t, settings.statistic)
+                out[i].raw_ms.append(value)
+                out[i].refs_ms.append(ref)
                 load = t.measurement.env.get(keys.LOADAVG)
                 if load:
                     out[i].loads.append(float(load[0]))
             done += len(chunk)
             if progress:
                 progress(done, total)
+        _rescale_passes(out, value_nominal)  # before the next pass asks which subnets still disagree
     return out
+
+
+def _rescale_passes(timed: Sequence[SubnetTiming], nominal: float | None) -> None:
+    """Every subnet's pass values at the `nominal` reference speed, with the tracking coefficient and the
+    reference level of all the passes so far (`bench.measure.tracking`); raw values without a nominal speed."""
+    from bench.measure.tracking import rescale, run_level, tracking_coefficient
+
+    beta = tracking_coefficient([list(zip(t.raw_ms, t.refs_ms)) for t in timed if None not in t.refs_ms])
+    level = run_level(r for t in timed for r in t.refs_ms)
+    for t in timed:
+        t.values_ms = [rescale(v, r, level, nominal, beta) for v, r in zip(t.raw_ms, t.refs_ms)]
+        t.tracking = beta if nominal and level else None
 
 
 def _mean_load(timed: Sequence[SubnetTiming]) -> float | None:
@@ -286,6 +305,8 @@ def _score_run(profile, space: SearchSpace, table, plain, cfgs: Sequence[SubnetC
            "passes": {"min": settings.passes, "max": settings.max_passes, "mean": float(np.mean([len(t.values_ms) for t in first])),
                       "median_precision": float(np.median([t.precision for t in first]))},
            "raw_vs_normalised_pct": float(100 * np.mean(np.abs(raw / measured - 1))),
+           # the share of the reference subnet's pass-to-pass movement the passes were rescaled by (None: raw)
+           "reference_tracking": first[0].tracking if first else None,
            "duration_s": round(time.monotonic() - start, 1),
            "per_resolution": {}}
     for r in res:

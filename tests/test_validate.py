@@ -194,20 +194,23 @@ def test_passes_repeat_until_the_median_is_precise(tmp_path):
 
 class _SpeedAgent:
     """Stands in for a device whose speed changes between invocations: in the k-th invocation every model takes
-    `speeds[k]` times its own latency, the reference (first path) included."""
+    `speeds[k]` times its own latency, the reference (first path) included; with `ref_speeds`, the reference
+    moves by its own factors instead (a reference whose jitter the models do not share)."""
 
-    def __init__(self, base: dict, ref_ms: float, speeds):
+    def __init__(self, base: dict, ref_ms: float, speeds, ref_speeds=None):
         self.base, self.ref_ms, self.speeds, self.first_paths = base, ref_ms, list(speeds), []
+        self.ref_speeds = list(ref_speeds) if ref_speeds is not None else self.speeds
 
     def measure(self, paths, rounds=1):
         from agents.measurement import Measurement
         from agents.runner import summarise
 
-        f = self.speeds[len(self.first_paths) % len(self.speeds)]
+        k = len(self.first_paths)
+        f, g = self.speeds[k % len(self.speeds)], self.ref_speeds[k % len(self.ref_speeds)]
         self.first_paths.append(Path(paths[0]).name)
         out = []
         for i, p in enumerate(paths):
-            ms = f * (self.ref_ms if i == 0 else self.base[Path(p).name])
+            ms = g * self.ref_ms if i == 0 else f * self.base[Path(p).name]
             samples = [ms] * 20
             out.append(Measurement.from_record({**summarise(samples), "samples_ms": samples}, str(p), {}))
         return out
@@ -242,6 +245,7 @@ def test_whole_subnets_are_timed_beside_the_reference_subnet(tmp_path):
         assert set(agent.first_paths) == {ref_name}  # every invocation began with the reference subnet
         # the speed changes cancel: every subnet's value is its own latency at the reference's 0.5 ms
         assert [round(t.value_ms, 6) for t in got] == [round(0.1 * (i + 1), 6) for i in range(4)]
+        assert got[0].tracking == pytest.approx(1.0)  # the subnets move with the reference, all of it
         refs = store.history(fp, SPACE.name, key=subnet_reference_key(SPACE), kind="reference")
         assert len(refs) == len(agent.first_paths) and all(r["resolution"] == ref.r for r in refs)
         # the subnets' speed is the median of the reference subnet's latest latencies
@@ -251,5 +255,38 @@ def test_whole_subnets_are_timed_beside_the_reference_subnet(tmp_path):
         stats, _ = subnet_stats(store, fp, SPACE, nominal=1000.0, subnet_nominal=0.5)
         assert {k[1]: round(v.value_ms, 6) for k, v in stats.items()} == {
             c.to_string(): round(0.1 * (i + 1), 6) for i, c in enumerate(cfgs)}
+    finally:
+        store.close()
+
+
+def test_a_reference_whose_jitter_the_subnets_do_not_share_is_not_followed(tmp_path):
+    """A reference subnet that jitters on its own (LiteRT's ~0.09 ms one moves 7-8% between invocations, the
+    subnets beside it 3%) would pass its jitter on to every subnet's passes; the run's tracking coefficient
+    (`bench.measure.tracking`) finds that the subnets do not share it, so their passes keep their own spread and
+    only the run's level is rescaled. `validate`'s values and the table's read of the same rows agree."""
+    from bench.export import export_subnet
+    from bench.store import open_store
+    from bench.table import subnet_stats
+    from bench.validate import ValidateSettings, measure_subnets
+
+    cfgs = SPACE.sample(np.random.default_rng(9), 4, [28])
+    base = {export_subnet(SPACE, c, "onnx").name: 0.1 * (i + 1) for i, c in enumerate(cfgs)}
+    ref_speeds = [1.0, 1.3, 0.8, 1.2, 0.9, 1.1, 0.85]
+    agent = _SpeedAgent(base, ref_ms=0.5, speeds=[1.0], ref_speeds=ref_speeds)
+    store = open_store(tmp_path / "s.sqlite")
+    try:
+        fp = store.register_fingerprint("fake", {"host": "test"})
+        run = store.start_run("fake", fp, SPACE.name, "validate", {}, {})
+        got = measure_subnets(agent, store, run, fp, SPACE, cfgs, ValidateSettings(per_call=2, passes=3), 0.01,
+                              "onnx", value_nominal=0.5)
+        store.finish_run(run, "done")
+        assert got[0].tracking < 0.2
+        for t in got:  # rescaled in full, the passes would spread by 30-50%
+            assert max(t.values_ms) / min(t.values_ms) < 1.06, t.values_ms
+        level = float(np.median([r for t in got for r in t.refs_ms]))
+        assert level != pytest.approx(0.5)
+        stats, _ = subnet_stats(store, fp, SPACE, nominal=None, subnet_nominal=0.5)
+        for c, t in zip(cfgs, got):
+            assert stats[(c.r, c.to_string())].value_ms == pytest.approx(t.value_ms, rel=1e-9)
     finally:
         store.close()

@@ -4,6 +4,7 @@ the farm worker): settings, the references (block and subnet) and normalisation,
     settings   MeasureSettings, agent_profile (the device profile with a pass's overrides)
     reference  the reference block and subnet, the device's current speed, ReferenceWatch
     stats      sample statistics, the precision of a median, when a measurement is settled
+    tracking   how much of the reference subnet's movement whole subnets share; a pass rescaled with it
     protocol   measure_models (models beside the reference, re-measured until settled), to_record, commit
     keys       the metadata keys a record carries from measuring to the tables, declared once (`keys.REGISTRY`)
 """

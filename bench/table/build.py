@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from ofa_core.accuracy import anchors_root
@@ -48,6 +49,27 @@ def stats_from_row(row: Mapping, nominal_ms: float | None = None, statistic: str
 # ---- tables from the store and from the anchors ----------------------------------------------------------
 
 
+def _tracked_values(by_key: Mapping[tuple[int, str], list[dict]], speed, statistic: str) -> dict[int, float]:
+    """The rescaled value of every subnet pass timed beside a reference (by `id` of its row), run by run as
+    `validate` rescales them (`bench.measure.tracking`): the run's reference level in full, each pass's
+    deviation from it by the run's tracking coefficient. `speed(row)`: the nominal speed the row goes to."""
+    from bench.measure.tracking import rescale, run_level, tracking_coefficient
+
+    runs: dict[int, dict[tuple[int, str], list[tuple[dict, float, float]]]] = {}
+    for k, rows in by_key.items():
+        for row in rows:
+            value, ref = row_value(row, statistic)
+            if ref and speed(row):
+                runs.setdefault(int(row.get("run_id") or 0), {}).setdefault(k, []).append((row, value, ref))
+    out = {}
+    for passes in runs.values():
+        beta = tracking_coefficient([[(v, r) for _, v, r in group] for group in passes.values()])
+        level = run_level(r for group in passes.values() for _, _, r in group)
+        for group in passes.values():
+            out.update({id(row): rescale(v, r, level, speed(row), beta) for row, v, r in group})
+    return out
+
+
 def subnet_stats(store, fingerprint_id: str, space: SearchSpace, nominal: float | None,
                  statistic: str = DEFAULT_STATISTIC, batch: int = 1,
                  subnet_nominal: float | None = None) -> tuple[dict[tuple[int, str], EntryStats], list[dict]]:
@@ -63,9 +85,12 @@ def subnet_stats(store, fingerprint_id: str, space: SearchSpace, nominal: float 
         beside_subnet = (row.get("env") or {}).get(keys.PROTOCOL) == PROTOCOL_SUBNET_REFERENCE
         return subnet_nominal if beside_subnet else nominal
 
+    rescaled = _tracked_values(by_key, speed, statistic)
     out, used = {}, []
     for k, rows in by_key.items():
-        stats = sorted((stats_from_row(r, speed(r), statistic) for r in rows), key=lambda x: x.value_ms)
+        stats = sorted((replace(st, normalised_ms=rescaled[id(r)]) if id(r) in rescaled else st
+                        for r, st in ((r, stats_from_row(r, speed(r), statistic)) for r in rows)),
+                       key=lambda x: x.value_ms)
         st = stats[(len(stats) - 1) // 2]  # the lower median: its id and spread stand for the key
         value = statistics.median(x.value_ms for x in stats)
         out[k] = EntryStats(latency_ms=statistics.median(x.latency_ms for x in stats), mean_ms=st.mean_ms,
