@@ -89,6 +89,46 @@ def no_sources_error(space: SearchSpace, resolutions: Sequence[int], device: str
                         f"profile one device fully first (`ofa-bench profile DEVICE --space {space.name}{flag}`)")
 
 
+# ---- the structural column ---------------------------------------------------------------------------------
+#: the name of the column every fit has beside the source devices (no device can be named so)
+OPERATORS = "(operators)"
+#: ms per operator of that column (its scale does not matter to the fits; only its shape does)
+OPERATOR_MS = 0.01
+_MBCONV = re.compile(r"^expanded_conv-input:\d+x\d+x(\d+)-.*-expand:(\d+)-kernel:\d+-stride:\d+-idskip:(\d)"
+                     r"-se:(\d)-hs:\d$")
+_OTHER_OPERATORS = {"Conv": 3, "Conv_1": 3, "AvgPool2D": 1, "Conv_2": 2, "Logits": 2}
+
+
+def operator_count(key: Key) -> int:
+    """The operators an entry runs, from its key: convolution, normalisation and activation of the expansion
+    (when there is one) and of the depthwise convolution, the projection and its normalisation, the
+    squeeze-excite's six (pool, two convolutions, two activations, the product), the residual add."""
+    m = _MBCONV.match(key[1])
+    if m is None:
+        return _OTHER_OPERATORS.get(key[1].split("-", 1)[0], 1)
+    cin, mid, skip, se = (int(g) for g in m.groups())
+    return (3 if mid != cin else 0) + 3 + 2 + 6 * se + skip
+
+
+class _OperatorColumn(Mapping):
+    """Operator counts (`operator_count`, in `OPERATOR_MS`) of any key, as a source table's values."""
+
+    def __getitem__(self, key: Key) -> float:
+        return OPERATOR_MS * operator_count(key)
+
+    def __iter__(self):
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+#: beside the source devices, every fit may lean on the operator count: a device that runs a graph op by op
+#: (the torch runtime on this CPU: its blocks take 0.25-0.39 ms, mostly dispatch) follows it more closely than
+#: any compute-bound source. Leave-one-out weighs it like a source; it is not a device and no provenance names it.
+OPERATOR_TABLE = SourceTable(OPERATORS, _OperatorColumn())
+
+
 def _log_matrix(entries: Sequence[Entry], sources: Sequence[SourceTable]) -> np.ndarray:
     """log(ms) of every entry (rows) on every source (columns)."""
     return np.log(np.maximum(np.array([[s.values_ms[(e.resolution, e.key)] for s in sources] for e in entries],
@@ -194,6 +234,11 @@ class TransferModel:
     # says it helps (a device whose 7x7 depthwise convolutions are relatively slower than on every source)
     group_log_factor: Mapping[str, float] = field(default_factory=dict)
 
+    @property
+    def devices(self) -> list[str]:
+        """The source devices (the columns but the operator count)."""
+        return [n for n in self.sources if n != OPERATORS]
+
     def predict(self, x_ms: np.ndarray, keys: Sequence[Key] | None = None) -> np.ndarray:
         """Latencies (ms) from the source values `x_ms` (rows: entries, columns: `sources` in order); `keys`
         (the entries' keys) for the per-group factors."""
@@ -212,7 +257,7 @@ class TransferModel:
         return out
 
     def to_dict(self) -> dict:
-        doc = {"model": self.kind, "sources": list(self.sources), "n_measured": self.n_measured,
+        doc = {"model": self.kind, "sources": self.devices, "n_measured": self.n_measured,
                "loo_rel_rmse": round(self.loo_rel_rmse, 6),
                "alternatives": {k: round(v, 6) for k, v in self.alternatives.items()}}
         if self.kind.startswith("mixture"):
@@ -322,6 +367,7 @@ def fit_transfer(measured_ms: Mapping[Key, float], sources: Sequence[SourceTable
         raise ProfileError("no measured entry to transfer from")
     if not sources:
         raise ProfileError("no source table to transfer from")
+    sources = [*sources, OPERATOR_TABLE]
     names = [s.device for s in sources]
     y = np.maximum(np.array([measured_ms[k] for k in keys], dtype=np.float64), FLOOR_MS)
     x = np.array([[s.values_ms[k] for s in sources] for k in keys], dtype=np.float64)
@@ -353,7 +399,7 @@ def transfer_values(model: TransferModel, sources: Sequence[SourceTable], keys: 
     """The model's latency (ms) of each key."""
     if not keys:
         return {}
-    by_name = {s.device: s for s in sources}
+    by_name = {s.device: s for s in [*sources, OPERATOR_TABLE]}
     x = np.array([[by_name[n].values_ms[k] for n in model.sources] for k in keys], dtype=np.float64)
     return dict(zip(keys, (float(v) for v in model.predict(x, keys))))
 
@@ -436,7 +482,7 @@ def fill_by_transfer(store, device: str, space: SearchSpace, resolutions: Sequen
                 if key not in table.transferred and key[0] in set(resolutions)}
     keys = [(e.resolution, e.key) for e in candidates(space, resolutions)]
     model, values = transfer_table(measured, plan.sources, keys)
-    provenance = {"sources": list(model.sources), "model": model.kind, "few_shot": plan.k,
+    provenance = {"sources": model.devices, "model": model.kind, "few_shot": plan.k,
                   "measured_entries": len(measured), "run_id": int(run_id), "batch": batch}
     records = [transferred_record(key, v, table.nominal_ms, provenance, batch) for key, v in values.items()]
     with store.transaction():

@@ -12,8 +12,8 @@ import pytest
 
 from bench.measure import ProfileError
 from bench.table import EntryStats, candidates, import_table, table_from_store
-from bench.transfer import (SourceTable, check_few_shot, choose_entries, fill_by_transfer, fit_transfer, key_group,
-                            plan_few_shot, stratum, transfer_table, transferred_entries)
+from bench.transfer import (OPERATORS, SourceTable, check_few_shot, choose_entries, fill_by_transfer, fit_transfer,
+                            key_group, operator_count, plan_few_shot, stratum, transfer_table, transferred_entries)
 from ofa_core.space import SearchSpace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +59,8 @@ def test_transfer_recovers_a_nonlinear_target():
         ks = [KEYS[i] for i in rng.choice(len(KEYS), 20, replace=False)]
         full = {**measured, **moved}
         assert abs(sum(full[k] for k in ks) / sum(target[k] for k in ks) - 1) < 0.05
-    assert model.n_measured == 16 and model.sources == ("dev-a", "dev-b", "dev-c")
+    assert model.n_measured == 16 and model.devices == ["dev-a", "dev-b", "dev-c"]
+    assert model.sources == ("dev-a", "dev-b", "dev-c", OPERATORS) and model.to_dict()["sources"] == model.devices
     assert model.kind in model.alternatives and model.loo_rel_rmse == model.alternatives[model.kind]
 
 
@@ -75,6 +76,24 @@ def test_a_kernel_factor_is_kept_only_where_it_helps():
     model, moved = transfer_table({(e.resolution, e.key): slow7[(e.resolution, e.key)] for e in picks}, sources, KEYS)
     assert model.to_dict()["group_factor"]["k7"] > 1.15
     assert np.median([abs(moved[k] / slow7[k] - 1) for k in moved]) < 0.10
+
+
+def test_a_device_bound_by_operators_is_found_from_the_operator_count():
+    """A device whose blocks cost a fixed time per operator (a runtime that runs a graph op by op) follows none
+    of the compute-bound sources; the operator count beside them carries it, and no provenance names it."""
+    sources, _ = sources_and_target()
+    dispatch = {k: 0.02 * operator_count(k) * (1 + 0.01 * np.sin(i)) for i, k in enumerate(KEYS)}
+    picks = choose_entries(SPACE, RES, sources, 16)
+    model, moved = transfer_table({(e.resolution, e.key): dispatch[(e.resolution, e.key)] for e in picks},
+                                  sources, KEYS)
+    assert np.median([abs(moved[k] / dispatch[k] - 1) for k in moved]) < 0.03, model.to_dict()
+    assert OPERATORS not in model.devices and OPERATORS not in model.to_dict()["sources"]
+    counts = {e.kind: operator_count((e.resolution, e.key)) for e in ENTRIES}
+    assert counts["first_conv"] == 3 and counts["pool"] == 1
+    # expansion 3 + depthwise 3 + projection 2 (+ squeeze-excite 6, + residual 1)
+    keys = {(bool(e.spec.se), e.spec.stride == 1 and e.in_channels == e.out_channels): (e.resolution, e.key)
+            for e in ENTRIES if e.kind == "mbconv" and e.expand > 1}
+    assert operator_count(keys[(False, False)]) == 8 and operator_count(keys[(True, True)]) == 15
 
 
 def test_exact_scale_is_found_from_few_entries():
