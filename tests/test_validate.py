@@ -216,31 +216,41 @@ class _SpeedAgent:
         return out
 
 
+def _four_subnets_timed(tmp_path, speeds, ref_speeds=None):
+    """Four subnets of 0.1-0.4 ms timed by `measure_subnets` (three passes, two per invocation) on a
+    `_SpeedAgent` into a new store, at the reference speed 0.5 ms: (configs, agent, open store, fingerprint,
+    timings)."""
+    from bench.export import export_subnet
+    from bench.store import open_store
+    from bench.validate import ValidateSettings, measure_subnets
+
+    cfgs = SPACE.sample(np.random.default_rng(9), 4, [28])
+    base = {export_subnet(SPACE, c, "onnx").name: 0.1 * (i + 1) for i, c in enumerate(cfgs)}
+    agent = _SpeedAgent(base, ref_ms=0.5, speeds=speeds, ref_speeds=ref_speeds)
+    store = open_store(tmp_path / "s.sqlite")
+    fp = store.register_fingerprint("fake", {"host": "test"})
+    run = store.start_run("fake", fp, SPACE.name, "validate", {}, {})
+    got = measure_subnets(agent, store, run, fp, SPACE, cfgs, ValidateSettings(per_call=2, passes=3), 0.01,
+                          "onnx", value_nominal=0.5)
+    store.finish_run(run, "done")
+    return cfgs, agent, store, fp, got
+
+
 def test_whole_subnets_are_timed_beside_the_reference_subnet(tmp_path):
     """The reference block is a few microseconds of call overhead on the small space and does not follow a whole
     subnet's speed; subnets are timed beside a subnet of typical size, and their values are normalised by it
     (not by the block's speed) when the table reads them."""
     from bench.export import export_subnet
     from bench.measure import reference_subnet, subnet_reference_key, subnet_reference_nominal_ms
-    from bench.store import open_store
     from bench.table import subnet_stats
-    from bench.validate import ValidateSettings, measure_subnets
 
     ref = reference_subnet(SPACE)
     macs = list(SPACE.macs([SPACE.smallest(), ref, SPACE.largest()]))
     assert macs[0] < macs[1] < macs[2]
     assert ref.r == sorted(SPACE.resolutions)[len(SPACE.resolutions) // 2]
 
-    cfgs = SPACE.sample(np.random.default_rng(9), 4, [28])
-    base = {export_subnet(SPACE, c, "onnx").name: 0.1 * (i + 1) for i, c in enumerate(cfgs)}
-    agent = _SpeedAgent(base, ref_ms=0.5, speeds=[1.0, 1.6, 0.8, 1.3, 1.0])
-    store = open_store(tmp_path / "s.sqlite")
+    cfgs, agent, store, fp, got = _four_subnets_timed(tmp_path, speeds=[1.0, 1.6, 0.8, 1.3, 1.0])
     try:
-        fp = store.register_fingerprint("fake", {"host": "test"})
-        run = store.start_run("fake", fp, SPACE.name, "validate", {}, {})
-        got = measure_subnets(agent, store, run, fp, SPACE, cfgs, ValidateSettings(per_call=2, passes=3), 0.01,
-                              "onnx", value_nominal=0.5)
-        store.finish_run(run, "done")
         ref_name = export_subnet(SPACE, ref, "onnx").name
         assert set(agent.first_paths) == {ref_name}  # every invocation began with the reference subnet
         # the speed changes cancel: every subnet's value is its own latency at the reference's 0.5 ms
@@ -264,22 +274,11 @@ def test_a_reference_whose_jitter_the_subnets_do_not_share_is_not_followed(tmp_p
     subnets beside it 3%) would pass its jitter on to every subnet's passes; the run's tracking coefficient
     (`bench.measure.tracking`) finds that the subnets do not share it, so their passes keep their own spread and
     only the run's level is rescaled. `validate`'s values and the table's read of the same rows agree."""
-    from bench.export import export_subnet
-    from bench.store import open_store
     from bench.table import subnet_stats
-    from bench.validate import ValidateSettings, measure_subnets
 
-    cfgs = SPACE.sample(np.random.default_rng(9), 4, [28])
-    base = {export_subnet(SPACE, c, "onnx").name: 0.1 * (i + 1) for i, c in enumerate(cfgs)}
-    ref_speeds = [1.0, 1.3, 0.8, 1.2, 0.9, 1.1, 0.85]
-    agent = _SpeedAgent(base, ref_ms=0.5, speeds=[1.0], ref_speeds=ref_speeds)
-    store = open_store(tmp_path / "s.sqlite")
+    cfgs, _, store, fp, got = _four_subnets_timed(tmp_path, speeds=[1.0],
+                                                  ref_speeds=[1.0, 1.3, 0.8, 1.2, 0.9, 1.1, 0.85])
     try:
-        fp = store.register_fingerprint("fake", {"host": "test"})
-        run = store.start_run("fake", fp, SPACE.name, "validate", {}, {})
-        got = measure_subnets(agent, store, run, fp, SPACE, cfgs, ValidateSettings(per_call=2, passes=3), 0.01,
-                              "onnx", value_nominal=0.5)
-        store.finish_run(run, "done")
         assert got[0].tracking < 0.2
         for t in got:  # rescaled in full, the passes would spread by 30-50%
             assert max(t.values_ms) / min(t.values_ms) < 1.06, t.values_ms
