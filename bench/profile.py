@@ -319,10 +319,11 @@ def calibration_todo(space: SearchSpace, resolutions: Sequence[int], cfgs: Seque
 
 
 #: (passes, max_passes, precision) of the calibration subnets of a few-shot profile, timed for as long as its
-#: entries are (`MeasureSettings.min_duration_s` per pass): two passes, a third only where those two disagree
-#: by more than 2%. `validate` takes three to six passes to 1%, at least 0.5 s each. A transferred table errs by
-#: a few percent per entry; calibrating it on subnets timed to 1% buys nothing there and costs about three
-#: times the device time, more than the K entries themselves.
+#: entries are (`MeasureSettings.min_duration_s` per pass), all in one invocation per pass: two passes, a third
+#: only where those two disagree by more than 2%. `validate` takes three to six passes to 1%, at least 0.5 s
+#: each, six subnets per invocation. A transferred table errs by a few percent per entry; calibrating it on
+#: subnets timed to 1% buys nothing there and costs about three times the device time, more than the K entries
+#: themselves (and a runner that loads its models slowly, torch's, pays for every invocation).
 FEW_SHOT_SUBNET_PASSES = (2, 3, 0.02)
 
 
@@ -336,7 +337,7 @@ def calibration_timing(profile, settings: MeasureSettings, n: int, few_shot: boo
     passes, max_passes, precision = FEW_SHOT_SUBNET_PASSES
     min_dur = settings.min_duration_s if settings.min_duration_s is not None else profile.min_duration_s
     return ValidateSettings(n=n, reference=settings.reference, passes=passes, max_passes=max_passes,
-                            precision=precision, min_duration_s=min_dur)
+                            precision=precision, min_duration_s=min_dur, per_call=max(1, n))
 
 
 def measure_calibration_subnets(profile, space: SearchSpace, res: Sequence[int], store, fp_id: str,

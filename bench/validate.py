@@ -8,8 +8,9 @@ median of its reference-normalised pass values (the run's reference level in ful
 from it as far as the run's subnets share it: `bench.measure.tracking`); subnets whose passes still disagree
 (relative standard error of that median above `precision`) get more passes, up to `max_passes`. One
 invocation's value of a whole subnet can be off by several percent (process placement, drift no reference
-follows fully); the median of a few independent ones is not. Every pass is stored as a kind "subnet" measurement; the table's subnet
-value (which calibrates the predictor) is the median over the passes of the latest run that timed it.
+follows fully); the median of a few independent ones is not. Every pass is stored as a kind "subnet"
+measurement; the table's subnet value (which calibrates the predictor) is the median over the passes of the
+latest run that timed it.
 
 The scores are honest out-of-sample figures: each subnet is predicted with a calibration fitted without it
 (k-fold over this run, plus older subnets). `before` scores the calibration the device had before the run (the

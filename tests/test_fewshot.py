@@ -330,7 +330,7 @@ def test_a_few_shot_profile_times_its_calibration_subnets_briefly(tmp_path, monk
     assert rep.status == "done" and rep.entries_measured == 12 and rep.subnets_measured == 4, rep.error
     [(timing, paths, n)] = seen
     assert (timing.passes, timing.max_passes, timing.precision) == FEW_SHOT_SUBNET_PASSES
-    assert timing.min_duration_s == 0.05 and n == 4
+    assert timing.min_duration_s == 0.05 and timing.per_call == 4 and n == 4  # one invocation per pass
     assert paths is not None and len(paths) == 4 and len(asked) == 5  # and the reference subnet
     seen.clear()
     rep = profile_device("fpga-zu9eg-model", SPACE, store_path, [24], settings)

@@ -100,13 +100,11 @@ def _profile(name: str, space, store_path: str, res: list[int], n_val: int, seed
     """Full profile (timed without exports), calibration subnets (timed), N validation subnets."""
     from agents import connect
     from bench.measure import MeasureSettings, ReferenceWatch, agent_profile
-    from bench.export import export_subnet
-    from bench.profile import calibration_timing, profile_device
+    from bench.profile import profile_device
     from bench.store import open_store
     from bench.table import load_device_table
     from bench.validate import ValidateSettings, measure_subnets
     from devices import get_device
-    from ofa_core.space import SubnetConfig
 
     prof = get_device(name)
     when, load0 = time.strftime("%Y-%m-%d %H:%M %Z"), os.getloadavg()[0]
@@ -126,26 +124,42 @@ def _profile(name: str, space, store_path: str, res: list[int], n_val: int, seed
             timed = measure_subnets(agent, store, run_id, fp_id, space, cfgs, vs, 0.01, prof.model_format,
                                     value_nominal=table.subnet_nominal_ms, rng=np.random.default_rng([seed, 1]),
                                     watch=ReferenceWatch())
-    # The calibration subnets again, timed as `profile --few-shot` times them (models exported before the clock
-    # starts, as the profile's queue has them ready), after the validation subnets so the table keeps the first.
-    cal_cfgs = [SubnetConfig.from_string(s, space.max_depth) for _, s in sorted(calibration)]
-    fs = calibration_timing(prof, MeasureSettings(), len(cal_cfgs), few_shot=True)
-    fs_paths = [export_subnet(space, c, prof.model_format, precision=prof.precision) for c in cal_cfgs]
-    start = time.monotonic()
-    with open_store(store_path) as store, connect(agent_profile(prof, fs.measure_settings(prof))) as agent:
-        fp_id = store.register_fingerprint(prof.name, agent.fingerprint())
-        with store.running(prof.name, fp_id, space.name, "validate", {"fewshot_bench": "calibration"}, {}) as run_id:
-            fs_timed = measure_subnets(agent, store, run_id, fp_id, space, cal_cfgs, fs, 0.01, prof.model_format,
-                                       value_nominal=table.subnet_nominal_ms, rng=np.random.default_rng(1),
-                                       watch=ReferenceWatch(), paths=fs_paths)
-    fs_s = time.monotonic() - start
+    fs_calibration, fs_s = _time_few_shot_calibration(name, space, store_path, calibration)
     log(f"{name}: table {len(table.entries)} entries in {entries_s:.1f} s, calibration subnets {calib_s:.1f} s "
         f"({fs_s:.1f} s timed as a few-shot profile times them), {n_val} validation subnets measured")
     return DeviceData(prof.name, prof.runtime, bool(prof.simulated), {k: v.value_ms for k, v in table.entries.items()},
                       calibration, {(c.r, c.to_string()): t.value_ms for c, t in zip(cfgs, timed)},
                       entries_s, calib_s, measured=f"{when}, load {load0:.1f} -> {os.getloadavg()[0]:.1f}",
-                      fs_calibration={(c.r, c.to_string()): t.value_ms for c, t in zip(cal_cfgs, fs_timed)},
-                      fs_calibration_s=fs_s)
+                      fs_calibration=fs_calibration, fs_calibration_s=fs_s)
+
+
+def _time_few_shot_calibration(name: str, space, store_path: str, calibration: dict) -> tuple[dict, float]:
+    """The calibration subnets timed again as `profile --few-shot` times them (`calibration_timing`; the models
+    exported before the clock starts, as the profile's queue has them ready): their values and the device time.
+    After the validation subnets, so that the table keeps the full profile's values."""
+    from agents import connect
+    from bench.export import export_subnet
+    from bench.measure import MeasureSettings, ReferenceWatch, agent_profile
+    from bench.profile import calibration_timing
+    from bench.store import open_store
+    from bench.table import load_device_table
+    from bench.validate import measure_subnets
+    from devices import get_device
+    from ofa_core.space import SubnetConfig
+
+    prof = get_device(name)
+    nominal = load_device_table(prof.name, space, store_path).subnet_nominal_ms
+    cfgs = [SubnetConfig.from_string(s, space.max_depth) for _, s in sorted(calibration)]
+    timing = calibration_timing(prof, MeasureSettings(), len(cfgs), few_shot=True)
+    paths = [export_subnet(space, c, prof.model_format, precision=prof.precision) for c in cfgs]
+    start = time.monotonic()
+    with open_store(store_path) as store, connect(agent_profile(prof, timing.measure_settings(prof))) as agent:
+        fp_id = store.register_fingerprint(prof.name, agent.fingerprint())
+        with store.running(prof.name, fp_id, space.name, "validate", {"fewshot_bench": "calibration"}, {}) as run_id:
+            timed = measure_subnets(agent, store, run_id, fp_id, space, cfgs, timing, 0.01, prof.model_format,
+                                    value_nominal=nominal, rng=np.random.default_rng(1), watch=ReferenceWatch(),
+                                    paths=paths)
+    return {(c.r, c.to_string()): t.value_ms for c, t in zip(cfgs, timed)}, time.monotonic() - start
 
 
 def _published(name: str, space, res: list[int]) -> DeviceData | None:
@@ -236,6 +250,14 @@ def _gather(space, res: list[int], names: list[str], skipped: dict, work: Path, 
                                    d["entries_s"], d["calibration_s"], measured=d.get("measured", ""),
                                    fs_calibration={(int(r), k): v for r, k, v in d.get("fs_calibration", [])},
                                    fs_calibration_s=d.get("fs_calibration_s")))
+            if not data[-1].fs_calibration and (work / "store.sqlite").exists():  # a cache from before: time them now
+                dd = data[-1]
+                dd.fs_calibration, dd.fs_calibration_s = _time_few_shot_calibration(
+                    name, space, str(work / "store.sqlite"), dd.calibration)
+                _log(f"{name}: calibration subnets timed as a few-shot profile times them: {dd.fs_calibration_s:.1f} s")
+                d.update(fs_calibration_s=dd.fs_calibration_s,
+                         fs_calibration=[[r, k, v] for (r, k), v in dd.fs_calibration.items()])
+                cache.write_text(json.dumps(saved))
             continue
         try:
             dd = _profile(name, space, str(work / "store.sqlite"), res, subnets, seed, _log)
