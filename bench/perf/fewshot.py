@@ -88,6 +88,7 @@ class DeviceData:
     # device time of that; empty in caches written before (the full profile's are used then)
     fs_calibration: dict = field(default_factory=dict)
     fs_calibration_s: float | None = None
+    subnet_nominal_ms: float | None = None  # the reference subnet's speed the subnets' values are expressed at
 
     def few_shot_calibration(self) -> tuple[dict, float]:
         """(calibration subnets, their device time) of a few-shot profile of this device."""
@@ -124,31 +125,31 @@ def _profile(name: str, space, store_path: str, res: list[int], n_val: int, seed
             timed = measure_subnets(agent, store, run_id, fp_id, space, cfgs, vs, 0.01, prof.model_format,
                                     value_nominal=table.subnet_nominal_ms, rng=np.random.default_rng([seed, 1]),
                                     watch=ReferenceWatch())
-    fs_calibration, fs_s = _time_few_shot_calibration(name, space, store_path, calibration)
+    fs_calibration, fs_s = _time_few_shot_calibration(name, space, store_path, calibration, table.subnet_nominal_ms)
     log(f"{name}: table {len(table.entries)} entries in {entries_s:.1f} s, calibration subnets {calib_s:.1f} s "
         f"({fs_s:.1f} s timed as a few-shot profile times them), {n_val} validation subnets measured")
     return DeviceData(prof.name, prof.runtime, bool(prof.simulated), {k: v.value_ms for k, v in table.entries.items()},
                       calibration, {(c.r, c.to_string()): t.value_ms for c, t in zip(cfgs, timed)},
                       entries_s, calib_s, measured=f"{when}, load {load0:.1f} -> {os.getloadavg()[0]:.1f}",
-                      fs_calibration=fs_calibration, fs_calibration_s=fs_s)
+                      fs_calibration=fs_calibration, fs_calibration_s=fs_s, subnet_nominal_ms=table.subnet_nominal_ms)
 
 
-def _time_few_shot_calibration(name: str, space, store_path: str, calibration: dict) -> tuple[dict, float]:
+def _time_few_shot_calibration(name: str, space, store_path: str, calibration: dict,
+                               nominal: float | None) -> tuple[dict, float]:
     """The calibration subnets timed again as `profile --few-shot` times them (`calibration_timing`; the models
-    exported before the clock starts, as the profile's queue has them ready): their values and the device time.
-    After the validation subnets, so that the table keeps the full profile's values."""
+    exported before the clock starts, as the profile's queue has them ready): their values, expressed at the
+    reference speed `nominal` the other subnets' values are (the device's speed moves between runs), and the
+    device time. After the validation subnets, so that the table keeps the full profile's values."""
     from agents import connect
     from bench.export import export_subnet
     from bench.measure import MeasureSettings, ReferenceWatch, agent_profile
     from bench.profile import calibration_timing
     from bench.store import open_store
-    from bench.table import load_device_table
     from bench.validate import measure_subnets
     from devices import get_device
     from ofa_core.space import SubnetConfig
 
     prof = get_device(name)
-    nominal = load_device_table(prof.name, space, store_path).subnet_nominal_ms
     cfgs = [SubnetConfig.from_string(s, space.max_depth) for _, s in sorted(calibration)]
     timing = calibration_timing(prof, MeasureSettings(), len(cfgs), few_shot=True)
     paths = [export_subnet(space, c, prof.model_format, precision=prof.precision) for c in cfgs]
@@ -249,11 +250,12 @@ def _gather(space, res: list[int], names: list[str], skipped: dict, work: Path, 
                                      for f in ("values", "calibration", "validation")],
                                    d["entries_s"], d["calibration_s"], measured=d.get("measured", ""),
                                    fs_calibration={(int(r), k): v for r, k, v in d.get("fs_calibration", [])},
-                                   fs_calibration_s=d.get("fs_calibration_s")))
-            if not data[-1].fs_calibration and (work / "store.sqlite").exists():  # a cache from before: time them now
-                dd = data[-1]
-                dd.fs_calibration, dd.fs_calibration_s = _time_few_shot_calibration(
-                    name, space, str(work / "store.sqlite"), dd.calibration)
+                                   fs_calibration_s=d.get("fs_calibration_s"),
+                                   subnet_nominal_ms=d.get("subnet_nominal_ms")))
+            dd = data[-1]
+            if not dd.fs_calibration and (work / "store.sqlite").exists() and (dd.simulated or dd.subnet_nominal_ms):
+                dd.fs_calibration, dd.fs_calibration_s = _time_few_shot_calibration(  # a cache from before
+                    name, space, str(work / "store.sqlite"), dd.calibration, dd.subnet_nominal_ms)
                 _log(f"{name}: calibration subnets timed as a few-shot profile times them: {dd.fs_calibration_s:.1f} s")
                 d.update(fs_calibration_s=dd.fs_calibration_s,
                          fs_calibration=[[r, k, v] for (r, k), v in dd.fs_calibration.items()])
@@ -268,7 +270,7 @@ def _gather(space, res: list[int], names: list[str], skipped: dict, work: Path, 
         data.append(dd)
         saved[name] = {"name": dd.name, "runtime": dd.runtime, "simulated": dd.simulated,
                        "entries_s": dd.entries_s, "calibration_s": dd.calibration_s, "measured": dd.measured,
-                       "fs_calibration_s": dd.fs_calibration_s,
+                       "fs_calibration_s": dd.fs_calibration_s, "subnet_nominal_ms": dd.subnet_nominal_ms,
                        **{f: [[r, k, v] for (r, k), v in getattr(dd, a).items()]
                           for f, a in (("values", "values_ms"), ("calibration", "calibration"),
                                        ("validation", "validation"), ("fs_calibration", "fs_calibration"))}}
