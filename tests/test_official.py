@@ -1,7 +1,7 @@
 """Our supernet reproduces the official implementation (PyPI `ofa==0.1.0.post202307202001`) from its weights.
 
-CI installs it with `pip install --no-deps ofa==0.1.0.post202307202001`. Its package imports torchvision and
-gdown, which do not work beside our torch: empty stand-ins take those names while it is imported.
+CI installs it through the `official` extra. Its package imports torchvision and gdown, which its wheel does
+not declare and which do not work beside our torch: empty stand-ins take those names while it is imported.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _import_official():
              "torchvision.datasets", "gdown"]
     if importlib.util.find_spec("ofa") is None:
         pytest.skip("official `ofa` package not installed; "
-                    "install it with: pip install --no-deps ofa==0.1.0.post202307202001")
+                    "install it with: pip install -c .ci/constraints.txt torch==2.13.0 '.[official]'")
     with pytest.MonkeyPatch.context() as mp:
         stand_ins = {n: _StandIn(n) for n in names}
         for n, module in stand_ins.items():

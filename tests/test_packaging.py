@@ -20,9 +20,6 @@ PACKAGES = ("ofa_core", "agents", "devices", "bench")
 KNOWN_DISTRIBUTIONS = {"litert_torch": "litert-torch", "ai_edge_litert": "ai-edge-litert", "yaml": "pyyaml",
                        "ai_edge_quantizer": "ai-edge-quantizer",
                        "flatbuffers": "flatbuffers", "usb1": "libusb1", "adb_shell": "adb-shell"}
-# Imported by benchmarks that run from a checkout only, never by a command: the official implementation
-# (installed with --no-deps by .ci/setup; torchvision is stood in for there) and the test suite's sshd.
-CHECKOUT_ONLY = {"ofa": "bench/perf/search.py", "torchvision": "bench/perf/search.py"}
 
 
 def _norm(name: str) -> str:
@@ -64,9 +61,6 @@ def test_every_imported_third_party_module_is_declared():
     installed = packages_distributions()
     missing = []
     for name, files in sorted(_third_party_imports().items()):
-        if name in CHECKOUT_ONLY:
-            assert files == {CHECKOUT_ONLY[name]}, f"{name} is for {CHECKOUT_ONLY[name]} only, imported by {files}"
-            continue
         dists = installed.get(name) or [KNOWN_DISTRIBUTIONS.get(name, "")]
         if not any(_norm(d) in declared for d in dists if d):
             missing.append(f"{name} (distribution {', '.join(dists) or '?'}) imported by {sorted(files)}")

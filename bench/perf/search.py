@@ -6,8 +6,9 @@ search` does (for these tables, without measured subnets, it is the table sum th
 each budget, one budget per call: our seeds and the official run side by side (the official run between our
 seeds, so both see the same load), wall and CPU time per search and their ratio, and the best predicted
 accuracy of each; then ours with every budget in one call, and a Pareto front. The official code is the `ofa`
-wheel (installed with `--no-deps`); it imports torchvision and gdown, which cannot be installed beside torch
-here, so empty stand-in modules take their place (the search never uses them). Its latency tables are read from
+wheel (the `official` extra); its package imports torchvision and gdown, which it does not declare and which
+cannot be installed beside torch here, so empty stand-in modules take their place when they are absent (the
+search never uses them). Its latency tables are read from
 the local YAML files instead of a download, and its predictor from the local `.pth`.
 """
 from __future__ import annotations
@@ -64,9 +65,7 @@ class _StandInFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 def import_official():
     """The official `ofa.tutorial` package, importable without torchvision and gdown. Raises ImportError
     (with the install command) when the wheel is absent."""
-    try:
-        import torchvision  # noqa: F401  (a real one, if ever installed, is used as is)
-    except Exception:  # noqa: BLE001
+    if not _importable("torchvision"):  # a real one that imports is used as is
         if not any(isinstance(f, _StandInFinder) for f in sys.meta_path):
             sys.meta_path.insert(0, _StandInFinder())
         for name in [m for m in sys.modules if m.split(".")[0] in _StandInFinder.roots]:
@@ -74,8 +73,23 @@ def import_official():
     try:
         import ofa.tutorial as tutorial
     except ImportError as exc:
-        raise ImportError(f"official OFA code not importable ({exc}); pip install --no-deps {OFFICIAL_WHEEL}") from None
+        raise ImportError(f"official OFA code not importable ({exc}); "
+                          f"pip install -c .ci/constraints.txt torch==2.13.0 '.[official]'") from None
     return tutorial
+
+
+def _importable(name: str) -> bool:
+    """Whether the optional module `name` is installed and imports (one built for another torch does not)."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec(name) is None:
+        return False
+    try:
+        importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - any failure means: stand in for it
+        return False
+    return True
 
 
 def official_accuracy_predictor(pth: Path):
