@@ -221,13 +221,12 @@ def measure_subnets(agent, store, run_id: int, fp_id: str, space: SearchSpace, c
 def _rescale_passes(timed: Sequence[SubnetTiming], nominal: float | None) -> None:
     """Every subnet's pass values at the `nominal` reference speed, with the tracking coefficient and the
     reference level of all the passes so far (`bench.measure.tracking`); raw values without a nominal speed."""
-    from bench.measure.tracking import rescale, run_level, tracking_coefficient
+    from bench.measure.tracking import rescale_run
 
-    beta = tracking_coefficient([list(zip(t.raw_ms, t.refs_ms)) for t in timed if None not in t.refs_ms])
-    level = run_level(r for t in timed for r in t.refs_ms)
-    for t in timed:
-        t.values_ms = [rescale(v, r, level, nominal, beta) for v, r in zip(t.raw_ms, t.refs_ms)]
-        t.tracking = beta if nominal and level else None
+    values, beta = rescale_run([list(zip(t.raw_ms, t.refs_ms)) for t in timed], nominal)
+    referenced = nominal and any(r for t in timed for r in t.refs_ms)
+    for t, v in zip(timed, values):
+        t.values_ms, t.tracking = v, beta if referenced else None
 
 
 def _mean_load(timed: Sequence[SubnetTiming]) -> float | None:

@@ -30,10 +30,12 @@ PRIOR_LOG_SD = 0.02
 
 def tracking_coefficient(groups: Iterable[Sequence[tuple[float, float]]]) -> float:
     """The share (0..1) of the reference's pass-to-pass movement that the subnets share. `groups`: one per
-    subnet, its passes as (value, reference) pairs in ms; subnets with fewer than two passes say nothing."""
+    subnet, its passes as (value, reference) pairs in ms; passes without a reference and subnets with fewer than
+    two passes say nothing."""
     num = den = 0.0
     for group in groups:
-        pairs = np.log(np.asarray([p for p in group if p[0] > 0 and p[1] > 0], dtype=np.float64).reshape(-1, 2))
+        pairs = np.log(np.asarray([p for p in group if p[0] > 0 and p[1] and p[1] > 0],
+                                  dtype=np.float64).reshape(-1, 2))
         if len(pairs) < 2:
             continue
         dev = pairs - pairs.mean(axis=0)
@@ -55,3 +57,12 @@ def rescale(value: float, ref: float | None, level: float | None, nominal: float
     if not nominal or not ref or not level or not math.isfinite(value):
         return value
     return value * (nominal / level) * (level / ref) ** beta
+
+
+def rescale_run(groups: Sequence[Sequence[tuple[float, float | None]]], nominal: float | None
+                ) -> tuple[list[list[float]], float]:
+    """Every pass of one run at the `nominal` reference speed (`groups`: one per subnet, its passes as (value,
+    reference or None) pairs in ms): the rescaled values, group by group, and the run's tracking coefficient."""
+    beta = tracking_coefficient(groups)
+    level = run_level(r for group in groups for _, r in group)
+    return [[rescale(v, r, level, nominal, beta) for v, r in group] for group in groups], beta

@@ -51,22 +51,21 @@ def stats_from_row(row: Mapping, nominal_ms: float | None = None, statistic: str
 
 def _tracked_values(by_key: Mapping[tuple[int, str], list[dict]], speed, statistic: str) -> dict[int, float]:
     """The rescaled value of every subnet pass timed beside a reference (by `id` of its row), run by run as
-    `validate` rescales them (`bench.measure.tracking`): the run's reference level in full, each pass's
-    deviation from it by the run's tracking coefficient. `speed(row)`: the nominal speed the row goes to."""
-    from bench.measure.tracking import rescale, run_level, tracking_coefficient
+    `validate` rescales them (`bench.measure.tracking.rescale_run`). `speed(row)`: the nominal speed the row
+    goes to (one per run and kind of reference)."""
+    from bench.measure.tracking import rescale_run
 
-    runs: dict[int, dict[tuple[int, str], list[tuple[dict, float, float]]]] = {}
+    runs: dict[tuple[int, float], dict[tuple[int, str], list[dict]]] = {}
     for k, rows in by_key.items():
         for row in rows:
-            value, ref = row_value(row, statistic)
-            if ref and speed(row):
-                runs.setdefault(int(row.get("run_id") or 0), {}).setdefault(k, []).append((row, value, ref))
+            if row_value(row, statistic)[1] and speed(row):
+                runs.setdefault((int(row.get("run_id") or 0), speed(row)), {}).setdefault(k, []).append(row)
     out = {}
-    for passes in runs.values():
-        beta = tracking_coefficient([[(v, r) for _, v, r in group] for group in passes.values()])
-        level = run_level(r for group in passes.values() for _, _, r in group)
-        for group in passes.values():
-            out.update({id(row): rescale(v, r, level, speed(row), beta) for row, v, r in group})
+    for (_, nominal), passes in runs.items():
+        groups = list(passes.values())
+        values, _ = rescale_run([[row_value(row, statistic) for row in group] for group in groups], nominal)
+        for group, rescaled in zip(groups, values):
+            out.update({id(row): v for row, v in zip(group, rescaled)})
     return out
 
 
