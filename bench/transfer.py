@@ -11,10 +11,12 @@ transferred entries first) replaces them; the table says which entries are trans
 The model has few parameters per source device (`fit_transfer`): per source, log-latency of the new device as
 `a + b * log-latency of the source` (or `b = 1`, a pure scale, when leave-one-out says the slope does not pay),
 combined over sources with weights from their leave-one-out error; or a non-negative mix of the source tables
-plus a per-entry constant (what differs in per-call overhead). The one with the lower leave-one-out relative
-error on the measured entries is kept; a factor per depthwise kernel size on top of it is kept only when it
-lowers that error by a tenth (`GROUP_GAIN`; on this project's devices it seldom does). The calibration on whole
-subnets that profile measures afterwards then corrects the table sum as for any table.
+plus a per-entry constant (what differs in per-call overhead). Beside the source devices, two columns computed
+from the keys enter every fit like sources: the operator count and the multiply-adds of each entry
+(`STRUCTURAL_TABLES`). The model with the lower leave-one-out relative error on the measured entries is kept; a
+factor per group of blocks on top of it (by depthwise kernel size, or by kernel size and whether the kernel is
+wider than the map: `GROUPINGS`) is kept only when it lowers that error by a tenth (`GROUP_GAIN`). The
+calibration on whole subnets that profile measures afterwards then corrects the table sum as for any table.
 """
 from __future__ import annotations
 
@@ -89,13 +91,16 @@ def no_sources_error(space: SearchSpace, resolutions: Sequence[int], device: str
                         f"profile one device fully first (`ofa-bench profile DEVICE --space {space.name}{flag}`)")
 
 
-# ---- the structural column ---------------------------------------------------------------------------------
-#: the name of the column every fit has beside the source devices (no device can be named so)
+# ---- the structural columns --------------------------------------------------------------------------------
+#: the names of the columns every fit has beside the source devices (no device can be named so)
 OPERATORS = "(operators)"
-#: ms per operator of that column (its scale does not matter to the fits; only its shape does)
+MULTIPLY_ADDS = "(multiply-adds)"
+#: ms per operator, per multiply-add, of those columns (their scale does not matter to the fits; their shape does)
 OPERATOR_MS = 0.01
-_MBCONV = re.compile(r"^expanded_conv-input:\d+x\d+x(\d+)-.*-expand:(\d+)-kernel:\d+-stride:\d+-idskip:(\d)"
-                     r"-se:(\d)-hs:\d$")
+MULTIPLY_ADD_MS = 1e-7
+_MBCONV = re.compile(r"^expanded_conv-input:(\d+)x(\d+)x(\d+)-output:(\d+)x(\d+)x(\d+)-expand:(\d+)-kernel:(\d+)"
+                     r"-stride:\d+-idskip:(\d)-se:(\d)-hs:\d$")
+_OTHER = re.compile(r"^(\w+)-input:(\d+)x(\d+)x(\d+)-output:(?:(\d+)x(\d+)x)?(\d+)$")
 _OTHER_OPERATORS = {"Conv": 3, "Conv_1": 3, "AvgPool2D": 1, "Conv_2": 2, "Logits": 2}
 
 
@@ -106,15 +111,36 @@ def operator_count(key: Key) -> int:
     m = _MBCONV.match(key[1])
     if m is None:
         return _OTHER_OPERATORS.get(key[1].split("-", 1)[0], 1)
-    cin, mid, skip, se = (int(g) for g in m.groups())
+    cin, mid, skip, se = (int(m.group(i)) for i in (3, 7, 9, 10))
     return (3 if mid != cin else 0) + 3 + 2 + 6 * se + skip
 
 
-class _OperatorColumn(Mapping):
-    """Operator counts (`operator_count`, in `OPERATOR_MS`) of any key, as a source table's values."""
+def multiply_adds(key: Key) -> int:
+    """The multiply-adds an entry computes, from its key: a block's expansion (1x1, when there is one),
+    depthwise k x k convolution, squeeze-excite (two 1x1 convolutions to a quarter of the width) and projection;
+    the first convolution (3x3), the 1x1 convolutions and the classifier of the tail, the pooling's reads."""
+    m = _MBCONV.match(key[1])
+    if m is not None:
+        hi, wi, cin, ho, wo, cout, mid, k, _, se = (int(g) for g in m.groups())
+        return ((hi * wi * cin * mid if mid != cin else 0) + ho * wo * mid * (k * k + cout)
+                + se * 2 * mid * max(mid // 4, 1))
+    m = _OTHER.match(key[1])
+    if m is None:
+        raise ValueError(f"no multiply-add count for table key {key[1]!r}")
+    name, hi, wi, cin, ho, wo, cout = m.groups()
+    hi, wi, cin, cout = int(hi), int(wi), int(cin), int(cout)
+    out = int(ho or 1) * int(wo or 1)
+    return hi * wi * cin if name == "AvgPool2D" else out * cin * cout * (9 if name == "Conv" else 1)
+
+
+class _StructuralColumn(Mapping):
+    """A count computed from any key (`count`), times `ms`, as a source table's values."""
+
+    def __init__(self, count: Callable[[Key], int], ms: float) -> None:
+        self.count, self.ms = count, ms
 
     def __getitem__(self, key: Key) -> float:
-        return OPERATOR_MS * operator_count(key)
+        return self.ms * self.count(key)
 
     def __iter__(self):
         return iter(())
@@ -123,10 +149,14 @@ class _OperatorColumn(Mapping):
         return 0
 
 
-#: beside the source devices, every fit may lean on the operator count: a device that runs a graph op by op
-#: (the torch runtime on this CPU: its blocks take 0.25-0.39 ms, mostly dispatch) follows it more closely than
-#: any compute-bound source. Leave-one-out weighs it like a source; it is not a device and no provenance names it.
-OPERATOR_TABLE = SourceTable(OPERATORS, _OperatorColumn())
+#: beside the source devices, every fit may lean on two counts of the block's work: the operators (a device that
+#: runs a graph op by op, the torch runtime on this CPU: its blocks take 0.25-0.39 ms, mostly dispatch, follows
+#: them more closely than any compute-bound source) and the multiply-adds (a device with a kernel no source
+#: shares, LiteRT's 7x7 depthwise convolution here at up to 10x its 3x3, grows with them). Leave-one-out weighs
+#: them like sources; they are not devices and no provenance names them.
+OPERATOR_TABLE = SourceTable(OPERATORS, _StructuralColumn(operator_count, OPERATOR_MS))
+MULTIPLY_ADD_TABLE = SourceTable(MULTIPLY_ADDS, _StructuralColumn(multiply_adds, MULTIPLY_ADD_MS))
+STRUCTURAL_TABLES = (OPERATOR_TABLE, MULTIPLY_ADD_TABLE)
 
 
 def _log_matrix(entries: Sequence[Entry], sources: Sequence[SourceTable]) -> np.ndarray:
@@ -233,11 +263,12 @@ class TransferModel:
     # per block group (`key_group`): a factor on top of the model, log-scale, kept only where leave-one-out
     # says it helps (a device whose 7x7 depthwise convolutions are relatively slower than on every source)
     group_log_factor: Mapping[str, float] = field(default_factory=dict)
+    grouping: str = "kernel"  # how the factors' groups are drawn (`key_group`)
 
     @property
     def devices(self) -> list[str]:
-        """The source devices (the columns but the operator count)."""
-        return [n for n in self.sources if n != OPERATORS]
+        """The source devices (the columns but the structural counts)."""
+        return [n for n in self.sources if n not in (OPERATORS, MULTIPLY_ADDS)]
 
     def predict(self, x_ms: np.ndarray, keys: Sequence[Key] | None = None) -> np.ndarray:
         """Latencies (ms) from the source values `x_ms` (rows: entries, columns: `sources` in order); `keys`
@@ -253,7 +284,7 @@ class TransferModel:
         if self.group_log_factor:
             if keys is None:
                 raise ValueError("this transfer model has per-group factors: pass the entries' keys")
-            out = out * np.exp([self.group_log_factor.get(key_group(k), 0.0) for k in keys])
+            out = out * np.exp([self.group_log_factor.get(key_group(k, self.grouping), 0.0) for k in keys])
         return out
 
     def to_dict(self) -> dict:
@@ -269,13 +300,22 @@ class TransferModel:
         return doc
 
 
-_KERNEL = re.compile(r"^expanded_conv-.*-kernel:(\d+)-")
+_KERNEL = re.compile(r"^expanded_conv-.*-output:(\d+)x\d+x\d+-.*-kernel:(\d+)-")
+#: how entries are grouped for per-group factors: by depthwise kernel size, or by kernel size and whether the
+#: kernel is wider than twice the block's output map (most of its window then falls on padding, and runtimes
+#: take other paths: the torch runtime here runs a 7x7 kernel on a 2x2 map 30-60% slower than a 3x3, on 4x4 to
+#: 14x14 maps within 5% of it). Leave-one-out picks one per fit.
+GROUPINGS = ("kernel", "kernel-wide")
 
 
-def key_group(key: Key) -> str:
-    """The group an entry's per-group factor is shared by: the depthwise kernel size of a block, else "other"."""
+def key_group(key: Key, grouping: str = "kernel") -> str:
+    """The group an entry's per-group factor is shared by under `grouping` (`GROUPINGS`): "k{kernel size}" of a
+    block, with "-wide" under "kernel-wide" where the kernel is wider than twice the output map; else "other"."""
     m = _KERNEL.match(key[1])
-    return f"k{m.group(1)}" if m else "other"
+    if m is None:
+        return "other"
+    wide = grouping == "kernel-wide" and int(m.group(2)) > 2 * int(m.group(1))
+    return f"k{m.group(2)}" + ("-wide" if wide else "")
 
 
 #: shrinkage of a per-group factor toward 1 (as if each group had this many more entries with no residual)
@@ -286,11 +326,11 @@ MIN_FOR_GROUPS = 12
 GROUP_GAIN = 0.9
 
 
-def _group_factors(keys: Sequence[Key], y: np.ndarray, fitted: np.ndarray, loo: np.ndarray
+def _group_factors(keys: Sequence[Key], y: np.ndarray, fitted: np.ndarray, loo: np.ndarray, grouping: str
                    ) -> tuple[dict[str, float], np.ndarray]:
     """Per-group log factors from the in-sample residuals (shrunk), and leave-one-out predictions with them
     (each entry's factor from the other entries' leave-one-out residuals of its group)."""
-    groups = np.array([key_group(k) for k in keys])
+    groups = np.array([key_group(k, grouping) for k in keys])
     r_in = np.log(y) - np.log(fitted)
     r_loo = np.log(y) - np.log(loo)
     factors, out = {}, loo.copy()
@@ -367,7 +407,7 @@ def fit_transfer(measured_ms: Mapping[Key, float], sources: Sequence[SourceTable
         raise ProfileError("no measured entry to transfer from")
     if not sources:
         raise ProfileError("no source table to transfer from")
-    sources = [*sources, OPERATOR_TABLE]
+    sources = [*sources, *STRUCTURAL_TABLES]
     names = [s.device for s in sources]
     y = np.maximum(np.array([measured_ms[k] for k in keys], dtype=np.float64), FLOOR_MS)
     x = np.array([[s.values_ms[k] for s in sources] for k in keys], dtype=np.float64)
@@ -384,22 +424,23 @@ def fit_transfer(measured_ms: Mapping[Key, float], sources: Sequence[SourceTable
     kind = min(errors, key=errors.get)
     best, loo = scored[kind]
     factors: dict[str, float] = {}
-    if len(keys) >= MIN_FOR_GROUPS and len({key_group(k) for k in keys}) > 1:
-        factors, loo_g = _group_factors(keys, y, best.predict(x), loo)
-        errors[f"{kind}+kernel"] = rel_rmse(loo_g)
-        if errors[f"{kind}+kernel"] <= GROUP_GAIN * errors[kind]:
-            kind = f"{kind}+kernel"
-        else:
-            factors = {}
+    base, grouping = kind, GROUPINGS[0]
+    for g in GROUPINGS if len(keys) >= MIN_FOR_GROUPS else ():
+        if len({key_group(k, g) for k in keys}) < 2:
+            continue
+        f, loo_g = _group_factors(keys, y, best.predict(x), loo, g)
+        errors[f"{base}+{g}"] = rel_rmse(loo_g)
+        if errors[f"{base}+{g}"] <= GROUP_GAIN * errors[kind]:  # a finer grouping, only where it pays again
+            kind, factors, grouping = f"{base}+{g}", f, g
     return TransferModel(kind, best.sources, best.fits, best.mix, best.intercept_ms, best.floor_ms,
-                         len(keys), errors[kind], errors, factors)
+                         len(keys), errors[kind], errors, factors, grouping)
 
 
 def transfer_values(model: TransferModel, sources: Sequence[SourceTable], keys: Sequence[Key]) -> dict[Key, float]:
     """The model's latency (ms) of each key."""
     if not keys:
         return {}
-    by_name = {s.device: s for s in [*sources, OPERATOR_TABLE]}
+    by_name = {s.device: s for s in [*sources, *STRUCTURAL_TABLES]}
     x = np.array([[by_name[n].values_ms[k] for n in model.sources] for k in keys], dtype=np.float64)
     return dict(zip(keys, (float(v) for v in model.predict(x, keys))))
 

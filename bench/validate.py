@@ -234,6 +234,23 @@ def _mean_load(timed: Sequence[SubnetTiming]) -> float | None:
     return round(float(np.mean(loads)), 2) if loads else None
 
 
+def timed_subnet_run(profile, store_target, space: SearchSpace, cfgs: Sequence[SubnetConfig],
+                     settings: ValidateSettings, kind: str, params: dict, value_nominal: float | None,
+                     rng: np.random.Generator, paths: Sequence[Path] | None = None) -> list[SubnetTiming]:
+    """Time `cfgs` on the device as `validate` does (`settings`), in a run of its own of `kind` with `params`
+    (the benchmarks' held-out and calibration subnets: the device's fingerprint registered, the run marked done,
+    or interrupted with what it measured kept), values expressed at `value_nominal`."""
+    from agents import connect
+    from bench.store import using_store
+
+    with using_store(store_target) as store, connect(agent_profile(profile, settings.measure_settings(profile))) as agent:
+        fp_id = store.register_fingerprint(profile.name, agent.fingerprint())
+        with store.running(profile.name, fp_id, space.name, kind, params, {}) as run_id:
+            return measure_subnets(agent, store, run_id, fp_id, space, cfgs, settings, 0.01, profile.model_format,
+                                   value_nominal=value_nominal, rng=rng, watch=ReferenceWatch() if settings.reference
+                                   else None, paths=paths, precision=profile.precision, batch=settings.batch)
+
+
 @dataclass
 class _Passes:
     """What a validate run measured on the device: its fingerprint, every subnet's timings (`second`: the

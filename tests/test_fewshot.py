@@ -12,8 +12,9 @@ import pytest
 
 from bench.measure import ProfileError
 from bench.table import EntryStats, candidates, import_table, table_from_store
-from bench.transfer import (OPERATORS, SourceTable, check_few_shot, choose_entries, fill_by_transfer, fit_transfer,
-                            key_group, operator_count, plan_few_shot, stratum, transfer_table, transferred_entries)
+from bench.transfer import (MULTIPLY_ADDS, OPERATORS, SourceTable, check_few_shot, choose_entries, fill_by_transfer,
+                            fit_transfer, key_group, multiply_adds, operator_count, plan_few_shot, stratum,
+                            transfer_table, transferred_entries)
 from ofa_core.space import SearchSpace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +61,8 @@ def test_transfer_recovers_a_nonlinear_target():
         full = {**measured, **moved}
         assert abs(sum(full[k] for k in ks) / sum(target[k] for k in ks) - 1) < 0.05
     assert model.n_measured == 16 and model.devices == ["dev-a", "dev-b", "dev-c"]
-    assert model.sources == ("dev-a", "dev-b", "dev-c", OPERATORS) and model.to_dict()["sources"] == model.devices
+    assert model.sources == ("dev-a", "dev-b", "dev-c", OPERATORS, MULTIPLY_ADDS)
+    assert model.to_dict()["sources"] == model.devices
     assert model.kind in model.alternatives and model.loo_rel_rmse == model.alternatives[model.kind]
 
 
@@ -70,12 +72,51 @@ def test_a_kernel_factor_is_kept_only_where_it_helps():
     for values, grouped in ((slow7, True), (target, False)):
         picks = choose_entries(SPACE, RES, sources, 24)
         model = fit_transfer({(e.resolution, e.key): values[(e.resolution, e.key)] for e in picks}, sources)
-        assert model.kind.endswith("+kernel") == grouped, model.to_dict()
+        assert model.kind.endswith("+kernel") == grouped and model.grouping == "kernel", model.to_dict()
     assert model.group_log_factor == {}
     picks = choose_entries(SPACE, RES, sources, 24)
     model, moved = transfer_table({(e.resolution, e.key): slow7[(e.resolution, e.key)] for e in picks}, sources, KEYS)
     assert model.to_dict()["group_factor"]["k7"] > 1.15
     assert np.median([abs(moved[k] / slow7[k] - 1) for k in moved]) < 0.10
+
+
+def test_a_kernel_slow_only_where_it_is_wider_than_the_map_is_grouped_so():
+    """A device whose 7x7 depthwise convolutions are slow only on maps under 4x4 (most of the window on padding,
+    as the torch runtime on this CPU): the factor by kernel size alone cannot tell those blocks from the other 7x7
+    ones; grouping by kernel size and width against the map can, and leave-one-out picks it."""
+    sources, target = sources_and_target()
+    assert {key_group(k, "kernel-wide") for k in KEYS} >= {"k7", "k7-wide", "k5-wide", "k3", "other"}
+    assert all(key_group(k, "kernel-wide").removesuffix("-wide") == key_group(k) for k in KEYS)
+    slow = {k: v * (1.8 if key_group(k, "kernel-wide") == "k7-wide" else 1.0) for k, v in target.items()}
+    # the chosen entries, and 7x7 blocks on wider maps (the chooser, on these sources, picks the narrow ones)
+    keys = [(e.resolution, e.key) for e in choose_entries(SPACE, RES, sources, 16)]
+    keys += [k for k in KEYS if key_group(k, "kernel-wide") == "k7" and k not in keys][:8]
+    model, moved = transfer_table({k: slow[k] for k in keys}, sources, KEYS)
+    assert model.kind.endswith("+kernel-wide") and model.grouping == "kernel-wide", model.to_dict()
+    factors = model.to_dict()["group_factor"]
+    assert factors["k7-wide"] > 1.3 and abs(factors["k7"] - 1) < 0.1, factors
+    assert np.median([abs(moved[k] / slow[k] - 1) for k in moved]) < 0.10
+    # where the measured entries cannot tell the two groupings apart, the coarser one is kept
+    picks = choose_entries(SPACE, RES, sources, 24)
+    assert not any(key_group((e.resolution, e.key), "kernel-wide") == "k7" for e in picks)
+    model = fit_transfer({(e.resolution, e.key): slow[(e.resolution, e.key)] for e in picks}, sources)
+    assert model.grouping == "kernel" and model.kind.endswith("+kernel"), model.to_dict()
+
+
+def test_multiply_adds_of_every_entry_of_every_space():
+    """The multiply-add column reads every key of every space (a key it cannot read is an error, not a zero),
+    and counts what a block computes."""
+    for name in SearchSpace.names():
+        space = SearchSpace.get(name)
+        for e in candidates(space, [min(space.resolutions), max(space.resolutions)]):
+            assert multiply_adds((e.resolution, e.key)) > 0, e.key
+    key = (28, "expanded_conv-input:14x14x16-output:7x7x16-expand:48-kernel:5-stride:2-idskip:0-se:0-hs:0")
+    assert multiply_adds(key) == 14 * 14 * 16 * 48 + 7 * 7 * 48 * 25 + 7 * 7 * 48 * 16
+    with_se = (28, "expanded_conv-input:2x2x48-output:2x2x48-expand:144-kernel:3-stride:1-idskip:1-se:1-hs:1")
+    assert multiply_adds(with_se) == 2 * 2 * 48 * 144 + 2 * 2 * 144 * (9 + 48) + 2 * 144 * 36
+    assert multiply_adds((28, "Logits-input:1x1x256-output:10")) == 2560
+    with pytest.raises(ValueError, match="no multiply-add count"):
+        multiply_adds((28, "Mystery-block"))
 
 
 def test_a_device_bound_by_operators_is_found_from_the_operator_count():
@@ -87,7 +128,7 @@ def test_a_device_bound_by_operators_is_found_from_the_operator_count():
     model, moved = transfer_table({(e.resolution, e.key): dispatch[(e.resolution, e.key)] for e in picks},
                                   sources, KEYS)
     assert np.median([abs(moved[k] / dispatch[k] - 1) for k in moved]) < 0.03, model.to_dict()
-    assert OPERATORS not in model.devices and OPERATORS not in model.to_dict()["sources"]
+    assert not {OPERATORS, MULTIPLY_ADDS} & set(model.devices) and model.to_dict()["sources"] == model.devices
     counts = {e.kind: operator_count((e.resolution, e.key)) for e in ENTRIES}
     assert counts["first_conv"] == 3 and counts["pool"] == 1
     # expansion 3 + depthwise 3 + projection 2 (+ squeeze-excite 6, + residual 1)

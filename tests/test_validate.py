@@ -289,3 +289,22 @@ def test_a_reference_whose_jitter_the_subnets_do_not_share_is_not_followed(tmp_p
             assert stats[(c.r, c.to_string())].value_ms == pytest.approx(t.value_ms, rel=1e-9)
     finally:
         store.close()
+
+
+def test_a_benchmark_times_subnets_in_a_run_of_its_own(tmp_path):
+    """`timed_subnet_run` (the benchmarks' held-out and calibration subnets): the device's fingerprint registered,
+    every pass stored in one run of the given kind, marked done; values at the given reference speed."""
+    from bench.store import open_store
+    from bench.validate import ValidateSettings, timed_subnet_run
+    from devices import get_device
+
+    cfgs = SPACE.sample(np.random.default_rng(3), 3, [28])
+    got = timed_subnet_run(get_device("fpga-zu3eg-model"), str(tmp_path / "s.sqlite"), SPACE, cfgs,
+                           ValidateSettings(n=3, passes=2, max_passes=2, seed=3), "benchmark", {"holdout": 3},
+                           None, np.random.default_rng(3))
+    assert len(got) == 3 and all(len(t.values_ms) == 2 and t.value_ms > 0 for t in got)
+    with open_store(tmp_path / "s.sqlite") as store:
+        (run,) = store.runs("fpga-zu3eg-model")
+        assert run["kind"] == "benchmark" and run["status"] == "done" and run["settings"] == {"holdout": 3}
+        rows = store.history(run["fingerprint_id"], SPACE.name, kind="subnet")
+        assert len(rows) == 6 and {r["run_id"] for r in rows} == {run["id"]}

@@ -99,12 +99,10 @@ class DeviceData:
 
 def _profile(name: str, space, store_path: str, res: list[int], n_val: int, seed: int, log) -> DeviceData:
     """Full profile (timed without exports), calibration subnets (timed), N validation subnets."""
-    from agents import connect
-    from bench.measure import MeasureSettings, ReferenceWatch, agent_profile
+    from bench.measure import MeasureSettings
     from bench.profile import profile_device
-    from bench.store import open_store
     from bench.table import load_device_table
-    from bench.validate import ValidateSettings, measure_subnets
+    from bench.validate import ValidateSettings, timed_subnet_run
     from devices import get_device
 
     prof = get_device(name)
@@ -118,13 +116,8 @@ def _profile(name: str, space, store_path: str, res: list[int], n_val: int, seed
     table = load_device_table(prof.name, space, store_path)
     calibration = {k: v.value_ms for k, v in table.subnets.items()}
     cfgs = space.sample(np.random.default_rng(seed), n_val, res)
-    vs = ValidateSettings(n=n_val, seed=seed)
-    with open_store(store_path) as store, connect(agent_profile(prof, vs.measure_settings(prof))) as agent:
-        fp_id = store.register_fingerprint(prof.name, agent.fingerprint())
-        with store.running(prof.name, fp_id, space.name, "validate", {"fewshot_bench": True}, {}) as run_id:
-            timed = measure_subnets(agent, store, run_id, fp_id, space, cfgs, vs, 0.01, prof.model_format,
-                                    value_nominal=table.subnet_nominal_ms, rng=np.random.default_rng([seed, 1]),
-                                    watch=ReferenceWatch())
+    timed = timed_subnet_run(prof, store_path, space, cfgs, ValidateSettings(n=n_val, seed=seed), "validate",
+                             {"fewshot_bench": True}, table.subnet_nominal_ms, np.random.default_rng([seed, 1]))
     fs_calibration, fs_s = _time_few_shot_calibration(name, space, store_path, calibration, table.subnet_nominal_ms)
     log(f"{name}: table {len(table.entries)} entries in {entries_s:.1f} s, calibration subnets {calib_s:.1f} s "
         f"({fs_s:.1f} s timed as a few-shot profile times them), {n_val} validation subnets measured")
@@ -140,12 +133,10 @@ def _time_few_shot_calibration(name: str, space, store_path: str, calibration: d
     exported before the clock starts, as the profile's queue has them ready): their values, expressed at the
     reference speed `nominal` the other subnets' values are (the device's speed moves between runs), and the
     device time. After the validation subnets, so that the table keeps the full profile's values."""
-    from agents import connect
     from bench.export import export_subnet
-    from bench.measure import MeasureSettings, ReferenceWatch, agent_profile
+    from bench.measure import MeasureSettings
     from bench.profile import calibration_timing
-    from bench.store import open_store
-    from bench.validate import measure_subnets
+    from bench.validate import timed_subnet_run
     from devices import get_device
     from ofa_core.space import SubnetConfig
 
@@ -154,12 +145,8 @@ def _time_few_shot_calibration(name: str, space, store_path: str, calibration: d
     timing = calibration_timing(prof, MeasureSettings(), len(cfgs), few_shot=True)
     paths = [export_subnet(space, c, prof.model_format, precision=prof.precision) for c in cfgs]
     start = time.monotonic()
-    with open_store(store_path) as store, connect(agent_profile(prof, timing.measure_settings(prof))) as agent:
-        fp_id = store.register_fingerprint(prof.name, agent.fingerprint())
-        with store.running(prof.name, fp_id, space.name, "validate", {"fewshot_bench": "calibration"}, {}) as run_id:
-            timed = measure_subnets(agent, store, run_id, fp_id, space, cfgs, timing, 0.01, prof.model_format,
-                                    value_nominal=nominal, rng=np.random.default_rng(1), watch=ReferenceWatch(),
-                                    paths=paths)
+    timed = timed_subnet_run(prof, store_path, space, cfgs, timing, "validate", {"fewshot_bench": "calibration"},
+                             nominal, np.random.default_rng(1), paths=paths)
     return {(c.r, c.to_string()): t.value_ms for c, t in zip(cfgs, timed)}, time.monotonic() - start
 
 
