@@ -152,7 +152,7 @@ class _StructuralColumn(Mapping):
 #: beside the source devices, every fit may lean on two counts of the block's work: the operators (a device that
 #: runs a graph op by op, the torch runtime on this CPU: its blocks take 0.25-0.39 ms, mostly dispatch, follows
 #: them more closely than any compute-bound source) and the multiply-adds (a device with a kernel no source
-#: shares, LiteRT's 7x7 depthwise convolution here at up to 10x its 3x3, grows with them). Leave-one-out weighs
+#: shares, LiteRT's 7x7 depthwise convolution here at 7-26x its 3x3, grows with them). Leave-one-out weighs
 #: them like sources; they are not devices and no provenance names them.
 OPERATOR_TABLE = SourceTable(OPERATORS, _StructuralColumn(operator_count, OPERATOR_MS))
 MULTIPLY_ADD_TABLE = SourceTable(MULTIPLY_ADDS, _StructuralColumn(multiply_adds, MULTIPLY_ADD_MS))
@@ -303,8 +303,8 @@ class TransferModel:
 _KERNEL = re.compile(r"^expanded_conv-.*-output:(\d+)x\d+x\d+-.*-kernel:(\d+)-")
 #: how entries are grouped for per-group factors: by depthwise kernel size, or by kernel size and whether the
 #: kernel is wider than twice the block's output map (most of its window then falls on padding, and runtimes
-#: take other paths: the torch runtime here runs a 7x7 kernel on a 2x2 map 30-60% slower than a 3x3, on 4x4 to
-#: 14x14 maps within 5% of it). Leave-one-out picks one per fit.
+#: take other paths: the torch runtime here runs a 7x7 kernel on a 2x2 map 8-60% slower than a 3x3, on 4x4 to
+#: 7x7 maps within 10% of it). Leave-one-out picks one per fit.
 GROUPINGS = ("kernel", "kernel-wide")
 
 

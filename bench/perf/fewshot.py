@@ -335,13 +335,13 @@ def _print(space, res, subnets: int, started: str, load_before, load_after, upti
                   f"{d.calibration_s:.0f} s of calibration subnets; a few-shot profile's calibration subnets "
                   f"{fs_s:.0f} s" + ("" if d.fs_calibration else " (not timed apart: the full profile's)")
                   + (" (simulated device)" if d.simulated else ""))
-    print(f"{'held out':18} {'runtime':12} {'sources':15} {'K':>4} {'picks':9} {'model':10} {'±5%':>5} "
+    print(f"{'held out':18} {'runtime':12} {'sources':15} {'K':>4} {'picks':9} {'model':22} {'±5%':>5} "
           f"{'±10%':>5} {'tau':>6} {'MAPE':>6} {'time':>6} {'dev s':>6}")
     for r in rows:
         tshare = f"{100 * r['time_share']:5.0f}%" if r.get("time_share") is not None else "   n/a"
         tshare += f" {r['device_s']:6.0f}" if r.get("device_s") is not None else "    n/a"
         print(f"{r['device'] + (' (sim)' if r['simulated'] else ''):18} {r['runtime']:12} {r['mode']:15} "
-              f"{r['k']:>4} {r['picks'][:9]:9} {r['model'][:10]:10} {100 * r['within_5pct']:4.0f}% "
+              f"{r['k']:>4} {r['picks'][:9]:9} {r['model'][:22]:22} {100 * r['within_5pct']:4.0f}% "
               f"{100 * r['within_10pct']:4.0f}% {r['kendall_tau']:6.3f} {100 * r['mape']:5.1f}% {tshare}")
     print(f"published, not ours: {PUBLISHED}")
 
