@@ -243,7 +243,8 @@ def timed_subnet_run(profile, store_target, space: SearchSpace, cfgs: Sequence[S
     from agents import connect
     from bench.store import using_store
 
-    with using_store(store_target) as store, connect(agent_profile(profile, settings.measure_settings(profile))) as agent:
+    ms = settings.measure_settings(profile)
+    with using_store(store_target) as store, connect(agent_profile(profile, ms)) as agent:
         fp_id = store.register_fingerprint(profile.name, agent.fingerprint())
         with store.running(profile.name, fp_id, space.name, kind, params, {}) as run_id:
             return measure_subnets(agent, store, run_id, fp_id, space, cfgs, settings, 0.01, profile.model_format,
