@@ -11,12 +11,13 @@ transferred entries first) replaces them; the table says which entries are trans
 The model has few parameters per source device (`fit_transfer`): per source, log-latency of the new device as
 `a + b * log-latency of the source` (or `b = 1`, a pure scale, when leave-one-out says the slope does not pay),
 combined over sources with weights from their leave-one-out error; or a non-negative mix of the source tables
-plus a per-entry constant (what differs in per-call overhead). Beside the source devices, two columns computed
-from the keys enter every fit like sources: the operator count and the multiply-adds of each entry
-(`STRUCTURAL_TABLES`). The model with the lower leave-one-out relative error on the measured entries is kept; a
-factor per group of blocks on top of it (by depthwise kernel size, or by kernel size and whether the kernel is
-wider than the map: `GROUPINGS`) is kept only when it lowers that error by a tenth (`GROUP_GAIN`). The
-calibration on whole subnets that profile measures afterwards then corrects the table sum as for any table.
+plus a per-entry constant (what differs in per-call overhead). Beside the source devices, three columns computed
+from the keys enter every fit like sources: the operator count, the multiply-adds and those of the depthwise
+convolution of each entry (`STRUCTURAL_TABLES`). The model with the lower leave-one-out relative error on the
+measured entries is kept; a factor per group of blocks on top of it (by depthwise kernel size, or by kernel size
+and whether the kernel is wider than the map: `GROUPINGS`) is kept only when it lowers that error by a tenth
+(`GROUP_GAIN`). The calibration on whole subnets that profile measures afterwards then corrects the table sum as
+for any table.
 """
 from __future__ import annotations
 
@@ -95,6 +96,7 @@ def no_sources_error(space: SearchSpace, resolutions: Sequence[int], device: str
 #: the names of the columns every fit has beside the source devices (no device can be named so)
 OPERATORS = "(operators)"
 MULTIPLY_ADDS = "(multiply-adds)"
+DEPTHWISE_MULTIPLY_ADDS = "(depthwise multiply-adds)"
 #: ms per operator, per multiply-add, of those columns (their scale does not matter to the fits; their shape does)
 OPERATOR_MS = 0.01
 MULTIPLY_ADD_MS = 1e-7
@@ -133,6 +135,16 @@ def multiply_adds(key: Key) -> int:
     return hi * wi * cin if name == "AvgPool2D" else out * cin * cout * (9 if name == "Conv" else 1)
 
 
+def depthwise_multiply_adds(key: Key) -> int:
+    """The multiply-adds of a block's depthwise convolution alone (0 for the entries without one): the kernel
+    whose implementation differs most between runtimes (LiteRT's 7x7 here)."""
+    m = _MBCONV.match(key[1])
+    if m is None:
+        return 0
+    _, _, _, ho, wo, _, mid, k, _, _ = (int(g) for g in m.groups())
+    return ho * wo * mid * k * k
+
+
 class _StructuralColumn(Mapping):
     """A count computed from any key (`count`), times `ms`, as a source table's values."""
 
@@ -149,14 +161,16 @@ class _StructuralColumn(Mapping):
         return 0
 
 
-#: beside the source devices, every fit may lean on two counts of the block's work: the operators (a device that
-#: runs a graph op by op, the torch runtime on this CPU: its blocks take 0.25-0.39 ms, mostly dispatch, follows
-#: them more closely than any compute-bound source) and the multiply-adds (a device with a kernel no source
-#: shares, LiteRT's 7x7 depthwise convolution here at 7-26x its 3x3, grows with them). Leave-one-out weighs
-#: them like sources; they are not devices and no provenance names them.
+#: beside the source devices, every fit may lean on three counts of the block's work: the operators (a device
+#: that runs a graph op by op, the torch runtime on this CPU: its blocks take 0.25-0.39 ms, mostly dispatch,
+#: follows them more closely than any compute-bound source), the multiply-adds, and those of the depthwise
+#: convolution alone (a device with a depthwise kernel no source shares, LiteRT's 7x7 here at 7-26x its 3x3,
+#: grows with them). Leave-one-out weighs them like sources; they are not devices and no provenance names them.
 OPERATOR_TABLE = SourceTable(OPERATORS, _StructuralColumn(operator_count, OPERATOR_MS))
 MULTIPLY_ADD_TABLE = SourceTable(MULTIPLY_ADDS, _StructuralColumn(multiply_adds, MULTIPLY_ADD_MS))
-STRUCTURAL_TABLES = (OPERATOR_TABLE, MULTIPLY_ADD_TABLE)
+DEPTHWISE_TABLE = SourceTable(DEPTHWISE_MULTIPLY_ADDS, _StructuralColumn(depthwise_multiply_adds, MULTIPLY_ADD_MS))
+STRUCTURAL_TABLES = (OPERATOR_TABLE, MULTIPLY_ADD_TABLE, DEPTHWISE_TABLE)
+STRUCTURAL = tuple(t.device for t in STRUCTURAL_TABLES)
 
 
 def _log_matrix(entries: Sequence[Entry], sources: Sequence[SourceTable]) -> np.ndarray:
@@ -268,7 +282,7 @@ class TransferModel:
     @property
     def devices(self) -> list[str]:
         """The source devices (the columns but the structural counts)."""
-        return [n for n in self.sources if n not in (OPERATORS, MULTIPLY_ADDS)]
+        return [n for n in self.sources if n not in STRUCTURAL]
 
     def predict(self, x_ms: np.ndarray, keys: Sequence[Key] | None = None) -> np.ndarray:
         """Latencies (ms) from the source values `x_ms` (rows: entries, columns: `sources` in order); `keys`

@@ -12,9 +12,9 @@ import pytest
 
 from bench.measure import ProfileError
 from bench.table import EntryStats, candidates, import_table, table_from_store
-from bench.transfer import (MULTIPLY_ADDS, OPERATORS, SourceTable, check_few_shot, choose_entries, fill_by_transfer,
-                            fit_transfer, key_group, multiply_adds, operator_count, plan_few_shot, stratum,
-                            transfer_table, transferred_entries)
+from bench.transfer import (STRUCTURAL, SourceTable, check_few_shot, choose_entries, depthwise_multiply_adds,
+                            fill_by_transfer, fit_transfer, key_group, multiply_adds, operator_count, plan_few_shot,
+                            stratum, transfer_table, transferred_entries)
 from ofa_core.space import SearchSpace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def test_transfer_recovers_a_nonlinear_target():
         full = {**measured, **moved}
         assert abs(sum(full[k] for k in ks) / sum(target[k] for k in ks) - 1) < 0.05
     assert model.n_measured == 16 and model.devices == ["dev-a", "dev-b", "dev-c"]
-    assert model.sources == ("dev-a", "dev-b", "dev-c", OPERATORS, MULTIPLY_ADDS)
+    assert model.sources == ("dev-a", "dev-b", "dev-c", *STRUCTURAL) and len(STRUCTURAL) == 3
     assert model.to_dict()["sources"] == model.devices
     assert model.kind in model.alternatives and model.loo_rel_rmse == model.alternatives[model.kind]
 
@@ -115,6 +115,8 @@ def test_multiply_adds_of_every_entry_of_every_space():
     with_se = (28, "expanded_conv-input:2x2x48-output:2x2x48-expand:144-kernel:3-stride:1-idskip:1-se:1-hs:1")
     assert multiply_adds(with_se) == 2 * 2 * 48 * 144 + 2 * 2 * 144 * (9 + 48) + 2 * 144 * 36
     assert multiply_adds((28, "Logits-input:1x1x256-output:10")) == 2560
+    assert depthwise_multiply_adds(key) == 7 * 7 * 48 * 25 and depthwise_multiply_adds(with_se) == 2 * 2 * 144 * 9
+    assert depthwise_multiply_adds((28, "Logits-input:1x1x256-output:10")) == 0
     with pytest.raises(ValueError, match="no multiply-add count"):
         multiply_adds((28, "Mystery-block"))
 
@@ -128,7 +130,7 @@ def test_a_device_bound_by_operators_is_found_from_the_operator_count():
     model, moved = transfer_table({(e.resolution, e.key): dispatch[(e.resolution, e.key)] for e in picks},
                                   sources, KEYS)
     assert np.median([abs(moved[k] / dispatch[k] - 1) for k in moved]) < 0.03, model.to_dict()
-    assert not {OPERATORS, MULTIPLY_ADDS} & set(model.devices) and model.to_dict()["sources"] == model.devices
+    assert not set(STRUCTURAL) & set(model.devices) and model.to_dict()["sources"] == model.devices
     counts = {e.kind: operator_count((e.resolution, e.key)) for e in ENTRIES}
     assert counts["first_conv"] == 3 and counts["pool"] == 1
     # expansion 3 + depthwise 3 + projection 2 (+ squeeze-excite 6, + residual 1)
