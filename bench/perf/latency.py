@@ -65,7 +65,7 @@ def fresh_predictions(device: str, space, store: str, n: int, seed: int) -> dict
             "loadavg": _load()}
 
 
-def after_validate(device: str, space, store: str, fresh: dict, n: int, seed: int, tmp: Path) -> dict:
+def after_validate(device: str, space, store: str, fresh: dict, n: int, seed: int, copies: Path) -> dict:
     """`validate` adds `n` subnets (another seed) to the table's calibration; it must not make the predictions of
     the held-out subnets of `fresh` worse.
 
@@ -74,7 +74,8 @@ def after_validate(device: str, space, store: str, fresh: dict, n: int, seed: in
     before, the subnets 8%). So the held-out subnets are measured again after `validate`, into a copy of the
     store, and two calibrations predict them at the table's present speed: the one fitted on the profile's
     subnets alone and the one with `validate`'s added (`not_worse` compares these). The comparison with the
-    fresh measurements, rescaled by the reference's speed, is kept beside it (`against_fresh`)."""
+    fresh measurements, rescaled by the reference's speed, is kept beside it (`against_fresh`). `copies`: the folder of
+    the held-out subnets' store copies."""
     from bench.table import LatencyPredictor, load_device_table
     from bench.validate import ValidateSettings, accuracy_metrics, validate_device
 
@@ -85,7 +86,7 @@ def after_validate(device: str, space, store: str, fresh: dict, n: int, seed: in
     pred = LatencyPredictor.from_table(table, space)
     added = set(table.subnets) - fresh["_profile_subnets"]
     before = LatencyPredictor.from_table(table, space, calibration=pred.fit_calibration(table, exclude=added))
-    again = str(tmp / "holdout-after-validate.sqlite")
+    again = str(copies / "holdout-after-validate.sqlite")
     shutil.copyfile(store, again)
     measured, seconds = _measure_holdout(device, space, again, fresh["_cfgs"], table.subnet_nominal_ms, seed + 1,
                                          "after validate")
