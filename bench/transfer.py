@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -106,26 +107,52 @@ _OTHER = re.compile(r"^(\w+)-input:(\d+)x(\d+)x(\d+)-output:(?:(\d+)x(\d+)x)?(\d
 _OTHER_OPERATORS = {"Conv": 3, "Conv_1": 3, "AvgPool2D": 1, "Conv_2": 2, "Logits": 2}
 
 
+class _Block(NamedTuple):
+    """An elastic block's shape, as its table key spells it."""
+
+    hi: int
+    wi: int
+    cin: int
+    ho: int
+    wo: int
+    cout: int
+    mid: int
+    kernel: int
+    skip: int
+    se: int
+
+
+def _block(key: Key) -> _Block | None:
+    """The shape of the block an entry times (None for the entries of the fixed layers)."""
+    m = _MBCONV.match(key[1])
+    return _Block(*(int(g) for g in m.groups())) if m else None
+
+
 def operator_count(key: Key) -> int:
     """The operators an entry runs, from its key: convolution, normalisation and activation of the expansion
     (when there is one) and of the depthwise convolution, the projection and its normalisation, the
     squeeze-excite's six (pool, two convolutions, two activations, the product), the residual add."""
-    m = _MBCONV.match(key[1])
-    if m is None:
+    b = _block(key)
+    if b is None:
         return _OTHER_OPERATORS.get(key[1].split("-", 1)[0], 1)
-    cin, mid, skip, se = (int(m.group(i)) for i in (3, 7, 9, 10))
-    return (3 if mid != cin else 0) + 3 + 2 + 6 * se + skip
+    return (3 if b.mid != b.cin else 0) + 3 + 2 + 6 * b.se + b.skip
+
+
+def depthwise_multiply_adds(key: Key) -> int:
+    """The multiply-adds of a block's depthwise convolution alone (0 for the entries without one): the kernel
+    whose implementation differs most between runtimes (LiteRT's 7x7 here)."""
+    b = _block(key)
+    return b.ho * b.wo * b.mid * b.kernel ** 2 if b else 0
 
 
 def multiply_adds(key: Key) -> int:
     """The multiply-adds an entry computes, from its key: a block's expansion (1x1, when there is one),
     depthwise k x k convolution, squeeze-excite (two 1x1 convolutions to a quarter of the width) and projection;
     the first convolution (3x3), the 1x1 convolutions and the classifier of the tail, the pooling's reads."""
-    m = _MBCONV.match(key[1])
-    if m is not None:
-        hi, wi, cin, ho, wo, cout, mid, k, _, se = (int(g) for g in m.groups())
-        return ((hi * wi * cin * mid if mid != cin else 0) + ho * wo * mid * (k * k + cout)
-                + se * 2 * mid * max(mid // 4, 1))
+    b = _block(key)
+    if b is not None:
+        return ((b.hi * b.wi * b.cin * b.mid if b.mid != b.cin else 0) + depthwise_multiply_adds(key)
+                + b.ho * b.wo * b.mid * b.cout + b.se * 2 * b.mid * max(b.mid // 4, 1))
     m = _OTHER.match(key[1])
     if m is None:
         raise ValueError(f"no multiply-add count for table key {key[1]!r}")
@@ -133,16 +160,6 @@ def multiply_adds(key: Key) -> int:
     hi, wi, cin, cout = int(hi), int(wi), int(cin), int(cout)
     out = int(ho or 1) * int(wo or 1)
     return hi * wi * cin if name == "AvgPool2D" else out * cin * cout * (9 if name == "Conv" else 1)
-
-
-def depthwise_multiply_adds(key: Key) -> int:
-    """The multiply-adds of a block's depthwise convolution alone (0 for the entries without one): the kernel
-    whose implementation differs most between runtimes (LiteRT's 7x7 here)."""
-    m = _MBCONV.match(key[1])
-    if m is None:
-        return 0
-    _, _, _, ho, wo, _, mid, k, _, _ = (int(g) for g in m.groups())
-    return ho * wo * mid * k * k
 
 
 class _StructuralColumn(Mapping):
@@ -314,7 +331,6 @@ class TransferModel:
         return doc
 
 
-_KERNEL = re.compile(r"^expanded_conv-.*-output:(\d+)x\d+x\d+-.*-kernel:(\d+)-")
 #: how entries are grouped for per-group factors: by depthwise kernel size, or by kernel size and whether the
 #: kernel is wider than twice the block's output map (most of its window then falls on padding, and runtimes
 #: take other paths: the torch runtime here runs a 7x7 kernel on a 2x2 map 8-60% slower than a 3x3, on 4x4 to
@@ -325,11 +341,10 @@ GROUPINGS = ("kernel", "kernel-wide")
 def key_group(key: Key, grouping: str = "kernel") -> str:
     """The group an entry's per-group factor is shared by under `grouping` (`GROUPINGS`): "k{kernel size}" of a
     block, with "-wide" under "kernel-wide" where the kernel is wider than twice the output map; else "other"."""
-    m = _KERNEL.match(key[1])
-    if m is None:
+    b = _block(key)
+    if b is None:
         return "other"
-    wide = grouping == "kernel-wide" and int(m.group(2)) > 2 * int(m.group(1))
-    return f"k{m.group(2)}" + ("-wide" if wide else "")
+    return f"k{b.kernel}" + ("-wide" if grouping == "kernel-wide" and b.kernel > 2 * b.ho else "")
 
 
 #: shrinkage of a per-group factor toward 1 (as if each group had this many more entries with no residual)

@@ -58,8 +58,9 @@ def _tracked_values(by_key: Mapping[tuple[int, str], list[dict]], speed, statist
     runs: dict[tuple[int, float], dict[tuple[int, str], list[dict]]] = {}
     for k, rows in by_key.items():
         for row in rows:
-            if row_value(row, statistic)[1] and speed(row):
-                runs.setdefault((int(row.get("run_id") or 0), speed(row)), {}).setdefault(k, []).append(row)
+            nominal = speed(row)
+            if row_value(row, statistic)[1] and nominal:
+                runs.setdefault((int(row.get("run_id") or 0), nominal), {}).setdefault(k, []).append(row)
     out = {}
     for (_, nominal), passes in runs.items():
         groups = list(passes.values())
